@@ -1,0 +1,28 @@
+"""Pipeline stages. Each stage is a module with ``run(cfg: DictConfig) -> None``.
+
+``STAGES`` lists them in pipeline order; ``stage=all`` runs every stage in that order.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from omegaconf import DictConfig
+
+from leela_interp.errors import ConfigError
+
+#: Stage name -> module under leela_interp.stages, in pipeline order.
+STAGES: dict[str, str] = {
+    "info": "info",
+}
+#: Stages that ``stage=all`` runs (``info`` only prints).
+PIPELINE: list[str] = []
+
+
+def run_stages(cfg: DictConfig) -> None:
+    """Run ``cfg.stage`` (one name, or ``all`` for every stage of the pipeline in order)."""
+    names = PIPELINE if cfg.stage == "all" else [cfg.stage]
+    for name in names:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}; choose one of {['all', *STAGES]}")
+        importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
