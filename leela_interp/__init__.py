@@ -1,0 +1,32 @@
+"""leela_interp: mechanistic interpretability of Leela Chess Zero networks.
+
+The public API:
+
+- :func:`load_network` -- an lc0 ``.pb.gz`` / ``.pb`` / ``.onnx`` file as a native PyTorch module
+  whose outputs equal lc0's own engine.
+- :func:`encode` -- ``chess.Board`` objects (with their move stacks) to lc0's 112 input planes.
+- :func:`policy_index` -- a move's index in lc0's 1858-move policy.
+"""
+
+from leela_interp.errors import (ConfigError, LeelaInterpError, UnknownHookError,
+                                 WeightsFormatError)
+from leela_interp.model import LeelaNet, LeelaOutput, load_network
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # encode / policy_index live in modules that import python-chess tables; load on first use.
+    if name == "encode":
+        from leela_interp.encoding import encode
+
+        return encode
+    if name == "policy_index":
+        from leela_interp.policy import policy_index
+
+        return policy_index
+    raise AttributeError(f"module 'leela_interp' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "LeelaInterpError", "LeelaNet", "LeelaOutput", "UnknownHookError",
+           "WeightsFormatError", "encode", "load_network", "policy_index"]
