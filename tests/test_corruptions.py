@@ -1,0 +1,315 @@
+"""Tests of leela_interp.corruptions: candidate boards, JSD, log-odds and the paper's selection."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import chess
+import numpy as np
+import pytest
+import torch
+
+from leela_interp.corruptions import (
+    KINDS,
+    CandidateBatch,
+    Corruption,
+    SelectionThresholds,
+    candidate_mask,
+    corruption_candidates,
+    jensen_shannon,
+    log_odds,
+    score_candidates,
+    select_corruption,
+    select_corruptions,
+)
+from leela_interp.errors import ConfigError
+
+SAMPLE_CSV = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "puzzles"
+    / "lichess_sample.csv"
+)
+
+# White: Kg1, Rd1, pawns f2 g2 h2; Black: Kg8, pawns f7 g7 h7. Rd8 mates.
+BACK_RANK = chess.Board("6k1/5ppp/8/8/8/8/5PPP/3R2K1 w - - 0 1")
+DESCRIPTION = re.compile(
+    r"remove [a-h][1-8]|add (white|black) pawn [a-h][1-8]|move [NBRQK][a-h][1-8] to [a-h][1-8]"
+)
+
+
+def changed_squares(before: chess.Board, after: chess.Board) -> set[chess.Square]:
+    a, b = before.piece_map(), after.piece_map()
+    return {square for square in chess.SQUARES if a.get(square) != b.get(square)}
+
+
+def check_candidates(board: chess.Board, move: chess.Move, candidates: list[Corruption]) -> None:
+    """Every candidate is valid, keeps ``move`` legal and differs exactly on its squares."""
+    assert len({c.fen for c in candidates}) == len(candidates)
+    kinds = [c.kind for c in candidates]
+    first_move = kinds.index("move_piece") if "move_piece" in kinds else len(kinds)
+    assert all(kind == "move_piece" for kind in kinds[first_move:])  # pawn edits come first
+    for candidate in candidates:
+        corrupted = candidate.board()
+        assert corrupted.is_valid() and move in corrupted.legal_moves
+        assert corrupted.move_stack == []
+        assert DESCRIPTION.fullmatch(candidate.description), candidate.description
+        assert changed_squares(board, corrupted) == set(candidate.squares)
+        assert corrupted.turn == board.turn and corrupted.castling_rights == board.castling_rights
+        names = [chess.square_name(s) for s in candidate.squares]
+        if candidate.kind == "remove_pawn":
+            assert board.piece_type_at(candidate.squares[0]) == chess.PAWN
+            assert candidate.description == f"remove {names[0]}"
+        elif candidate.kind == "add_pawn":
+            added = corrupted.piece_at(candidate.squares[0])
+            assert added.piece_type == chess.PAWN and board.piece_at(candidate.squares[0]) is None
+            assert candidate.description == f"add {chess.COLOR_NAMES[added.color]} pawn {names[0]}"
+        else:
+            source, target = candidate.squares
+            piece = board.piece_at(source)
+            assert piece.piece_type != chess.PAWN and corrupted.piece_at(target) == piece
+            assert candidate.description == f"move {piece.symbol().upper()}{names[0]} to {names[1]}"
+
+
+def test_back_rank_candidates_counted_by_hand():
+    candidates = corruption_candidates(BACK_RANK, "d1d8")
+    check_candidates(BACK_RANK, chess.Move.from_uci("d1d8"), candidates)
+    by_kind = {kind: [c for c in candidates if c.kind == kind] for kind in KINDS}
+    # Each of the 6 pawns can go.
+    assert len(by_kind["remove_pawn"]) == 6
+    # 55 empty squares, 13 of them on the back ranks; pawns on d2..d7 would block Rd8: (42 - 6) * 2.
+    assert len(by_kind["add_pawn"]) == 72
+    assert not any(c.squares[0] in chess.SquareSet(chess.BB_FILE_D) for c in by_kind["add_pawn"])
+    # The rook cannot move (Rd8 would be gone); only the kings do (kings count as non-pawn pieces).
+    assert {c.description.split()[1] for c in by_kind["move_piece"]} == {"Kg1", "Kg8"}
+    assert [c.description for c in candidates[:3]] == [
+        "add white pawn a2",
+        "add black pawn a2",
+        "add white pawn b2",
+    ]
+
+
+def test_a_move_that_must_stay_legal_must_be_legal():
+    with pytest.raises(ValueError, match="'e2e4'"):
+        corruption_candidates(BACK_RANK, "e2e4")
+
+
+def test_moving_a_castling_rook_or_king_is_dropped_as_invalid():
+    board = chess.Board("r3k2r/pppq1ppp/8/8/8/8/PPPQ1PPP/R3K2R w KQkq - 0 1")
+    descriptions = {c.description for c in corruption_candidates(board, "d2d3")}
+    assert not any(
+        d.startswith(("move Ra1", "move Rh1", "move Ke1", "move Ra8", "move Rh8", "move Ke8"))
+        for d in descriptions
+    )
+    assert "move Qd7 to d5" in descriptions
+    board.castling_rights = chess.BB_EMPTY
+    descriptions = {c.description for c in corruption_candidates(board, "d2d3")}
+    assert "move Ra1 to b1" in descriptions
+
+
+def test_history_is_ignored():
+    board = chess.Board()
+    for uci in ("e2e4", "e7e5", "g1f3"):
+        board.push_uci(uci)
+    candidates = corruption_candidates(board, "b8c6")
+    assert candidates and all(c.board().move_stack == [] for c in candidates)
+    check_candidates(board, chess.Move.from_uci("b8c6"), candidates)
+
+
+def test_candidate_batch_offsets():
+    boards = [BACK_RANK, chess.Board()]
+    batch = CandidateBatch.build(boards, ["d1d8", chess.Move.from_uci("e2e4")])
+    first = corruption_candidates(BACK_RANK, "d1d8")
+    second = corruption_candidates(chess.Board(), "e2e4")
+    assert batch.corruptions == first + second
+    assert batch.offsets.tolist() == [0, len(first), len(first) + len(second)]
+    assert batch.puzzle_index.tolist() == [0] * len(first) + [1] * len(second)
+    assert [b.fen() for b in batch.boards()] == [c.fen for c in batch.corruptions]
+    empty = CandidateBatch.build([], [])
+    assert len(empty) == 0 and empty.offsets.tolist() == [0]
+    with pytest.raises(ValueError):
+        CandidateBatch.build(boards, ["d1d8"])
+
+
+# --- JSD and log-odds ---------------------------------------------------------------------------
+
+
+def reference_jsd(p: list[float], q: list[float]) -> float:
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    kl = lambda x: sum(a * math.log(a / c) for a, c in zip(x, m) if a > 0)  # noqa: E731
+    return (kl(p) + kl(q)) / 2
+
+
+def test_jensen_shannon_matches_the_definition():
+    generator = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(5, 30, generator=generator, dtype=torch.float64), -1)
+    q = torch.softmax(torch.randn(5, 30, generator=generator, dtype=torch.float64), -1)
+    p[:, :10] = 0  # illegal moves
+    p = p / p.sum(-1, keepdim=True)
+    got = jensen_shannon(p, q)
+    assert got.shape == (5,)
+    for i in range(5):
+        assert got[i].item() == pytest.approx(
+            reference_jsd(p[i].tolist(), q[i].tolist()), rel=1e-12
+        )
+    assert torch.allclose(got, jensen_shannon(q, p))
+    assert torch.all(jensen_shannon(p, p) == 0)
+    assert jensen_shannon(
+        torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    ).item() == pytest.approx(math.log(2))
+    # Broadcasting one clean policy against many corrupted ones, along another dim.
+    assert torch.allclose(
+        jensen_shannon(p[0], q), torch.stack([jensen_shannon(p[0], qi) for qi in q])
+    )
+    assert torch.allclose(jensen_shannon(p.T, q.T, dim=0), got)
+
+
+def test_log_odds_is_finite_at_zero_and_one():
+    p = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0])
+    got = log_odds(p)
+    assert torch.isfinite(got).all() and got.dtype == torch.float64
+    assert got[1:4].tolist() == pytest.approx([math.log(0.25 / 0.75), 0.0, math.log(0.9 / 0.1)])
+    assert got[0].item() == pytest.approx(-got[4].item())
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+
+def test_each_threshold_at_its_boundary():
+    # Passing values; then each candidate breaks exactly one criterion at its boundary.
+    weak = [0.0, 0.2, 0.0, 0.0, 0.0, 0.199]
+    value = [0.5, 0.5, 0.1, 0.5, 0.5, 0.101]
+    prob = [0.05, 0.05, 0.05, 0.1, 0.05, 0.099]
+    assert candidate_mask(weak, value, prob).tolist() == [True, False, False, False, True, True]
+    jsd = [0.3, 0.0, 0.0, 0.0, 0.2, 0.25]
+    assert select_corruption(weak, value, prob, jsd) == 4  # jsd <= 0.2 is allowed
+    jsd[4] = 0.2000001
+    assert select_corruption(weak, value, prob, jsd) is None  # best surviving JSD too large
+    loose = SelectionThresholds(max_jsd=0.26)
+    assert select_corruption(weak, value, prob, jsd, thresholds=loose) == 4
+
+
+def test_value_and_log_odds_may_go_up():
+    # A weak-net log-odds *rise* (negative drop) passes; a strong-value *rise* fails.
+    assert candidate_mask([-3.0], [0.2], [0.0]).tolist() == [True]
+    assert candidate_mask([0.0], [-0.2], [0.0]).tolist() == [False]
+
+
+def test_ties_nan_and_empty():
+    ok = dict(weak_log_odds_drop=[0.0] * 3, strong_value_drop=[0.5] * 3, strong_prob=[0.0] * 3)
+    assert select_corruption(**ok, jsd=[0.1, 0.05, 0.05]) == 1  # the first of equal JSDs
+    assert select_corruption(**ok, jsd=[float("nan"), 0.1, 0.1]) == 1
+    nan_value = dict(ok, strong_value_drop=[float("nan"), 0.5, 0.5])
+    assert select_corruption(**nan_value, jsd=[0.0, 0.1, 0.2]) == 1
+    assert select_corruption([], [], [], []) is None
+    with pytest.raises(ValueError, match="entries"):
+        select_corruption([0.0], [0.5, 0.5], [0.0], [0.0])
+
+
+def test_optional_oracle_margin():
+    args = ([0.0, 0.0], [0.5, 0.5], [0.0, 0.0], [0.01, 0.02])
+    assert select_corruption(*args) == 0
+    with_oracle = SelectionThresholds(min_oracle_drop_cp=150)
+    assert select_corruption(*args, oracle_drop_cp=[149, 150], thresholds=with_oracle) == 1
+    assert select_corruption(*args, oracle_drop_cp=[10, 20], thresholds=with_oracle) is None
+    with pytest.raises(ValueError, match="oracle_drop_cp"):
+        select_corruption(*args, thresholds=with_oracle)
+
+
+def test_tensors_are_accepted():
+    args = [torch.tensor(x) for x in ([0.0, 0.0], [0.5, 0.5], [0.0, 0.0], [0.02, 0.01])]
+    assert select_corruption(*args) == 1
+
+
+def test_select_corruptions_returns_flat_indices_per_puzzle():
+    offsets = np.array([0, 2, 2, 5])  # the middle puzzle has no candidates
+    weak = np.zeros(5)
+    value = np.array([0.5, 0.5, 0.5, 0.0, 0.5])
+    prob = np.zeros(5)
+    jsd = np.array([0.1, 0.05, 0.3, 0.0, 0.15])
+    assert select_corruptions(offsets, weak, value, prob, jsd) == [1, None, 4]
+    with pytest.raises(ValueError, match="offsets"):
+        select_corruptions([1, 5], weak, value, prob, jsd)
+    with pytest.raises(ValueError, match="entries"):
+        select_corruptions([0, 4], weak, value, prob, jsd)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_weak_log_odds_drop": -0.1}, {"max_jsd": float("nan")}, {"min_oracle_drop_cp": -1}],
+)
+def test_invalid_thresholds_raise_config_error(options):
+    with pytest.raises(ConfigError, match=re.escape(repr(next(iter(options.values()))))):
+        SelectionThresholds(**options)
+
+
+def test_score_candidates_from_network_outputs():
+    weak_clean = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    weak_corrupted = torch.tensor(
+        [
+            [0.5, 0.3, 0.2, 0.0],  # unchanged
+            [0.2, 0.6, 0.2, 0.0],  # the weak net sees the move got worse
+            [0.0, 0.0, 0.0, 1.0],  # the move's probability falls to exactly 0
+            [0.5, 0.2, 0.3, 0.0],  # the move's probability unchanged, others shuffled
+        ]
+    )
+    strong_corrupted = torch.tensor(
+        [[0.9, 0.1, 0.0, 0.0], [0.05, 0.95, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0], [0.05, 0.0, 0.95, 0.0]]
+    )
+    scores = score_candidates(
+        move_index=0,
+        weak_clean_policy=weak_clean,
+        weak_corrupted_policy=weak_corrupted,
+        strong_clean_value=torch.tensor(0.8),
+        strong_corrupted_value=torch.tensor([0.8, 0.2, -1.0, -0.2]),
+        strong_corrupted_policy=strong_corrupted,
+    )
+    assert scores.weak_log_odds_drop[[0, 1, 3]] == pytest.approx([0.0, math.log(0.8 / 0.2), 0.0])
+    assert scores.weak_log_odds_drop[2] == pytest.approx(
+        -log_odds(torch.tensor(0.0)).item()
+    )  # clamped
+    assert scores.strong_value_drop == pytest.approx([0.0, 0.6, 1.8, 1.0])
+    assert scores.strong_prob == pytest.approx([0.9, 0.05, 0.0, 0.05])
+    assert scores.jsd == pytest.approx(
+        [
+            0.0,
+            reference_jsd([0.5, 0.3, 0.2, 0], [0.2, 0.6, 0.2, 0]),
+            math.log(2),
+            reference_jsd([0.5, 0.3, 0.2, 0], [0.5, 0.2, 0.3, 0]),
+        ]
+    )
+    # 0: the strong net's value does not drop; 1 and 2: the weak net's log-odds drop too much.
+    assert candidate_mask(
+        scores.weak_log_odds_drop, scores.strong_value_drop, scores.strong_prob
+    ).tolist() == [False, False, False, True]
+    assert (
+        select_corruption(
+            scores.weak_log_odds_drop, scores.strong_value_drop, scores.strong_prob, scores.jsd
+        )
+        == 3
+    )
+
+
+# --- real puzzles -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_puzzles():
+    if not SAMPLE_CSV.is_file():
+        pytest.skip(f"needs the shared puzzle sample {SAMPLE_CSV}; it is absent")
+    from leela_interp.puzzles import read_puzzles
+
+    puzzles, _ = read_puzzles(SAMPLE_CSV, limit=40)
+    return puzzles[:20]
+
+
+def test_real_puzzles_have_sound_candidates(sample_puzzles):
+    batch = CandidateBatch.build(
+        [p.board() for p in sample_puzzles], [p.pv[0] for p in sample_puzzles]
+    )
+    assert all(np.diff(batch.offsets) > 0)  # every real puzzle has some candidates
+    for puzzle, start, stop in zip(sample_puzzles, batch.offsets[:-1], batch.offsets[1:]):
+        check_candidates(puzzle.board(), puzzle.pv_moves[0], batch.corruptions[start:stop])
