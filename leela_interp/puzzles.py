@@ -128,7 +128,7 @@ class Puzzle:
     """``FEN``: the position *before* the opponent's setup move ``moves[0]``."""
     moves: list[str]
     """``Moves``: the setup move followed by the solution, in UCI (``"e2e4"``, ``"e7e8q"``).
-    Castling is written king-to-destination (``"e1g1"``), as python-chess does for standard chess."""
+    Castling is king-to-destination (``"e1g1"``), as python-chess writes it for standard chess."""
     rating: int | None = None
     """``Rating``: Glicko-2 puzzle rating, or ``None`` if the column is empty."""
     rating_deviation: int | None = None
@@ -166,7 +166,9 @@ class Puzzle:
         try:
             board = chess.Board(fen)
         except ValueError as exc:
-            raise InvalidPuzzleError("bad_fen", f"puzzle {puzzle_id!r}: bad FEN {fen!r}: {exc}") from None
+            raise InvalidPuzzleError(
+                "bad_fen", f"puzzle {puzzle_id!r}: bad FEN {fen!r}: {exc}"
+            ) from None
         if not board.is_valid():
             raise InvalidPuzzleError(
                 "bad_fen", f"puzzle {puzzle_id!r}: invalid position {fen!r} ({board.status()!r})"
@@ -211,7 +213,10 @@ class Puzzle:
 
     def to_row(self) -> dict[str, str]:
         """This puzzle as a CSV row (column name -> text), the inverse of :meth:`from_row`."""
-        numbers = {c: "" if getattr(self, n) is None else str(getattr(self, n)) for c, n in _NUMERIC_COLUMNS.items()}
+        numbers = {
+            c: "" if getattr(self, n) is None else str(getattr(self, n))
+            for c, n in _NUMERIC_COLUMNS.items()
+        }
         return {
             "PuzzleId": self.id,
             "FEN": self.fen,
@@ -394,7 +399,9 @@ def _zstd_chunks(handle) -> Iterator[bytes]:
                 data = b""
         offset = handle.tell()
     if in_frame:
-        raise _TruncatedInput("truncated_input", f"zstd stream ends inside a frame at byte {offset}", b"")
+        raise _TruncatedInput(
+            "truncated_input", f"zstd stream ends inside a frame at byte {offset}", b""
+        )
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -491,9 +498,14 @@ class PuzzleReader:
             raise ConfigError(f"min_rating {min_rating!r} > max_rating {max_rating!r}")
         if min_moves < 1:
             raise ConfigError(f"min_moves must be >= 1, got {min_moves!r}")
-        for name, themes in (("include_themes", include_themes), ("exclude_themes", exclude_themes)):
+        for name, themes in (
+            ("include_themes", include_themes),
+            ("exclude_themes", exclude_themes),
+        ):
             if isinstance(themes, str):
-                raise ConfigError(f"{name} must be a collection of theme names, not the string {themes!r}")
+                raise ConfigError(
+                    f"{name} must be a collection of theme names, not the string {themes!r}"
+                )
         self.path = Path(path)
         self.limit = limit
         self.min_rating = min_rating
@@ -507,7 +519,8 @@ class PuzzleReader:
         self.counts = ReadCounts()
 
     def __repr__(self) -> str:
-        return f"PuzzleReader({str(self.path)!r}, shard={self.shard!r}, num_shards={self.num_shards!r})"
+        path = str(self.path)
+        return f"PuzzleReader({path!r}, shard={self.shard!r}, num_shards={self.num_shards!r})"
 
     def _filter_reason(self, puzzle: Puzzle) -> str | None:
         if self.min_rating is not None or self.max_rating is not None:
@@ -565,18 +578,26 @@ class PuzzleReader:
             where = f"row {row_index} (id {puzzle_id!r})"
             if len(fields) > len(header) or len(fields) < len(REQUIRED_COLUMNS):
                 counts._count(
-                    counts.rejected, "malformed_row", f"{where}: {len(fields)} fields, header has {len(header)}"
+                    counts.rejected,
+                    "malformed_row",
+                    f"{where}: {len(fields)} fields, header has {len(header)}",
                 )
                 continue
             row = dict(zip(header, fields))
             if any(column not in row for column in REQUIRED_COLUMNS):
-                counts._count(counts.rejected, "malformed_row", f"{where}: missing {REQUIRED_COLUMNS!r} fields")
+                counts._count(
+                    counts.rejected,
+                    "malformed_row",
+                    f"{where}: missing {REQUIRED_COLUMNS!r} fields",
+                )
                 continue
             if any("\ufffd" in value for value in fields):
                 counts._count(counts.rejected, "bad_encoding", f"{where}: not UTF-8")
                 continue
             if duplicate:
-                counts._count(counts.rejected, "duplicate_id", f"{where}: duplicate id {puzzle_id!r}")
+                counts._count(
+                    counts.rejected, "duplicate_id", f"{where}: duplicate id {puzzle_id!r}"
+                )
                 continue
             try:
                 puzzle = Puzzle.from_row(row, min_moves=self.min_moves)
@@ -593,12 +614,21 @@ class PuzzleReader:
             # The incomplete last line of a damaged stream: never parsed, it may look valid.
             counts.rows += 1
             if index % self.num_shards == self.shard:
-                counts._count(counts.rejected, "truncated_row", f"row {index}: incomplete line {partial[:80]!r}")
+                counts._count(
+                    counts.rejected,
+                    "truncated_row",
+                    f"row {index}: incomplete line {partial[:80]!r}",
+                )
             else:
                 counts.other_shard += 1
         log.info(
             "%s: %d rows, %d kept, %d other shards, rejected %s, filtered %s, read errors %s",
-            self.path, counts.rows, counts.kept, counts.other_shard, counts.rejected, counts.filtered,
+            self.path,
+            counts.rows,
+            counts.kept,
+            counts.other_shard,
+            counts.rejected,
+            counts.filtered,
             counts.read_errors,
         )
 

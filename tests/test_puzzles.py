@@ -19,7 +19,13 @@ from leela_interp.puzzles import (
     write_puzzles,
 )
 
-SAMPLE_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "puzzles" / "lichess_sample.csv"
+SAMPLE_CSV = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "puzzles"
+    / "lichess_sample.csv"
+)
 
 HEADER = ",".join(COLUMNS)
 # Real rows of the Lichess database.
@@ -43,7 +49,12 @@ def write_csv(path: Path, lines: list[str], *, header: bool = True) -> Path:
 
 
 def assert_every_row_counted(counts: ReadCounts) -> None:
-    accounted = counts.kept + counts.other_shard + sum(counts.rejected.values()) + sum(counts.filtered.values())
+    accounted = (
+        counts.kept
+        + counts.other_shard
+        + sum(counts.rejected.values())
+        + sum(counts.filtered.values())
+    )
     assert accounted == counts.rows
 
 
@@ -78,14 +89,18 @@ def test_sources_targets_and_different_targets():
 
 
 def test_optional_columns_may_be_empty_or_missing():
-    puzzle = Puzzle.from_row({"PuzzleId": "local-1", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5", "Rating": ""})
+    puzzle = Puzzle.from_row(
+        {"PuzzleId": "local-1", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5", "Rating": ""}
+    )
     assert puzzle.rating is None and puzzle.themes == [] and puzzle.game_url == ""
     assert puzzle == Puzzle.from_row(puzzle.to_row())
 
 
 def test_moves_are_normalised_to_python_chess_uci():
     fen = "r3k2r/8/8/8/8/8/8/R3K2R w KQkq - 0 1"
-    puzzle = Puzzle.from_row({"PuzzleId": "c", "FEN": fen, "Moves": "e1h1 e8c8"})  # king-takes-rook castling
+    puzzle = Puzzle.from_row(
+        {"PuzzleId": "c", "FEN": fen, "Moves": "e1h1 e8c8"}
+    )  # king-takes-rook castling
     assert puzzle.moves == ["e1g1", "e8c8"]
 
 
@@ -94,12 +109,18 @@ def test_moves_are_normalised_to_python_chess_uci():
     [
         ({"PuzzleId": "", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5"}, "missing_id"),
         ({"PuzzleId": "a", "FEN": "not a fen", "Moves": "e2e4 e7e5"}, "bad_fen"),
-        ({"PuzzleId": "a", "FEN": "8/8/8/8/8/8/8/8 w - - 0 1", "Moves": "e2e4 e7e5"}, "bad_fen"),  # no kings
+        (
+            {"PuzzleId": "a", "FEN": "8/8/8/8/8/8/8/8 w - - 0 1", "Moves": "e2e4 e7e5"},
+            "bad_fen",
+        ),  # no kings
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "  "}, "empty_moves"),
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e5 e7e5"}, "illegal_move"),
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4 xyz"}, "illegal_move"),
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4"}, "short_line"),
-        ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5", "Rating": "high"}, "bad_number"),
+        (
+            {"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5", "Rating": "high"},
+            "bad_number",
+        ),
     ],
 )
 def test_from_row_rejects_with_a_reason_and_the_bad_value(row, reason):
@@ -108,7 +129,11 @@ def test_from_row_rejects_with_a_reason_and_the_bad_value(row, reason):
     assert info.value.reason == reason
     assert isinstance(info.value, ValueError)
     if reason in ("bad_fen", "illegal_move"):
-        bad = row["FEN"] if reason == "bad_fen" else row["Moves"].split()[1 if "xyz" in row["Moves"] else 0]
+        bad = (
+            row["FEN"]
+            if reason == "bad_fen"
+            else row["Moves"].split()[1 if "xyz" in row["Moves"] else 0]
+        )
         assert repr(bad) in str(info.value)
 
 
@@ -120,7 +145,9 @@ BAD_ROWS_FILE = [
     GOOD[1],
     "illegal,rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1,e2e4 e7e4,1500,,,,short,,",
     "nomoves,rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1,,1500,,,,short,,",
-    GOOD[1].replace("5rk1/1p3ppp", "5rk1/1p3ppp", 1),  # duplicate id 0000D (the later row is rejected)
+    GOOD[1].replace(
+        "5rk1/1p3ppp", "5rk1/1p3ppp", 1
+    ),  # duplicate id 0000D (the later row is rejected)
     "tooshort,rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1,e2e4,1500,,,,short,,",
     GOOD[2],
     "toomany,rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1,e2e4 e7e5,1500,,,,,,,,extra,extra",
@@ -149,7 +176,10 @@ def test_bad_rows_are_counted_per_reason_and_good_rows_kept(tmp_path):
     assert counts.rows == len(BAD_ROWS_FILE) - 1 and counts.kept == 4
     assert counts.read_errors == {}
     assert_every_row_counted(counts)
-    assert "'illegal'" in counts.examples["illegal_move"][0] and "'e7e4'" in counts.examples["illegal_move"][0]
+    assert (
+        "'illegal'" in counts.examples["illegal_move"][0]
+        and "'e7e4'" in counts.examples["illegal_move"][0]
+    )
     # The kept puzzles equal the rows read on their own.
     alone, _ = read_puzzles(write_csv(tmp_path / "good.csv", GOOD))
     assert puzzles == alone
@@ -164,7 +194,10 @@ def test_the_first_row_with_an_id_owns_it_even_if_invalid(tmp_path):
 def test_undecodable_bytes_are_a_bad_encoding_rejection(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(
-        (HEADER + "\n" + GOOD[0] + "\n").encode() + b"caf\xe9," + GOOD[1].split(",", 1)[1].encode() + b"\n"
+        (HEADER + "\n" + GOOD[0] + "\n").encode()
+        + b"caf\xe9,"
+        + GOOD[1].split(",", 1)[1].encode()
+        + b"\n"
     )
     puzzles, counts = read_puzzles(path)
     assert [p.id for p in puzzles] == ["00008"] and counts.rejected == {"bad_encoding": 1}
@@ -304,7 +337,9 @@ def test_rating_range_is_inclusive_and_drops_unrated(tmp_path):
 
 
 def test_themes_include_and_exclude(tmp_path):
-    no_themes = "local-1," + GOOD[2].split(",", 1)[1].replace("advantage endgame rookEndgame short", "")
+    no_themes = "local-1," + GOOD[2].split(",", 1)[1].replace(
+        "advantage endgame rookEndgame short", ""
+    )
     path = write_csv(tmp_path / "t.csv", [*GOOD, MATE_IN_1, no_themes])
     puzzles, counts = read_puzzles(path)  # default: drop mateIn1, keep rows without themes
     assert [p.id for p in puzzles] == [*ONLY_IDS, "local-1"]
