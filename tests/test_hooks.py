@@ -1,0 +1,139 @@
+"""Hook points and interventions on the native modules (no lc0 engine needed)."""
+
+from __future__ import annotations
+
+import chess
+import pytest
+import torch
+
+from leela_interp import UnknownHookError, load_network
+from leela_interp.lc0.random_net import write_random_net
+
+TRANSFORMER = dict(body="transformer", policy="attention", d_model=32, layers=3, heads=4,
+                   d_ff=48, embedding="PE_DENSE", smolgen=True, default_activation="mish")
+CNN = dict(body="cnn", channels=16, blocks=3)
+
+
+@pytest.fixture(scope="module", params=["transformer", "cnn"])
+def net(request, tmp_path_factory):
+    spec = TRANSFORMER if request.param == "transformer" else CNN
+    path = write_random_net(tmp_path_factory.mktemp("nets") / "n.pb.gz", seed=2, **spec)
+    return load_network(path)
+
+
+@pytest.fixture(scope="module")
+def planes(net):
+    boards = []
+    for fen in ["r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3",
+                "8/5pk1/6p1/8/3Q4/8/5PPP/6K1 b - - 0 40",
+                "4k3/P7/8/8/8/8/8/4K3 w - - 0 1"]:
+        boards.append(chess.Board(fen))
+    return net.encode(boards)
+
+
+def _outputs(out):
+    return [t for t in (out.policy_logits, out.value, out.wdl, out.mlh) if t is not None]
+
+
+def test_hook_names_are_module_paths_with_shapes(net):
+    names = net.hook_names()
+    L = net.config.n_layers
+    d = net.config.d_model
+    for layer in range(L):
+        for site in ("hook_resid_pre", "hook_resid_post"):
+            assert names[f"blocks.{layer}.{site}"] == (64, d)
+    if net.config.body == "transformer":
+        h = net.config.n_heads
+        assert names["embed.hook_out"] == (64, d)
+        assert names["blocks.0.attn.hook_pattern"] == (h, 64, 64)
+        assert names["blocks.0.attn.hook_scores"] == (h, 64, 64)
+        assert names["blocks.0.attn.hook_smolgen"] == (h, 64, 64)
+        assert names["blocks.0.attn.hook_z"] == (h, 64, d // h)
+        assert names["blocks.0.attn.hook_q"] == (h, 64, d // h)
+        assert names["blocks.0.hook_resid_mid"] == (64, d)
+        assert names["blocks.0.mlp.hook_post"] == (64, 48)
+    else:
+        assert names["blocks.0.hook_conv1"] == (64, d)
+        assert names["blocks.0.se.hook_gate"] == (d,)
+    assert names["policy_head.hook_logits"] == (1858,)
+    assert list(names) == [n for n in net.hook_dict if n in names]  # forward order
+
+
+def test_patching_every_hook_with_its_own_value_is_bit_identical(net, planes):
+    clean, cache = net.run_with_cache(planes)
+    assert set(cache) == set(net.hook_names())
+    for name in cache:
+        out = net.run_with_hooks(planes, fwd_hooks=[(name, lambda t, hook: cache[hook.name])])
+        for a, b in zip(_outputs(clean), _outputs(out)):
+            assert torch.equal(a, b), name
+
+
+def test_start_at_layer_reproduces_the_full_forward(net, planes):
+    clean, cache = net.run_with_cache(planes, names="blocks.*.hook_resid_pre")
+    for layer in range(net.config.n_layers):
+        resid = cache[f"blocks.{layer}.hook_resid_pre"]
+        out = net(start_at_layer=layer, resid=resid)
+        for a, b in zip(_outputs(clean), _outputs(out)):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0)
+        assert torch.equal(net(planes, stop_at_layer=layer), resid)
+
+
+def test_zeroing_a_head_pattern_equals_removing_its_contribution(net, planes):
+    if net.config.body != "transformer":
+        pytest.skip("attention heads exist only in transformers")
+    layer, head = 1, 2
+    _, cache = net.run_with_cache(planes, names=[f"blocks.{layer}.attn.hook_z",
+                                                 f"blocks.{layer}.hook_attn_out",
+                                                 f"blocks.{layer}.hook_resid_pre"])
+
+    def zero_pattern(pattern, hook):
+        pattern = pattern.clone()
+        pattern[:, head] = 0
+        return pattern
+
+    ablated = net.run_with_hooks(planes, fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern",
+                                                     zero_pattern)])
+    # By hand: the head's contribution is z_h @ W_O[:, h-slice]^T; remove it from attn_out.
+    attn = net.blocks[layer].attn
+    d_head = attn.d_head
+    z = cache[f"blocks.{layer}.attn.hook_z"][:, head]  # [B, 64, d_head]
+    w_o = attn.out.weight[:, head * d_head:(head + 1) * d_head]  # [d_model, d_head]
+    attn_out = cache[f"blocks.{layer}.hook_attn_out"] - z @ w_o.T
+    by_hand = net.run_with_hooks(planes, fwd_hooks=[(f"blocks.{layer}.hook_attn_out",
+                                                     lambda t, hook: attn_out)])
+    for a, b in zip(_outputs(ablated), _outputs(by_hand)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert not torch.allclose(ablated.policy_logits, net(planes).policy_logits)
+
+
+def test_hooks_are_removed_after_use_even_on_error(net, planes):
+    def boom(t, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        net.run_with_hooks(planes, fwd_hooks=[("blocks.0.hook_resid_post", boom)])
+    assert all(not h._forward_hooks for h in net.hook_dict.values())
+    with net.hooks([("blocks.*.hook_resid_post", lambda t, hook: t * 0)]):
+        zeroed = net(planes).policy_logits
+        assert torch.equal(zeroed, net(planes).policy_logits)  # active for every call inside
+    assert not torch.equal(zeroed, net(planes).policy_logits)
+    assert all(not h._forward_hooks for h in net.hook_dict.values())
+
+
+def test_names_filters(net, planes):
+    _, cache = net.run_with_cache(planes, names="blocks.*.hook_resid_post", device="cpu")
+    assert sorted(cache) == sorted(f"blocks.{i}.hook_resid_post"
+                                   for i in range(net.config.n_layers))
+    _, cache = net.run_with_cache(planes, names=lambda n: n.endswith("hook_logits"))
+    assert "policy_head.hook_logits" in cache
+    with pytest.raises(UnknownHookError, match="blocks.99"):
+        net.run_with_cache(planes, names="blocks.99.hook_resid_post")
+    assert all(not t.requires_grad for t in cache.values())
+
+
+def test_move_probabilities_are_a_legal_softmax(net):
+    board = chess.Board()
+    board.push_san("e4")
+    (probs,) = net.move_probabilities([board])
+    assert set(probs) == {m.uci() for m in board.legal_moves}
+    assert abs(sum(probs.values()) - 1) < 1e-5
