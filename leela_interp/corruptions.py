@@ -300,7 +300,9 @@ def candidate_mask(
 
     Arguments are 1-D arrays or tensors (see :class:`CandidateScores`); ``oracle_drop_cp`` is
     Stockfish's score of the move on the clean board minus on the corrupted board, required when
-    ``thresholds.min_oracle_drop_cp`` is set. NaN fails every criterion.
+    ``thresholds.min_oracle_drop_cp`` is set: take both from
+    :meth:`leela_interp.oracle.Oracle.score_moves`, so that both are the same kind of search.
+    NaN fails every criterion.
 
     Raises:
         ValueError: Arrays of different lengths or not 1-D, or ``oracle_drop_cp`` missing.

@@ -500,7 +500,9 @@ class Oracle:
         """Stockfish's score of playing a given move, for each (position, move) pair.
 
         The search is restricted to that root move (UCI ``go searchmoves``); the score is the
-        mover's view, mates per :data:`MATE_CP`.
+        mover's view, mates per :data:`MATE_CP`. It can differ from the same move's score in
+        :meth:`analyse` (a different search), so compare it only with other ``score_moves``
+        results, e.g. a move on a clean and on a corrupted board.
 
         Raises:
             ValueError: A position is invalid, or a move is not legal in it.

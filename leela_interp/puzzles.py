@@ -68,7 +68,8 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("PuzzleId", "FEN", "Moves")
 #: - ``duplicate_id``: an earlier row of the file (in any shard) has the same id.
 #: - ``bad_fen``: ``FEN`` does not parse, or describes an invalid position.
 #: - ``empty_moves``: ``Moves`` is empty.
-#: - ``illegal_move``: a move is not UCI, or is illegal in the position it is played in.
+#: - ``illegal_move``: a move is not UCI, is the null move ``0000``, or is illegal where it is
+#:   played.
 #: - ``short_line``: fewer moves than ``min_moves`` (setup move included).
 #: - ``bad_number``: a numeric column (``Rating``, ...) holds something other than an integer.
 #: - ``truncated_row``: the partial last line of a truncated compressed file.
@@ -180,6 +181,8 @@ class Puzzle:
         for ply, uci in enumerate(uci_moves):
             try:
                 move = board.parse_uci(uci)
+                if not move:  # parse_uci accepts the null move "0000" unchecked
+                    raise ValueError("null move")
             except ValueError as exc:
                 raise InvalidPuzzleError(
                     "illegal_move",
@@ -448,7 +451,9 @@ class PuzzleReader:
        options are applied.
 
     Iterating yields the kept puzzles in file order and fills :attr:`counts`; iterating again
-    re-reads the file and starts new counts.
+    re-reads the file and starts new counts. Blank lines are skipped. A plain file's last line
+    is read even without a final newline, so a cut plain file cannot be told from a whole one;
+    a cut ``.zst`` can (see the module docstring).
 
     >>> reader = PuzzleReader("lichess_db_puzzle.csv.zst", limit=1000)  # doctest: +SKIP
     >>> puzzles = list(reader)  # doctest: +SKIP

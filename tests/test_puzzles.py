@@ -116,6 +116,7 @@ def test_moves_are_normalised_to_python_chess_uci():
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "  "}, "empty_moves"),
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e5 e7e5"}, "illegal_move"),
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4 xyz"}, "illegal_move"),
+        ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4 0000 d2d4"}, "illegal_move"),
         ({"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4"}, "short_line"),
         (
             {"PuzzleId": "a", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5", "Rating": "high"},
@@ -132,7 +133,7 @@ def test_from_row_rejects_with_a_reason_and_the_bad_value(row, reason):
         bad = (
             row["FEN"]
             if reason == "bad_fen"
-            else row["Moves"].split()[1 if "xyz" in row["Moves"] else 0]
+            else next(m for m in row["Moves"].split() if m in ("e2e5", "xyz", "0000"))
         )
         assert repr(bad) in str(info.value)
 
