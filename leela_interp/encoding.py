@@ -36,7 +36,7 @@ of the side to move attacks the skipped square, as in lc0.
 (torch.Size([1, 112, 8, 8]), torch.float32)
 >>> planes[0, 0, 1].tolist()  # our pawns on rank 2
 [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
->>> float(planes[0, 13:].abs().sum())  # fen_only: no history before the start position
+>>> float(planes[0, 13:104].abs().sum())  # fen_only: no history before the start position
 0.0
 """
 
@@ -414,9 +414,11 @@ def transform_for(board: chess.Board, input_format: int) -> int:
     Raises:
         ConfigError: ``input_format`` is not in :data:`INPUT_FORMATS`.
 
-    >>> transform_for(chess.Board("8/8/8/8/8/8/1K6/6qk w - - 0 1"), 3)
+    >>> transform_for(chess.Board("8/2K5/8/8/8/8/8/6qk w - - 0 1"), 3)  # flip and mirror
     3
-    >>> transform_for(chess.Board("8/8/8/8/8/8/1K6/6qk w - - 0 1"), 1)
+    >>> transform_for(chess.Board("8/8/8/8/8/6K1/8/q6k w - - 0 1"), 3)  # transpose
+    4
+    >>> transform_for(chess.Board("8/2K5/8/8/8/8/8/6qk w - - 0 1"), 1)
     0
     """
     _check_format(input_format)

@@ -309,7 +309,8 @@ def test_canonical_transforms_equal_lc0(endgames, backends, lc0, input_format):
     ours = encode(boards, input_format=input_format)
     for i, (root_fen, board) in enumerate(endgames):
         theirs = _lc0_planes(lc0, backends[input_format], root_fen, [board])[0]
-        assert torch.equal(ours[i], theirs), (root_fen, [m.uci() for m in board.move_stack], transform_for(board, 3))
+        moves = [m.uci() for m in board.move_stack]
+        assert torch.equal(ours[i], theirs), (root_fen, moves, transform_for(board, 3))
 
 
 def test_endgames_hit_every_transform(endgames):
