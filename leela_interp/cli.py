@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-# conf/ sits beside the package in a checkout; an installed wheel carries it as leela_interp.conf.
-_CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
-CONFIG_PATH = str(_CHECKOUT_CONF) if _CHECKOUT_CONF.is_dir() else "pkg://leela_interp.conf"
+# conf/ sits beside the package: the project is installed editable from its checkout
+# (scripts/setup.sh), so the configs users edit are the ones that run.
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
