@@ -137,3 +137,10 @@ def test_move_probabilities_are_a_legal_softmax(net):
     (probs,) = net.move_probabilities([board])
     assert set(probs) == {m.uci() for m in board.legal_moves}
     assert abs(sum(probs.values()) - 1) < 1e-5
+
+
+def test_hook_names_follow_forward_order(net):
+    order = []
+    with net.hooks([(None, lambda t, hook: order.append(hook.name))]):
+        net(torch.zeros(1, 112, 8, 8))
+    assert order == list(net.hook_names())

@@ -69,13 +69,15 @@ class ResidualBlock(nn.Module):
     """
 
     def __init__(self, channels: int, se_channels: int | None, act: int) -> None:
-        super().__init__()
+        super().__init__()  # modules in forward order, so hook names list in that order
+        self.hook_resid_pre = HookPoint()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.act = Activation(act)
+        self.hook_conv1 = HookPoint()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.hook_conv2 = HookPoint()
         self.se = SqueezeExcite(channels, se_channels, act) if se_channels else None
-        self.hook_resid_pre, self.hook_conv1 = HookPoint(), HookPoint()
-        self.hook_conv2, self.hook_resid_post = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = hooked(self.hook_resid_pre, x)

@@ -74,6 +74,7 @@ class AttentionPolicyHead(nn.Module):
         from leela_interp.policy import ATTENTION_POLICY_MAP
 
         self.conv_body = conv_body
+        self.hook_in = HookPoint()
         self.embed = nn.Linear(channels, embed)
         self.act = Activation(act)
         self.encoders = nn.ModuleList(encoders)
@@ -83,7 +84,7 @@ class AttentionPolicyHead(nn.Module):
         self.scale = 1.0 / math.sqrt(d_policy)
         self.register_buffer("gather", _gather_index(np.asarray(ATTENTION_POLICY_MAP)),
                              persistent=False)
-        self.hook_in, self.hook_scores, self.hook_logits = HookPoint(), HookPoint(), HookPoint()
+        self.hook_scores, self.hook_logits = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, smolgen_w: nn.Linear | None = None) -> torch.Tensor:
         tokens = x.flatten(2).transpose(1, 2) if self.conv_body else x
@@ -114,11 +115,12 @@ class ValueHead(nn.Module):
                  conv_body: bool) -> None:
         super().__init__()
         self.conv_body = conv_body
+        self.hook_in = HookPoint()
         self.embed = nn.Conv2d(channels, embed, 1) if conv_body else nn.Linear(channels, embed)
         self.act = Activation(act)
         self.dense1 = nn.Linear(embed * 64, hidden)
         self.dense2 = nn.Linear(hidden, outputs)
-        self.hook_in, self.hook_logits = HookPoint(), HookPoint()
+        self.hook_logits = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_body:

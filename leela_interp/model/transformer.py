@@ -177,15 +177,17 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, *, d_model: int, d_attn: int, n_heads: int, d_ff: int, ffn_act: int,
                  smolgen: Smolgen | None, alpha: float, eps: float) -> None:
-        super().__init__()
+        super().__init__()  # modules in forward order, so hook names list in that order
+        self.hook_resid_pre = HookPoint()
         self.attn = Attention(d_model, d_attn, n_heads, smolgen)
+        self.hook_attn_out = HookPoint()
         self.ln1 = nn.LayerNorm(d_model, eps=eps)
+        self.hook_resid_mid = HookPoint()
         self.mlp = MLP(d_model, d_ff, ffn_act)
+        self.hook_mlp_out = HookPoint()
         self.ln2 = nn.LayerNorm(d_model, eps=eps)
-        self.alpha = alpha
-        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
-        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
         self.hook_resid_post = HookPoint()
+        self.alpha = alpha
 
     def forward(self, x: torch.Tensor, smolgen_w: nn.Linear | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
