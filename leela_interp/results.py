@@ -1,0 +1,121 @@
+"""HDF5 result files: atomic completion, config hashes, UTF-8 strings and named axes.
+
+Every stage writes one HDF5 file in the run folder with this life cycle:
+
+1. Work happens in ``NAME.h5.partial`` (resumable: a rerun reopens it and continues).
+2. On success the file gets ``attrs["complete"] = True`` and is renamed to ``NAME.h5``.
+
+So a file under its final name is always complete, and a killed run never leaves one that claims
+to be. Root attributes every result file carries: ``schema`` (file kind and version),
+``config_hash`` and ``config`` (the stage's resolved config as JSON), ``leela_interp_version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from leela_interp import __version__
+
+#: h5py dtype for variable-length UTF-8 strings (readable with plain h5py as ``bytes``/``str``).
+STR = h5py.string_dtype(encoding="utf-8")
+
+
+def config_hash(config: Mapping) -> str:
+    """A stable sha256 of a (JSON-serialisable) config mapping; keys are sorted."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def partial_path(path: str | Path) -> Path:
+    """The in-progress name of result file ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def is_complete(path: str | Path, expected_hash: str | None = None) -> bool:
+    """True if ``path`` exists, is marked complete, and (if given) has ``expected_hash``."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False):
+                return False
+            return expected_hash is None or f.attrs.get("config_hash") == expected_hash
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def open_partial(path: str | Path, *, schema: str, config: Mapping,
+                 resume: bool = True) -> Iterator[h5py.File]:
+    """Open ``path``'s partial file for writing; on clean exit mark it complete and rename it.
+
+    Args:
+        path: the final file name.
+        schema: file kind and version, e.g. ``"leela_interp.puzzles/1"``.
+        config: the stage config; its hash decides whether an existing partial file is resumed.
+        resume: reuse an existing partial file with the same config hash (else start afresh).
+
+    A partial file written under another config is discarded. If the block raises, the partial
+    file is left for a later resume and the final name is not touched.
+    """
+    path = Path(path)
+    tmp = partial_path(path)
+    digest = config_hash(config)
+    if tmp.exists() and resume:
+        try:
+            with h5py.File(tmp, "r") as f:
+                if f.attrs.get("config_hash") != digest or f.attrs.get("schema") != schema:
+                    resume = False
+        except OSError:  # a file broken mid-write (killed process): start again
+            resume = False
+    if tmp.exists() and not resume:
+        tmp.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = h5py.File(tmp, "a")
+    try:
+        f.attrs["schema"] = schema
+        f.attrs["config_hash"] = digest
+        f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
+        f.attrs["leela_interp_version"] = __version__
+        f.attrs["complete"] = False
+        yield f
+        f.attrs["complete"] = True
+    finally:
+        f.close()
+    if path.exists():
+        path.unlink()
+    os.replace(tmp, path)
+
+
+def write_strings(group: h5py.Group, name: str, values: Sequence[str], **kwargs) -> h5py.Dataset:
+    """Store ``values`` as a 1-D variable-length UTF-8 string dataset."""
+    if name in group:
+        del group[name]
+    return group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STR,
+                                **kwargs)
+
+
+def read_strings(dataset: h5py.Dataset) -> list[str]:
+    """A UTF-8 string dataset as a list of ``str``."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in dataset[()]]
+
+
+def label_axes(dataset: h5py.Dataset, *names: str, **attrs) -> h5py.Dataset:
+    """Name each axis (``dataset.dims[i].label``) and set attributes such as units or sign."""
+    if len(names) != dataset.ndim:
+        raise ValueError(f"{dataset.name}: {dataset.ndim} axes, got labels {names!r}")
+    for dim, name in zip(dataset.dims, names):
+        dim.label = name
+    for key, value in attrs.items():
+        dataset.attrs[key] = value
+    return dataset

@@ -1,0 +1,64 @@
+"""HDF5 result-file life cycle and the puzzle-set file."""
+
+import h5py
+import numpy as np
+import pytest
+
+from leela_interp.errors import ConfigError
+from leela_interp.puzzle_set import PuzzleSet
+from leela_interp.results import (is_complete, label_axes, open_partial, partial_path,
+                                  read_strings, write_strings)
+
+
+def test_partial_file_becomes_complete_only_on_success(tmp_path):
+    path = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError):
+        with open_partial(path, schema="t/1", config={"a": 1}) as f:
+            f["data"] = np.arange(3)
+            raise RuntimeError("killed")
+    assert not path.exists() and partial_path(path).exists()
+    with open_partial(path, schema="t/1", config={"a": 1}) as f:
+        assert "data" in f  # resumed: earlier work is still there
+    assert is_complete(path) and not partial_path(path).exists()
+    assert is_complete(path, expected_hash=None)
+
+
+def test_partial_file_of_another_config_is_discarded(tmp_path):
+    path = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError):
+        with open_partial(path, schema="t/1", config={"a": 1}) as f:
+            f["data"] = np.arange(3)
+            raise RuntimeError("killed")
+    with open_partial(path, schema="t/1", config={"a": 2}) as f:
+        assert "data" not in f
+
+
+def test_strings_and_axes(tmp_path):
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        write_strings(f, "names", ["e4", "Nf3", "ü"])
+        d = f.create_dataset("x", data=np.zeros((2, 3)))
+        label_axes(d, "puzzle", "layer", sign="positive = reduction")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert read_strings(f["names"]) == ["e4", "Nf3", "ü"]
+        assert [dim.label for dim in f["x"].dims] == ["puzzle", "layer"]
+        assert f["x"].attrs["sign"] == "positive = reduction"
+
+
+def test_puzzle_set_round_trip(tmp_path):
+    ps = PuzzleSet(ids=["a1", "b2"],
+                   fens=["r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24",
+                         "5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27"],
+                   moves=[["f2g3", "e6e7", "b2b1", "b3c1"], ["d3d6", "f8d8", "d6d8", "f6d8"]],
+                   corrupted_fens=["", "5rk1/1p3ppp/pq3b2/8/8/1P1Q4/P4PPP/3R2K1 b - - 0 1"],
+                   different_targets=np.array([True, False]))
+    with h5py.File(tmp_path / "puzzles.h5", "w") as f:
+        ps.write(f.require_group("puzzles"))
+    back = PuzzleSet.load(tmp_path / "puzzles.h5")
+    assert back.ids == ps.ids and back.moves == ps.moves and back.pv(0) == ["e6e7", "b2b1", "b3c1"]
+    board = back.clean_board(0)
+    assert board.move_stack[0].uci() == "f2g3" and board.turn  # white to move after setup
+    assert back.corrupted_board(1).fen().startswith("5rk1/1p3ppp/pq3b2/8/8/1P1Q4")
+    with pytest.raises(ValueError, match="no corrupted board"):
+        back.corrupted_board(0)
+    with pytest.raises(ConfigError, match="run the puzzles stage first"):
+        PuzzleSet.load(tmp_path / "missing.h5")
