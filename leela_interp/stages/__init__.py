@@ -14,9 +14,11 @@ from leela_interp.errors import ConfigError
 #: Stage name -> module under leela_interp.stages, in pipeline order.
 STAGES: dict[str, str] = {
     "info": "info",
+    "activations": "activations",
+    "inspect": "inspect",
 }
-#: Stages that ``stage=all`` runs (``info`` only prints).
-PIPELINE: list[str] = []
+#: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
+PIPELINE: list[str] = ["activations"]
 
 
 def run_stages(cfg: DictConfig) -> None:
