@@ -16,9 +16,11 @@ STAGES: dict[str, str] = {
     "info": "info",
     "activations": "activations",
     "inspect": "inspect",
+    "patching": "patching",
+    "ablations": "ablations",
 }
 #: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
-PIPELINE: list[str] = ["activations"]
+PIPELINE: list[str] = ["activations", "patching", "ablations"]
 
 
 def run_stages(cfg: DictConfig) -> None:
