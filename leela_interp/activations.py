@@ -219,9 +219,8 @@ def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
                       hooks: str | Sequence[str] = "blocks.*.hook_resid_post",
                       boards: str = "both", dtype: str = "float32", compression: str = "none",
-                      batch_size: int = 256, device: str | torch.device | None = None,
-                      puzzles_sha256: str | None = None, config: Mapping | None = None,
-                      overwrite: bool = False, progress: bool = True,
+                      batch_size: int = 256, puzzles_sha256: str | None = None,
+                      config: Mapping | None = None, overwrite: bool = False, progress: bool = True,
                       after_batch: Callable[[int], None] | None = None) -> Path:
     """Run ``net`` over every puzzle and write the chosen hooks' activations to ``path``.
 
@@ -240,7 +239,7 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
         dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk).
         compression: ``"none"``, ``"lzf"`` (fast) or ``"gzip"`` (smaller, slow).
         batch_size: puzzles per forward pass and per write (memory is about two batches).
-        device: where the forward pass runs; None = where ``net`` is.
+            The forward pass runs where ``net`` is (move it first for a GPU).
         puzzles_sha256: identity of an in-memory puzzle set; default: the file's sha256 when
             ``puzzles`` is a path, else :func:`puzzle_set_sha256`.
         config: what the file records and hashes; default :func:`cache_config` of the arguments
@@ -290,11 +289,11 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
         check_cache(partial_path(path), network_sha256=network_sha256,
                     puzzles_sha256=puzzles_sha256)
     np_dtype = np.dtype(DTYPES[dtype])
-    device = torch.device(device) if device is not None else param.device
-    if device != param.device:
-        net = net.to(device)
 
     with open_partial(path, schema=SCHEMA, config=config, resume=not overwrite) as f:
+        f.attrs["network_sha256"] = network_sha256
+        f.attrs["puzzles_sha256"] = puzzles_sha256
+        f.attrs["network_path"] = getattr(net, "path", "") or ""
         done = int(f.attrs.get("rows_done", -1))
         if done >= 0 and read_strings(f["puzzle_ids"]) != list(puzzles.ids):
             done = -1  # same sha256 but other ids cannot happen; be safe and start over
@@ -304,9 +303,6 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
             done = 0
         elif done:
             log.info("resuming %s after %d of %d rows", partial_path(path), done, n)
-        f.attrs["network_sha256"] = network_sha256
-        f.attrs["puzzles_sha256"] = puzzles_sha256
-        f.attrs["network_path"] = getattr(net, "path", "") or ""
         f.attrs["hooks"] = json.dumps(list(shapes))
         f.attrs["boards"] = json.dumps(list(groups))
         datasets = {(g, hook): f[g][hook] for g in groups for hook in shapes}
@@ -519,7 +515,7 @@ def load_activation(path: str | Path, hook: str, *, board: str = "clean",
 
 def iter_activation(path: str | Path, hook: str, board: str = "clean", chunk: int | None = None,
                     *, device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
-    """Stream one hook in puzzle order, ``chunk`` puzzles per tensor (see :meth:`ActivationFile.iter`).
+    """Stream one hook in puzzle order, ``chunk`` puzzles per tensor (:meth:`ActivationFile.iter`).
 
     >>> total = sum(x.double().sum() for x in iter_activation(p, "blocks.0.hook_resid_post"))
     ... # doctest: +SKIP

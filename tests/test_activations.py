@@ -56,7 +56,8 @@ def make_puzzle_set() -> PuzzleSet:
     for i, (_, fen, moves) in enumerate(PUZZLES):
         board = chess.Board(fen)
         board.push_uci(moves.split()[0])
-        pawns = sorted(board.pieces(chess.PAWN, chess.WHITE) | board.pieces(chess.PAWN, chess.BLACK))
+        pawns = sorted(board.pieces(chess.PAWN, chess.WHITE)
+                       | board.pieces(chess.PAWN, chess.BLACK))
         if i in NO_CORRUPTION or not pawns:
             corrupted.append("")
             continue
@@ -65,6 +66,16 @@ def make_puzzle_set() -> PuzzleSet:
     return PuzzleSet(ids=[p[0] for p in PUZZLES], fens=[p[1] for p in PUZZLES],
                      moves=[p[2].split() for p in PUZZLES], corrupted_fens=corrupted,
                      different_targets=np.ones(len(PUZZLES), dtype=bool))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets: one torch thread (two threads on a busy 2-core machine make a 16-channel
+    convolution ~1000x slower, from OpenMP synchronisation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +251,9 @@ def test_sigkill_mid_write_then_rerun_equals_uninterrupted(puzzles, tmp_path):
     out = tmp_path / "run" / "activations.h5"
     script = textwrap.dedent(f"""
         import os, signal
+        import torch
         from leela_interp import load_network
+        torch.set_num_threads(1)
         from leela_interp.activations import cache_activations
         def die(rows):
             if rows == 4:
@@ -331,7 +344,8 @@ def test_stage_skips_refuses_and_forces(puzzles, tmp_path, monkeypatch):
 
     calls = []
     real = stage.cache_activations
-    monkeypatch.setattr(stage, "cache_activations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(stage, "cache_activations",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     stage.run(_compose(base + [f"model.path={net_a}", "activations.batch_size=8"]))
     assert calls == []  # up to date (batch size is not part of the config)
     with pytest.raises(ActivationCacheMismatchError, match="another network"):
