@@ -18,9 +18,10 @@ STAGES: dict[str, str] = {
     "inspect": "inspect",
     "patching": "patching",
     "ablations": "ablations",
+    "probes": "probes",
 }
 #: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
-PIPELINE: list[str] = ["activations", "patching", "ablations"]
+PIPELINE: list[str] = ["activations", "patching", "ablations", "probes"]
 
 
 def run_stages(cfg: DictConfig) -> None:
