@@ -14,6 +14,7 @@ from leela_interp.errors import ConfigError
 #: Stage name -> module under leela_interp.stages, in pipeline order.
 STAGES: dict[str, str] = {
     "info": "info",
+    "puzzles": "puzzles",
     "activations": "activations",
     "inspect": "inspect",
     "patching": "patching",
@@ -21,7 +22,7 @@ STAGES: dict[str, str] = {
     "probes": "probes",
 }
 #: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
-PIPELINE: list[str] = ["activations", "patching", "ablations", "probes"]
+PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probes"]
 
 
 def run_stages(cfg: DictConfig) -> None:

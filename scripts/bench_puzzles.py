@@ -1,0 +1,99 @@
+"""Throughput of the puzzles stage's two slow parts: the network pass and the Stockfish oracle.
+
+    python scripts/bench_puzzles.py [--puzzles 500] [--threads 1] [--batch 256]
+                                    [--oracle-puzzles 40] [--depth 12] [--engines 1 2]
+
+* Network pass: both nets (default maia-1900 strong, maia-1100 weak from ../shared/nets) on
+  every PV ply of the first ``--puzzles`` puzzles of ../shared/data/puzzles/lichess_sample.csv
+  with PV >= 3 plies (what the stage computes for a kept puzzle: P(PV move), top move, WDL),
+  encoding and legal masks included; once with the torch backend, once with onnxruntime
+  (same weights, exported in memory) when it is installed. CPU, fp32.
+* Oracle: ``Oracle.check_puzzles`` (every PV ply, multipv 2, the given depth, no cache) on
+  ``--oracle-puzzles`` puzzles, with each engine count of ``--engines``.
+
+Prints puzzles/s (and positions/s) and the 1-minute load average before and after each part:
+on a shared machine, compare numbers only at a similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from leela_interp.oracle import Oracle, OracleConfig
+from leela_interp.puzzle_pipeline import NetSpec, evaluate_moves, load_net
+from leela_interp.puzzles import read_puzzles
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def bench_nets(puzzles, strong: str, weak: str, backend: str, batch: int, threads: int) -> None:
+    nets = [load_net(NetSpec(path), backend=backend, device="cpu", threads=threads)
+            for path in (strong, weak)]
+    boards = [b for p in puzzles for b in p.boards()]
+    moves = [m for p in puzzles for m in p.pv_moves]
+    evaluate_moves(nets[0], boards[:batch], moves[:batch], batch)  # warm-up
+    before = load()
+    start = time.perf_counter()
+    for net in nets:
+        evaluate_moves(net, boards, moves, batch)
+    seconds = time.perf_counter() - start
+    print(f"network pass, {backend:<11} threads={threads} batch={batch}: "
+          f"{len(puzzles) / seconds:8.1f} puzzles/s ({2 * len(boards) / seconds:7.0f} positions/s, "
+          f"{len(puzzles)} puzzles, {len(boards)} plies x 2 nets, {seconds:.1f} s) "
+          f"[{before}, after {load()}]")
+
+
+def bench_oracle(puzzles, depth: int, engines: int) -> None:
+    config = OracleConfig(depth=depth, num_engines=engines)
+    with Oracle(config) as oracle:
+        before = load()
+        start = time.perf_counter()
+        oracle.check_puzzles(puzzles)
+        seconds = time.perf_counter() - start
+        positions = oracle.stats["searches"]
+    print(f"oracle, depth {depth}, {engines} engine(s): {len(puzzles) / seconds:6.2f} puzzles/s "
+          f"({positions / seconds:6.1f} positions/s, {len(puzzles)} puzzles, {seconds:.1f} s) "
+          f"[{before}, after {load()}]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default=str(SHARED / "data/puzzles/lichess_sample.csv"))
+    parser.add_argument("--strong", default=str(SHARED / "nets/maia-1900.pb.gz"))
+    parser.add_argument("--weak", default=str(SHARED / "nets/maia-1100.pb.gz"))
+    parser.add_argument("--puzzles", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--oracle-puzzles", type=int, default=40)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    puzzles, _ = read_puzzles(args.source, limit=4 * max(args.puzzles, args.oracle_puzzles))
+    puzzles = [p for p in puzzles if len(p.pv) >= 3]
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {load()}")
+    for backend in args.backends:
+        try:
+            bench_nets(puzzles[:args.puzzles], args.strong, args.weak, backend, args.batch,
+                       args.threads)
+        except Exception as exc:  # e.g. onnxruntime missing: say so, go on
+            print(f"network pass, {backend}: unavailable ({exc})")
+    # Different puzzles for each engine count, so that nothing is answered from a warm engine.
+    for k, engines in enumerate(args.engines):
+        chunk = puzzles[(k + 1) * args.puzzles:][:args.oracle_puzzles]
+        bench_oracle(chunk, args.depth, engines)
+
+
+if __name__ == "__main__":
+    main()
