@@ -8,7 +8,8 @@ transformer (mish). Each net is exported with :func:`leela_interp.onnx_io.export
 file is run by onnxruntime and converted by onnx2torch (the approach of the leela-interp paper's
 code). For maia-1900 lc0's own ``leela2onnx`` export (../shared/nets/onnx) is also run.
 Positions/s is the best of ``rounds`` timings of ``batches`` batches of identical planes (board
-encoding excluded). The max |policy logit| difference from the native module is printed too.
+encoding excluded), the backends timed in turn within each round; the load average is printed
+with each net, since a busy machine slows every backend. The max |policy logit| difference from the native module is printed too.
 
 onnx2torch (``pip install --no-deps onnx2torch``) imports torchvision for its NMS and RoIAlign
 converters only; when torchvision is absent a placeholder module is installed so that the import
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -74,16 +76,20 @@ def import_onnx2torch():
     return convert, ""
 
 
-def rate(fn, planes, batches: int, rounds: int) -> float:
-    fn(planes)  # warm-up
-    fn(planes)
-    best = float("inf")
+def rates(fns: list, planes, batches: int, rounds: int) -> list[float]:
+    """Positions/s of each function: best of ``rounds``, the functions timed in turn each round
+    (so that a change in the machine's load affects all of them alike)."""
+    for fn in fns:  # warm-up
+        fn(planes)
+        fn(planes)
+    best = [float("inf")] * len(fns)
     for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(batches):
-            fn(planes)
-        best = min(best, time.perf_counter() - start)
-    return planes.shape[0] * batches / best
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            for _ in range(batches):
+                fn(planes)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [planes.shape[0] * batches / t for t in best]
 
 
 def bench(label: str, pb_path: Path, lc0_onnx: Path | None, args, tmp: Path, convert) -> None:
@@ -106,11 +112,13 @@ def bench(label: str, pb_path: Path, lc0_onnx: Path | None, args, tmp: Path, con
         if convert is not None:
             converted = convert(str(onnx_path)).eval()
             rows.append(("onnx2torch, our export", converted, converted(planes)[0]))
-        print(f"\n{label}: batch {args.batch}, {args.threads} threads, CPU fp32")
-        for name, fn, policy in rows:
+        speeds = rates([fn for _, fn, _ in rows], planes, args.batches, args.rounds)
+        print(f"\n{label}: batch {args.batch}, {args.threads} threads, CPU fp32 "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        for (name, _, policy), speed in zip(rows, speeds):
             err = float((policy - reference).abs().max())
-            print(f"  {name:38s} {rate(fn, planes, args.batches, args.rounds):9.0f} positions/s"
-                  f"   (max |d policy| vs native {err:.1e})")
+            print(f"  {name:38s} {speed:9.0f} positions/s   (max |d policy| vs native "
+                  f"{err:.1e})", flush=True)
 
 
 def main() -> None:

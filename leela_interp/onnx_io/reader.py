@@ -688,6 +688,7 @@ def load_onnx(path: str | Path, *, input_format: int | None = None,
     net = build_network(net_proto, path=str(path), sha256=lc0w.sha256_file(path))
     net.config.details.update({
         "source": "onnx",
+        "format.weights_encoding": "FLOAT32 (read from ONNX)",
         "onnx.producer": f"{model.producer_name} {model.producer_version}".strip(),
         "onnx.opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           default=0),
