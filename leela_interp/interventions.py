@@ -430,11 +430,10 @@ def residual_patching(prep: Prepared, *, site: str = "resid_post", skip_identica
             t[np.arange(len(rows)), rs[rows]] = donor[rp[rows], rs[rows]].to(t.dtype)
             return t
 
-        if site == "resid_post":
-            logits = run_rows(net, layer + 1, len(rp), lambda rows, b=base: patch(b[rp[rows]], rows),
-                              batch_size=prep.batch_size)
-        elif site == "resid_pre":
-            logits = run_rows(net, layer, len(rp), lambda rows, b=base: patch(b[rp[rows]], rows),
+        if site in ("resid_post", "resid_pre"):  # post[l] is the stream entering block l+1
+            start = layer + 1 if site == "resid_post" else layer
+            logits = run_rows(net, start, len(rp),
+                              lambda rows, b=base: patch(b[rp[rows]], rows),
                               batch_size=prep.batch_size)
         else:
             start = prep.resid_in(layer)

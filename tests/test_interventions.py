@@ -433,6 +433,19 @@ def test_transformer_stage_outputs(transformer_run):
         assert [dim.label for dim in f["heads/effect"].dims] == ["puzzle", "layer", "head"]
         assert f["heads/effect"].shape == (n, L, H)
         assert read_strings(f["puzzle_id"]) == puzzles.ids
+        for site in ("resid_post", "resid_pre", "resid_mid"):  # derived arrays agree
+            np.testing.assert_array_equal(
+                f[f"residual/{site}/category_max"][()],
+                iv.category_max(f[f"residual/{site}/effect"][()], f["square_category"][()]))
+        corruption = f["corruption_effect"][()]
+    for p in range(n):
+        clean, corrupted, pv = puzzle_at(puzzles, p)
+        with torch.no_grad():
+            lc = net(net.encode([clean])).policy_logits[0]
+            lx = net(net.encode([corrupted])).policy_logits[0]
+        fmt = net.config.input_format
+        assert corruption[p] == pytest.approx(
+            ref_log_odds(clean, lc, pv[0], fmt) - ref_log_odds(clean, lx, pv[0], fmt), abs=ATOL)
     with h5py.File(run_dir / "ablations.h5", "r") as f:
         for m in ("zero", "mean", "resample"):
             assert f[f"heads/{m}/effect"].attrs["sign"] == iv.SIGN
@@ -446,7 +459,7 @@ def test_transformer_stage_outputs(transformer_run):
             "ablations_piece_heads.png"} <= figures
 
 
-def test_cnn_stages_say_there_are_no_heads(cnn_run, caplog):
+def test_cnn_stages_say_there_are_no_heads(cnn_run):
     run_dir, net, puzzles = cnn_run
     with h5py.File(run_dir / "patching.h5", "r") as f:
         assert "heads" not in f and "no attention heads" in f.attrs["heads"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from leela_interp import interventions as iv
 from leela_interp.errors import ConfigError
@@ -134,10 +135,12 @@ def run(cfg: DictConfig) -> Path:
         if "mean" in methods:
             if "heads/mean_z" not in f:
                 acc = iv.MeanHeadOutputs()
-                for s in range(0, n, bs):
+                step = min(bs, 64)  # every head's output of 64 boards at a time
+                for s in tqdm(range(0, n, step), desc="ablations: mean head outputs",
+                              unit="chunk", disable=None):
                     acc.add(iv.head_outputs(net, [puzzles.clean_board(i)
-                                                  for i in range(s, min(s + bs, n))],
-                                            batch_size=bs))
+                                                  for i in range(s, min(s + step, n))],
+                                            batch_size=step))
                 label_axes(f.create_dataset("heads/mean_z", data=acc.mean.float().numpy()),
                            "layer", "head", "square", "d_head",
                            meaning=f"mean hook_z over the {n} clean boards")
