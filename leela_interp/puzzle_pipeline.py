@@ -518,6 +518,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("corrupted_fen", STR, None, "", _P, "chosen corrupted board (no history); '' if none"),
     Column("different_targets", bool, None, False, _P,
            "targets of PV[0], PV[1], PV[2] are three distinct squares"),
+    Column("source_row", np.int64, None, -1, _P,
+           "0-based data row of the source file (header excluded; every shard's rows counted)"),
     Column("rating", np.int32, None, -1, _P, "Lichess puzzle rating; -1 if unknown"),
     Column("themes", STR, None, "", _P, "Lichess themes, space-separated"),
     Column("pv_length", np.int32, None, 0, _P, "plies in the PV (valid columns of [puzzle, ply])"),
@@ -679,9 +681,12 @@ class _Pipeline:
                 into[f"{prefix}_value"][i] = result.value[k]
                 into[f"{prefix}_wdl"][i] = result.wdl[k]
 
-    def process(self, puzzles: Sequence[Puzzle], funnel: dict[str, int]) -> dict[str, np.ndarray]:
-        """Filter one chunk; returns the columns of its kept puzzles and adds to ``funnel``."""
+    def process(self, numbered: Sequence[tuple[int, Puzzle]],
+                funnel: dict[str, int]) -> dict[str, np.ndarray]:
+        """Filter one chunk of (source row, puzzle) pairs; returns the columns of its kept
+        puzzles and adds to ``funnel``."""
         cfg, filters = self.config, self.config.filters
+        puzzles = [puzzle for _, puzzle in numbered]
         n = len(puzzles)
         width = max((len(p.pv) for p in puzzles), default=0)
         data = {c.name: _block(c, n, width) for c in COLUMNS}
@@ -736,6 +741,7 @@ class _Pipeline:
             if cfg.require_corruption:
                 alive &= data["has_corruption"]
 
+        data["source_row"] = np.array([row for row, _ in numbered], dtype=np.int64)
         for i, puzzle in enumerate(puzzles):
             data["id"][i] = puzzle.id
             data["fen"][i] = puzzle.fen
@@ -806,7 +812,14 @@ def input_hashes(config: PipelineConfig) -> dict[str, str]:
             "weak_sha256": sha256_file(config.weak.path)}
 
 
-def _chunks(items: Iterable[Puzzle], size: int) -> Iterator[list[Puzzle]]:
+def _numbered(reader: PuzzleReader) -> Iterator[tuple[int, Puzzle]]:
+    """(source row, puzzle) pairs. The reader counts a row in ``counts.rows`` before it yields
+    the row's puzzle, so while a puzzle is being yielded ``counts.rows - 1`` is its row."""
+    for puzzle in reader:
+        yield reader.counts.rows - 1, puzzle
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
@@ -860,7 +873,7 @@ def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool =
                 log.info("resuming %s after %d chunks (%d rows)", partial_path(out_path),
                          progress.chunks, progress.rows)
             bar = tqdm(total=config.limit, unit="puzzle", desc="puzzles", mininterval=1.0)
-            for index, chunk in enumerate(_chunks(reader, config.chunk_size)):
+            for index, chunk in enumerate(_chunks(_numbered(reader), config.chunk_size)):
                 bar.update(len(chunk))
                 if index < progress.chunks:
                     continue

@@ -8,8 +8,9 @@
   with PV >= 3 plies (what the stage computes for a kept puzzle: P(PV move), top move, WDL),
   encoding and legal masks included; once with the torch backend, once with onnxruntime
   (same weights, exported in memory) when it is installed. CPU, fp32.
-* Oracle: ``Oracle.check_puzzles`` (every PV ply, multipv 2, the given depth, no cache) on
-  ``--oracle-puzzles`` puzzles, with each engine count of ``--engines``.
+* Oracle: ``Oracle.check_puzzles`` (every PV ply, multipv 2, the given depth, no cache) on the
+  first ``--oracle-puzzles`` of those puzzles, with each engine count of ``--engines`` (fresh
+  engine processes each time).
 
 Prints puzzles/s (and positions/s) and the 1-minute load average before and after each part:
 on a shared machine, compare numbers only at a similar load.
@@ -76,7 +77,8 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--oracle-puzzles", type=int, default=40)
     parser.add_argument("--depth", type=int, default=12)
-    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--engines", type=int, nargs="*", default=[1, 2],
+                        help="engine counts to time (none: skip the oracle)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -89,10 +91,9 @@ def main() -> None:
                        args.threads)
         except Exception as exc:  # e.g. onnxruntime missing: say so, go on
             print(f"network pass, {backend}: unavailable ({exc})")
-    # Different puzzles for each engine count, so that nothing is answered from a warm engine.
-    for k, engines in enumerate(args.engines):
-        chunk = puzzles[(k + 1) * args.puzzles:][:args.oracle_puzzles]
-        bench_oracle(chunk, args.depth, engines)
+    # The same puzzles for each engine count: every pool starts fresh processes, no cache.
+    for engines in args.engines:
+        bench_oracle(puzzles[:args.oracle_puzzles], args.depth, engines)
 
 
 if __name__ == "__main__":

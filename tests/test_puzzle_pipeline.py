@@ -304,6 +304,37 @@ def test_bad_rows_and_a_truncated_zst_are_counted_and_good_rows_kept(tmp_path, n
     # The good rows of the intact frame are all kept, in order (every PV here is >= 3 plies).
     assert ids[:4] == ["00008", "0000D", "0008Q", "0009B"]
     assert funnel["read"] == funnel["kept"] == len(ids)
+    with h5py.File(summary.path, "r") as f:
+        assert list(f["puzzles/source_row"][:4]) == [0, 2, 5, 7]
+
+
+def test_shards_together_hold_the_unsharded_rows(tmp_path, nets):
+    source = write_csv(tmp_path / "p.csv", [*repeated(6), BAD["bad_fen"], *repeated(11)[6:]])
+    cfg = config(source, nets, chunk_size=4, filters=OPEN)
+    whole = read_file(build_puzzles(cfg, tmp_path / "all" / "puzzles.h5").path)
+    parts = [read_file(build_puzzles(config(source, nets, chunk_size=4, filters=OPEN, shard=k,
+                                            num_shards=2),
+                                     tmp_path / f"shard{k}" / "puzzles.h5").path)
+             for k in (0, 1)]
+    assert [list(p["puzzles/source_row"]) for p in parts] == [[0, 2, 4, 8, 10], [1, 3, 5, 7, 9, 11]]
+    order = np.argsort(np.concatenate([p["puzzles/source_row"] for p in parts]))
+    for column in COLUMNS:
+        name = f"puzzles/{column.name}"
+        merged = [p[name] for p in parts]
+        if column.width == 0:  # pad both shards to the same number of plies
+            width = max(m.shape[1] for m in merged)
+            merged = [np.concatenate([m, np.full((len(m), width - m.shape[1]), m.dtype.type(
+                column.fill) if m.dtype.kind != "O" else b"", dtype=m.dtype)], axis=1)
+                for m in merged]
+        merged = np.concatenate(merged)[order]
+        if merged.dtype.kind == "f":
+            np.testing.assert_allclose(merged, whole[name], atol=1e-6, err_msg=name)
+        else:
+            assert np.array_equal(merged, whole[name]), name
+    # Per-reason and per-filter counts add up over the shards.
+    for key in [k for k in whole if k.startswith("counts/") or k == "counts@valid"]:
+        assert whole[key] == sum(p[key] for p in parts), key
+    assert whole["counts/rejected@bad_fen"] == 1
 
 
 # --- resumption, skipping, forcing --------------------------------------------------------------
