@@ -3,6 +3,7 @@
     python scripts/bench_activations.py rss [--n 100 1000] [--shape 768x15x24h|maia-1900]
                                             [--batch 64] [--boards clean]
     python scripts/bench_activations.py throughput [--n 2048] [--batch 256] [--repeats 3]
+    python scripts/bench_activations.py read [--n 2048] [--d-model 768] [--hooks 15]
 
 ``rss``: caches every residual (``blocks.*.hook_resid_post``, float32, no compression) of N
 synthetic puzzles with a seeded random BT-style smolgen transformer (or maia-1900), each N in its
@@ -14,6 +15,9 @@ puzzles (encode + forward, batch by batch, outputs dropped) and (B) ``cache_acti
 every residual (encode + forward with hooks + HDF5 write); runs alternate A/B ``--repeats`` times
 and the best of each is reported, to damp the noise of a shared machine. Also B with lzf/gzip,
 float16 and both boards.
+
+``read``: how the chunk shape (whole puzzles per chunk; ``auto`` is what ``cache_activations``
+picks) affects reading one hook for all puzzles and for 256 random puzzles.
 
 Puzzles: real Lichess puzzles from ``../shared/data/puzzles/lichess_sample.csv`` (the first
 ``--distinct`` rows), repeated with new ids up to N; the corrupted board is the clean board less
@@ -194,8 +198,8 @@ def bench_throughput(args: argparse.Namespace) -> None:
         cache_activations(net, puzzles, out, hooks="blocks.*.hook_resid_post",
                           batch_size=args.batch, progress=False, overwrite=True, **kw)
         rates = n / (time.perf_counter() - start), n / (cpu_seconds() - cpu)
-        sizes[kw.get("compression", "none") + "/" + kw.get("dtype", "float32")] = \
-            out.stat().st_size / 2**20
+        sizes["/".join((kw.get("boards", "clean"), kw.get("compression", "none"),
+                        kw.get("dtype", "float32")))] = out.stat().st_size / 2**20
         out.unlink()
         return rates
 
@@ -222,16 +226,57 @@ def bench_throughput(args: argparse.Namespace) -> None:
         runs = [cached(**{"boards": "clean", **kw}) for _ in range(args.repeats)]
         line(label, (max(r[0] for r in runs), max(r[1] for r in runs)),
              "  (2 forwards per puzzle)" if "both" in label else "")
-    print("file MiB (compression/dtype, clean): "
+    print("file MiB (boards/compression/dtype): "
           + ", ".join(f"{k} {v:.1f}" for k, v in sizes.items()))
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()
 
 
+def bench_read(args: argparse.Namespace) -> None:
+    """Read speed of one hook for all puzzles / 256 random puzzles, by rows per chunk."""
+    from leela_interp.activations import ActivationFile, _chunk_rows
+
+    n, d, hooks = args.n[0], args.d_model, args.hooks
+    tmp = Path(tempfile.mkdtemp(dir=args.tmp))
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(args.batch, 64, d)).astype(np.float32)
+    auto = _chunk_rows(64 * d * 4, args.batch, n)
+    print(f"{hooks} hooks of [{n}, 64, {d}] float32 ({n * 64 * d * 4 / 2**20:.0f} MiB each), "
+          f"written in batches of {args.batch}; warm page cache; best of {args.repeats}")
+    for rows in sorted({1, 4, auto, args.batch}):
+        path = tmp / f"chunks-{rows}.h5"
+        with h5py.File(path, "w") as f:  # the layout cache_activations writes, other chunking
+            f.attrs.update(schema="leela_interp.activations/1", complete=True,
+                           hooks=json.dumps([f"h{i}" for i in range(hooks)]),
+                           boards=json.dumps(["clean"]))
+            f.create_dataset("puzzle_ids", data=np.array([str(i) for i in range(n)], object),
+                             dtype=h5py.string_dtype())
+            for i in range(hooks):
+                ds = f.create_dataset(f"clean/h{i}", shape=(n, 64, d), dtype=np.float32,
+                                      chunks=(rows, 64, d))
+                for s in range(0, n, args.batch):
+                    ds[s:s + args.batch] = block[:min(args.batch, n - s)]
+        idx = np.sort(rng.choice(n, size=min(256, n), replace=False))
+        full, some = [], []
+        with ActivationFile(path) as cache:
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                cache.load(f"h{hooks // 2}")
+                full.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                cache.load(f"h{hooks // 2}", indices=idx)
+                some.append(time.perf_counter() - start)
+        mib = n * 64 * d * 4 / 2**20
+        print(f"chunk rows {rows:4d}{' (auto)' if rows == auto else '       '}  one hook, all "
+              f"puzzles {mib / min(full):7.0f} MiB/s   256 random puzzles {min(some) * 1e3:7.1f} ms")
+        path.unlink()
+    tmp.rmdir()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["rss", "throughput", "child"])
+    parser.add_argument("mode", choices=["rss", "throughput", "read", "child"])
     parser.add_argument("--n", type=int, nargs="+", default=None)
     parser.add_argument("--shape", default="768x15x24h",
                         help="rss: a random transformer DxLxHh, or maia-1900")
@@ -240,6 +285,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--distinct", type=int, default=500)
     parser.add_argument("--tmp", default=None, help="folder for temporary files")
+    parser.add_argument("--d-model", type=int, default=768, help="read: residual width")
+    parser.add_argument("--hooks", type=int, default=15, help="read: hooks in the file")
     # child-only
     parser.add_argument("--net"), parser.add_argument("--puzzles"), parser.add_argument("--out")
     parser.add_argument("--boards", default="clean"), parser.add_argument("--dtype",
@@ -248,6 +295,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "child":
         child(args)
+    elif args.mode == "read":
+        args.n, args.batch = args.n or [2048], args.batch or 256
+        bench_read(args)
     elif args.mode == "rss":
         args.n, args.batch = args.n or [100, 1000], args.batch or 64
         bench_rss(args)
