@@ -7,6 +7,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
+
+# One torch thread per test process: the nets under test are tiny, and on a busy 2-core
+# machine two threads can make a small convolution orders of magnitude slower.
+torch.set_num_threads(1)
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 """Real lc0 nets (``nets/``) and puzzles (``data/puzzles/``), next to the checkout."""

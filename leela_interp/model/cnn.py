@@ -15,7 +15,7 @@ from leela_interp.model.hooks import HookPoint
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, 8, 8]`` -> ``[B, 64, C]`` (a view)."""
+    """``[B, C, 8, 8]`` -> ``[B, 64, C]`` (a view; contiguous when ``x`` is channels-last)."""
     return x.flatten(2).transpose(1, 2)
 
 
