@@ -843,7 +843,8 @@ def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool =
         ConfigError, WeightsFormatError: Bad settings or network files.
     """
     out_path = Path(out_path)
-    hashed = {**config.to_dict(), "inputs": input_hashes(config)}
+    # The schema is hashed too: a file of an older layout is not "up to date".
+    hashed = {**config.to_dict(), "inputs": input_hashes(config), "schema": SCHEMA}
     if not force and is_complete(out_path, config_hash(hashed)):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", out_path)
         with h5py.File(out_path, "r") as f:
