@@ -20,9 +20,10 @@ STAGES: dict[str, str] = {
     "patching": "patching",
     "ablations": "ablations",
     "probes": "probes",
+    "report": "report",
 }
 #: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
-PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probes"]
+PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probes", "report"]
 
 
 def run_stages(cfg: DictConfig) -> None:
