@@ -27,9 +27,18 @@ PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probe
 
 
 def run_stages(cfg: DictConfig) -> None:
-    """Run ``cfg.stage`` (one name, or ``all`` for every stage of the pipeline in order)."""
-    names = PIPELINE if cfg.stage == "all" else [cfg.stage]
+    """Run ``cfg.stage``: one name, a list of names (in that order), or ``all`` (the pipeline).
+
+    ``cfg.threads`` (if set) is the torch thread count for the whole run.
+    """
+    import torch
+
+    stage = cfg.stage
+    names = PIPELINE if stage == "all" else [stage] if isinstance(stage, str) else list(stage)
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r}; choose one of {['all', *STAGES]}")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     for name in names:
-        if name not in STAGES:
-            raise ConfigError(f"unknown stage {name!r}; choose one of {['all', *STAGES]}")
         importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
