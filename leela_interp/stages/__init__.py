@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from leela_interp.errors import ConfigError
 
@@ -40,5 +40,16 @@ def run_stages(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown stage {unknown[0]!r}; choose one of {['all', *STAGES]}")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    force = cfg.get("force", False)
+    if isinstance(force, str):  # force=STAGE: redo that stage and every later pipeline stage
+        if force not in PIPELINE:
+            raise ConfigError(f"force={force!r}: give true, false or a stage of {PIPELINE}")
+        redo = set(PIPELINE[PIPELINE.index(force):])
     for name in names:
+        if isinstance(force, str):
+            with open_dict(cfg):
+                cfg.force = name in redo
         importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
+    if isinstance(force, str):
+        with open_dict(cfg):
+            cfg.force = force

@@ -1,0 +1,102 @@
+"""The pipeline as users run it: every stage in order, reruns that do no work, force=STAGE."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from leela_interp.lc0.random_net import write_random_net
+from leela_interp.puzzles import COLUMNS
+from leela_interp.stages import PIPELINE, run_stages
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Real Lichess rows (CC0), repeated under new ids.
+ROWS = [
+    "r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24,f2g3 e6e7 b2b1 b3c1 b1c1 h6c1",
+    "5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27,d3d6 f8d8 d6d8 f6d8",
+    "8/4R3/1p2P3/p4r2/P6p/1P3Pk1/4K3/8 w - - 1 64,e7f7 f5e5 e2f1 e5e6",
+    "r2qr1k1/b1p2ppp/pp4n1/P1P1p3/4P1n1/B2P2Pb/3NBP1P/RN1QR1K1 b - - 1 16,b6c5 e2g4 h3g4 d1g4",
+]
+OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5",
+           "patching": "patching.h5", "ablations": "ablations.h5", "probes": "probes.h5",
+           "report": "report.md"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    csv = root / "puzzles.csv"
+    lines = [",".join(COLUMNS)]
+    for i in range(24):
+        fen, moves = ROWS[i % 4].split(",")
+        lines.append(f"p{i:03d},{fen},{moves},,,,,,,")
+    csv.write_text("\n".join(lines) + "\n")
+    strong = write_random_net(root / "strong.pb.gz", body="transformer", policy="attention",
+                              d_model=32, layers=2, heads=4, d_ff=32, seed=1)
+    weak = write_random_net(root / "weak.pb.gz", seed=2)
+    return root, csv, strong, weak
+
+
+def config(setup, out_dir, *extra):
+    root, csv, strong, weak = setup
+    overrides = [
+        "stage=all", f"out_dir={out_dir}", f"model.path={strong}", "threads=1",
+        f"puzzles.source={csv}", f"puzzles.weak_model.path={weak}",
+        "puzzles.oracle.enabled=false", "puzzles.filters.hard_max_weak_prob=0.5",
+        "puzzles.filters.correct_min_strong_prob=0.0", "puzzles.filters.forcing_min_weak_prob=0.0",
+        "puzzles.filters.unique=false", "puzzles.corruptions.max_weak_log_odds_drop=5.0",
+        "puzzles.corruptions.min_strong_value_drop=0.0", "puzzles.corruptions.max_strong_prob=1.0",
+        "puzzles.corruptions.max_jsd=5.0", "ablations.method=[zero]", "probes.seeds=[0]",
+        "probes.splits=[all]", "probes.bilinear.epochs=1", "patching.figures=false",
+        "ablations.figures=false", *extra]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def mtimes(out: Path) -> dict[str, float]:
+    return {stage: (out / name).stat().st_mtime_ns for stage, name in OUTPUTS.items()}
+
+
+def test_full_pipeline_then_rerun_does_no_work_then_force_one_stage(setup, tmp_path):
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    run_stages(config(setup, out))
+    first = time.perf_counter() - start
+    before = mtimes(out)
+    assert set(before) == set(OUTPUTS) and list(OUTPUTS)[:-1] == PIPELINE[:-1]
+
+    start = time.perf_counter()
+    run_stages(config(setup, out))
+    rerun = time.perf_counter() - start
+    after = mtimes(out)
+    # Nothing but the report (a summary, always rewritten) is touched, and it is fast.
+    assert {k: v for k, v in after.items() if k != "report"} == \
+        {k: v for k, v in before.items() if k != "report"}
+    assert rerun < first / 3, (first, rerun)
+
+    run_stages(config(setup, out, "force=patching"))
+    forced = mtimes(out)
+    for stage in ("puzzles", "activations"):
+        assert forced[stage] == after[stage], stage
+    for stage in ("patching", "ablations", "probes", "report"):
+        assert forced[stage] > after[stage], stage
+
+
+def test_missing_input_names_the_stage_to_run(setup, tmp_path):
+    from leela_interp.errors import ConfigError
+
+    cfg = config(setup, tmp_path / "empty", "stage=probes")
+    with pytest.raises(ConfigError, match="stage=activations|stage=puzzles"):
+        run_stages(cfg)
+
+
+def test_unknown_stage_and_bad_force(setup, tmp_path):
+    from leela_interp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown stage 'nope'"):
+        run_stages(config(setup, tmp_path, "stage=nope"))
+    with pytest.raises(ConfigError, match="force='nope'"):
+        run_stages(config(setup, tmp_path, "force=nope"))
