@@ -135,8 +135,10 @@ def test_lc0_export_matches_lc0_engine(name, positions, lc0, caplog):
     for key, p in ours_params.items():
         q = native_params[key]
         assert (p - q).abs().max() <= 1e-6 * q.abs().max(), key
+    # Weights a few ulps apart, run through oneDNN's channels-last convolutions: the outputs
+    # agree within the project's lc0 tolerance.
     for a, b in zip(ours, theirs):
-        assert max(max_errors(a, b).values()) <= 5e-5
+        assert max(max_errors(a, b).values()) <= TOL
 
 
 @pytest.mark.parametrize("name", ["maia-1900"])
