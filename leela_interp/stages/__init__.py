@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "ablations": "ablations",
     "probes": "probes",
     "report": "report",
+    "merge": "merge",
 }
 #: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
 PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probes", "report"]
