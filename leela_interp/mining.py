@@ -18,6 +18,9 @@ winning move and a forcing line of at least ``min_plies`` plies follows:
    checkmate, at ``max_plies``, or before the first solver move that is not unique (the
    opponent's reply before it is dropped, so every line ends with a solver move). Lines
    shorter than ``min_plies`` are discarded.
+4. **Confirm** (optional, ``confirm_depth``): the finished puzzle is judged again by a deeper
+   oracle exactly as the puzzles stage judges it (every solver move Stockfish's best and
+   ``margin_cp`` ahead of the second) and dropped if it fails.
 
 The result is a :class:`~leela_interp.puzzles.Puzzle` in the Lichess convention: ``fen`` is
 the game position *before* the opponent's setup move (the game's previous move), ``moves`` is
@@ -102,6 +105,10 @@ class MiningConfig:
     """The line stops after this many plies (an odd number keeps a solver move last)."""
     min_game_ply: int = 1
     """Skip puzzle positions before this game ply (e.g. to skip random openings)."""
+    confirm_depth: int | None = None
+    """If set, every mined puzzle is checked again at this depth (as the puzzles stage's oracle
+    does: :meth:`leela_interp.oracle.Oracle.check_puzzles`) and kept only if every solver move
+    is still Stockfish's unique best; e.g. mine at depth 12 and confirm at 16."""
     max_per_game: int | None = None
     """Keep at most this many puzzles per game, chosen with ``seed``; None keeps all."""
     seed: int = 0
@@ -114,6 +121,10 @@ class MiningConfig:
     """Engine processes; None = one per CPU core."""
 
     def __post_init__(self) -> None:
+        if self.confirm_depth is not None and (not isinstance(self.confirm_depth, int)
+                                               or self.confirm_depth < 1):
+            raise ConfigError(f"mining confirm_depth must be a positive integer or None, "
+                              f"got {self.confirm_depth!r}")
         for name in ("depth", "screen_nodes", "min_plies", "max_plies", "min_game_ply",
                      "hash_mb"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -131,9 +142,10 @@ class MiningConfig:
                             nodes=self.screen_nodes, multipv=2, margin_cp=self.margin_cp,
                             num_engines=self.num_engines)
 
-    def verify_oracle(self) -> OracleConfig:
-        return OracleConfig(path=self.path, threads=1, hash_mb=self.hash_mb, depth=self.depth,
-                            multipv=2, margin_cp=self.margin_cp, num_engines=self.num_engines)
+    def verify_oracle(self, depth: int | None = None) -> OracleConfig:
+        return OracleConfig(path=self.path, threads=1, hash_mb=self.hash_mb,
+                            depth=depth or self.depth, multipv=2, margin_cp=self.margin_cp,
+                            num_engines=self.num_engines)
 
 
 @dataclass
@@ -323,6 +335,24 @@ def _extend(lines: list[_Line], oracle: Oracle, config: MiningConfig) -> None:
                 line.done = True
 
 
+def _confirm(lines: list[_Line], games: Sequence[Game], config: MiningConfig,
+             cache_path, stats: MiningStats) -> list[_Line]:
+    """Drop lines whose solver moves are not all unique at ``confirm_depth``."""
+    good = [line for line in lines
+            if line.reason is None and len(line.moves) >= config.min_plies]
+    if not good:
+        return lines
+    puzzles = [Puzzle(id=str(i), fen=games[line.game].board_at(line.ply - 1).fen(),
+                      moves=[games[line.game].moves[line.ply - 1], *line.moves])
+               for i, line in enumerate(good)]
+    with Oracle(config.verify_oracle(config.confirm_depth), cache_path=cache_path) as oracle:
+        verdicts = oracle.check_puzzles(puzzles)
+    for line, verdict in zip(good, verdicts):
+        if not verdict.solver_unique:
+            line.reason = f"not_unique_at_depth_{config.confirm_depth}"
+    return lines
+
+
 def _themes(line: _Line, start: chess.Board) -> list[str]:
     solver_moves = (len(line.moves) + 1) // 2
     board = line.board
@@ -389,6 +419,8 @@ def mine_puzzles(games: Iterable[Game], config: MiningConfig | None = None, *,
     with Oracle(config.verify_oracle(), cache_path=cache_path) as oracle:
         _extend(lines, oracle, config)
     found: dict[int, list[Puzzle]] = {}
+    if config.confirm_depth is not None:
+        lines = _confirm(lines, games, config, cache_path, stats)
     for line in lines:
         if line.reason is not None:
             stats.reject(line.reason)

@@ -33,6 +33,10 @@ from leela_interp.puzzles import write_puzzles  # noqa: E402
 log = logging.getLogger("mine_puzzles")
 
 
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pgn", nargs="*", type=Path, help="PGN files")
@@ -47,16 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-puzzles", type=int, default=None,
                         help="stop after the chunk that reaches this many puzzles")
     defaults = MiningConfig()
-    for name in ("depth", "screen_nodes", "screen_slack_cp", "margin_cp", "min_win_cp",
+    for name in ("depth", "confirm_depth", "screen_nodes", "screen_slack_cp", "margin_cp", "min_win_cp",
                  "max_second_cp", "min_plies", "max_plies", "min_game_ply", "max_per_game",
                  "seed", "hash_mb", "num_engines"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
-                            default=getattr(defaults, name))
+        optional = name in ("max_second_cp", "max_per_game", "num_engines", "confirm_depth")
+        parser.add_argument(f"--{name.replace('_', '-')}",
+                            type=_int_or_none if optional else int,
+                            default=getattr(defaults, name),
+                            help="an integer, or 'none'" if optional else None)
     parser.add_argument("--stockfish", default=defaults.path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = MiningConfig(
-        depth=args.depth, screen_nodes=args.screen_nodes, screen_slack_cp=args.screen_slack_cp,
+        depth=args.depth, confirm_depth=args.confirm_depth, screen_nodes=args.screen_nodes, screen_slack_cp=args.screen_slack_cp,
         margin_cp=args.margin_cp, min_win_cp=args.min_win_cp, max_second_cp=args.max_second_cp,
         min_plies=args.min_plies, max_plies=args.max_plies, min_game_ply=args.min_game_ply,
         max_per_game=args.max_per_game, seed=args.seed, path=args.stockfish,

@@ -13,10 +13,15 @@ trained with AdamW on
 * moves left (``mlh_weight``): Huber loss of the head's output against the plies left in the
   game, both divided by 20.
 
+With ``tactical_weight > 0`` positions where Stockfish's best move beats its second-best by at
+least ``tactical_margin_cp`` are drawn ``1 + tactical_weight`` times as often as the others
+(positions with one clear best move carry the tactics; in quiet positions the label is one of
+several near-equal moves).
+
 The data are the shards ``shard-00000.npz ...`` of ``data_dir``. The training set grows on a
 fixed schedule so that training can run while ``make_training_data.py`` is still writing
 shards: at step ``s`` it is shards ``0 .. k-1`` with
-``k = min(shards, shards_start + s * shards_per_1000_steps // 1000)``; with
+``k = min(shards, shards_start + max(0, s - grow_from_step) * shards_per_1000_steps // 1000)``; with
 ``wait_for_data: true`` a shard that does not exist yet is waited for. Every shard with
 ``index % val_every == val_every - 1`` is held out for validation. Batches are drawn uniformly
 (with replacement) from the current training set by a generator seeded with ``(seed, step)``,
@@ -32,6 +37,7 @@ Configuration: a YAML file (``conf/train/strong.yaml``, ``conf/train/weak.yaml``
 
     nohup nice -n 19 python scripts/train.py conf/train/strong.yaml > runs/train_strong.log 2>&1 &
     python scripts/train.py conf/train/weak.yaml steps=100 run_dir=runs/try
+    python scripts/train.py conf/train/strong.yaml export_only=true out=runs/snapshot.pb.gz
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ DEFAULTS = {
     "shards": 100,
     "shards_start": 100,
     "shards_per_1000_steps": 0,
+    "grow_from_step": 0,
     "val_every": 50,
     "wait_for_data": True,
     "seed": 0,
@@ -91,10 +98,13 @@ DEFAULTS = {
     "soft_weight": 0.5,
     "soft_temperature_cp": 50.0,
     "wdl_weight": 1.0,
+    "tactical_weight": 0.0,  # sampling weight 1 + this for clear-best-move positions
+    "tactical_margin_cp": 100,
     "mlh_weight": 0.1,
     "checkpoint_every": 250,
     "log_every": 50,
     "val_positions": 4096,
+    "export_only": False,  # write `out` from the last checkpoint without training further
 }
 
 _PAD_CP = -1_000_000
@@ -182,7 +192,8 @@ class Data:
 
 def shards_at(step: int, cfg) -> int:
     """How many shards (0 .. k-1) the training set holds at ``step``: a fixed schedule."""
-    grown = cfg.shards_start + (step * cfg.shards_per_1000_steps) // 1000
+    grown = cfg.shards_start + (max(0, step - cfg.grow_from_step)
+                                * cfg.shards_per_1000_steps) // 1000
     return min(cfg.shards, grown)
 
 
@@ -196,11 +207,13 @@ class Shards:
         self.train, self.val = Data(), Data()
         self.loaded = 0
 
-    def ensure(self, k: int, wait: bool) -> None:
-        """Load shards ``loaded .. k-1``; wait for missing ones (or raise if ``not wait``)."""
+    def ensure(self, k: int, wait: bool) -> bool:
+        """Load shards ``loaded .. k-1``; wait for missing ones (or raise if ``not wait``).
+
+        Returns whether any shard was loaded."""
         cfg = self.cfg
         if self.loaded >= k:
-            return
+            return False
         while self.loaded < k:
             i = self.loaded
             src = self.data_dir / f"shard-{i:05d}.npz"
@@ -220,6 +233,7 @@ class Shards:
             self.loaded += 1
         log.info("data: shards 0..%d: %d training positions, %d validation positions",
                  k - 1, self.train.n, self.val.n)
+        return True
 
 
 # --------------------------------------------------------------------------- model
@@ -265,9 +279,24 @@ def lr_at(step: int, cfg) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def batch_rows(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
-    """Rows of batch ``step``: uniform over the current training set, seeded by (seed, step)."""
-    return np.sort(np.random.default_rng([seed, step]).integers(0, n, batch_size))
+def batch_rows(step: int, n: int, batch_size: int, seed: int,
+               weights: np.ndarray | None = None) -> np.ndarray:
+    """Rows of batch ``step``: drawn with replacement from the current training set, uniformly
+    or with probability proportional to ``weights``, by a generator seeded with (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    if weights is None:
+        return np.sort(rng.integers(0, n, batch_size))
+    return np.sort(rng.choice(n, batch_size, p=weights[:n] / weights[:n].sum()))
+
+
+def sample_weights(data: Data, cfg) -> np.ndarray | None:
+    """``1 + tactical_weight`` for positions whose best move beats the second-best by at least
+    ``tactical_margin_cp`` (Stockfish's multipv labels), 1 elsewhere; None if uniform."""
+    if not cfg.tactical_weight:
+        return None
+    cp = data.mpv_cp.astype(np.int64)
+    margin = np.where(cp[:, 1] > _PAD_CP, cp[:, 0] - cp[:, 1], 0)
+    return 1.0 + cfg.tactical_weight * (margin >= cfg.tactical_margin_cp)
 
 
 @torch.no_grad()
@@ -292,7 +321,8 @@ def main(argv: list[str]) -> int:
                           OmegaConf.from_dotlist(argv[1:]))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
+    if not cfg.export_only:
+        OmegaConf.save(cfg, run_dir / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -315,7 +345,8 @@ def main(argv: list[str]) -> int:
         step = state["step"]
         log.info("resumed from %s at step %d", ckpt, step)
     train, val = shards.train, shards.val
-    shards.ensure(shards_at(step, cfg), wait=cfg.wait_for_data)
+    if not cfg.export_only:
+        shards.ensure(shards_at(step, cfg), wait=cfg.wait_for_data)
 
     def save_checkpoint() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -323,12 +354,14 @@ def main(argv: list[str]) -> int:
                     "config": OmegaConf.to_container(cfg)}, tmp)
         os.replace(tmp, ckpt)
 
-    t0, running = time.time(), {}
-    while step < cfg.steps:
+    t0, running, weights = time.time(), {}, None
+    while step < cfg.steps and not cfg.export_only:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        shards.ensure(shards_at(step, cfg), wait=cfg.wait_for_data)
-        b = train.batch(batch_rows(step, train.n, cfg.batch_size, cfg.seed), cfg, device)
+        if shards.ensure(shards_at(step, cfg), wait=cfg.wait_for_data) or weights is None:
+            weights = sample_weights(train, cfg)
+        b = train.batch(batch_rows(step, train.n, cfg.batch_size, cfg.seed, weights), cfg,
+                        device)
         out = forward_losses(net, b, cfg)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -349,6 +382,8 @@ def main(argv: list[str]) -> int:
                 log.info("step %d validation: %s", step,
                          " ".join(f"{k}={x:.4f}" for k, x in v.items()))
     net.eval()
+    if cfg.export_only:
+        log.info("export_only: writing the network of step %d", step)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_network(net.cpu(), out, encoding=cfg.encoding)

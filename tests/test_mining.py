@@ -145,3 +145,14 @@ def test_config_errors():
         MiningConfig(min_plies=5, max_plies=3)
     with pytest.raises(ConfigError, match="depth"):
         MiningConfig(depth=0)
+
+
+@needs_stockfish
+def test_confirm_depth_keeps_sound_puzzles(pgn_path, mined, tmp_path):
+    config = MiningConfig(depth=12, confirm_depth=14, screen_nodes=5000, num_engines=1)
+    confirmed, stats = mine_puzzles(read_pgn(pgn_path), config, cache_path=tmp_path / "c.sqlite")
+    # both mates in 2 are sound at any depth; every kept puzzle passed the deeper check
+    assert {tuple(p.moves) for p in confirmed} >= {("d6d7", "e2e8", "d7e8", "e1e8"),
+                                                   ("g4d1", "c4f7", "e8e7", "c3d5")}
+    assert stats.kept + sum(n for r, n in stats.rejected.items() if r.startswith("not_unique_at")) \
+        == len(mined[0])
