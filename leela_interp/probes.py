@@ -15,7 +15,8 @@ Conventions:
 - PV plies are counted from 0: ply 0 is the side to move's first move, ply 1 the opponent's
   reply, ply 2 the side to move's next move (the paper's "3rd move").
 - ``acts`` is one layer's activations ``[N, 64, d_model]`` (numpy, float16 or float32, as
-  stored); ``rows`` index it (puzzles), ``cond`` gives one conditioning token per row.
+  stored, or a :class:`LayerRows` reading them from the cache on demand); ``rows`` index it
+  (puzzles), ``cond`` gives one conditioning token per row.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def layer_hooks(path: str | Path, site: str = "hook_resid_post") -> dict[int, st
 
 
 def load_layer(path: str | Path, hook: str, *, dtype: str | None = None,
-               chunk_rows: int = 1024) -> np.ndarray:
+               chunk_rows: int = 128) -> np.ndarray:
     """One hook's activations ``[N, 64, d_model]`` from ``clean/{hook}``.
 
     Read in slabs of ``chunk_rows`` puzzles straight into one preallocated array, so peak memory
@@ -278,7 +279,32 @@ def load_layer(path: str | Path, hook: str, *, dtype: str | None = None,
     return out
 
 
-def channel_rms(acts: np.ndarray, rows: np.ndarray, *, chunk_rows: int = 512) -> np.ndarray:
+class LayerRows:
+    """One hook's activations read from an open HDF5 dataset as the probes ask for rows.
+
+    Stands in for :func:`load_layer`'s array when a layer is too big to hold: indexing with an
+    array of rows (any order, repeats allowed), optionally paired with one square per row
+    (``acts[rows, squares]``), reads just those rows, so memory is one batch. Repeated passes
+    are served by the OS page cache, not by this process's memory.
+    """
+
+    def __init__(self, dataset: h5py.Dataset, dtype: str | None = None) -> None:
+        self.dataset = dataset
+        self.shape = dataset.shape
+        self.dtype = np.dtype(dtype) if dtype else dataset.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, squares = key
+            return self[rows][np.arange(len(rows)), squares]
+        rows, back = np.unique(np.asarray(key, np.int64), return_inverse=True)
+        return self.dataset[rows][back].astype(self.dtype, copy=False)
+
+
+def channel_rms(acts: np.ndarray, rows: np.ndarray, *, chunk_rows: int = 64) -> np.ndarray:
     """Root mean square of each channel over ``rows`` and all squares, float32 ``[d_model]``.
 
     Zero channels get 1 (nothing to scale).
@@ -367,7 +393,7 @@ def fit_bilinear(acts: np.ndarray, rows: np.ndarray, cond: np.ndarray, y: np.nda
 
 @torch.no_grad()
 def predict_bilinear(probe: BilinearProbe, acts: np.ndarray, rows: np.ndarray,
-                     cond: np.ndarray, *, scale: np.ndarray, batch_size: int = 512) -> np.ndarray:
+                     cond: np.ndarray, *, scale: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Most likely token of each row, int64 ``[len(rows)]``."""
     out = np.empty(len(rows), np.int64)
     for start in range(0, len(rows), batch_size):
@@ -417,7 +443,7 @@ class SquarePCA:
         return cls(mean.astype(np.float32), np.ascontiguousarray(basis, np.float32))
 
     def transform(self, acts: np.ndarray, rows: np.ndarray, *,
-                  chunk_rows: int = 512) -> np.ndarray:
+                  chunk_rows: int = 128) -> np.ndarray:
         """Every square's projection, flattened: float32 ``[len(rows), 64 * components]``."""
         r = self.basis.shape[1]
         out = np.empty((len(rows), acts.shape[1] * r), np.float32)

@@ -3,6 +3,7 @@
     python scripts/bench_probes.py [--puzzles 16000] [--width 64] [--layers 6]
                                    [--dtype float32] [--seeds 0] [--splits all]
                                    [--logreg-max-iter 50] [--threads 1] [--twin]
+                                   [--max-layer-gib 1.0]
                                    [--workdir DIR] [--keep]
 
 Builds a run folder with a ``puzzles.h5`` of the first ``--puzzles`` real Lichess puzzles of
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--logreg-max-iter", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (probes.threads)")
     ap.add_argument("--twin", action="store_true", help="also the random-twin baseline")
+    ap.add_argument("--max-layer-gib", default="1.0",
+                    help="probes.max_layer_gib: bigger layers are read row by row ('null': never)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
@@ -124,6 +127,7 @@ def main() -> None:
            f"model.path={net}", f"probes.seeds=[{args.seeds}]", f"probes.splits=[{args.splits}]",
            f"probes.logreg.max_iter={args.logreg_max_iter}", f"probes.threads={args.threads}",
            f"probes.random_twin.enabled={str(args.twin).lower()}",
+           f"probes.max_layer_gib={args.max_layer_gib}",
            f"hydra.run.dir={work / 'hydra'}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)

@@ -66,9 +66,12 @@ def _inputs(path: Path) -> dict:
 
 
 def stage_config(cfg: DictConfig, activations: Path) -> dict:
-    """What ``probes.h5`` records and hashes: the ``probes`` section and the input cache."""
-    return {"probes": OmegaConf.to_container(cfg.probes, resolve=True),
-            "activations": _inputs(activations)}
+    """What ``probes.h5`` records and hashes: the ``probes`` section (less the keys that do not
+    change results: ``threads``, ``max_layer_gib``) and the input cache."""
+    probes = OmegaConf.to_container(cfg.probes, resolve=True)
+    for key in ("threads", "max_layer_gib"):
+        probes.pop(key, None)
+    return {"probes": probes, "activations": _inputs(activations)}
 
 
 def _scale(f: h5py.File, name: str, values, **attrs) -> h5py.Dataset:
@@ -248,7 +251,7 @@ def run(cfg: DictConfig) -> Path:
             f.attrs["random_twin_sha256"] = sha256_file(out / TWIN_NET)
             f.attrs["random_twin_seed"] = int(p.random_twin.seed)
         _baselines(f, plan)
-        _probe_layers(f, plan, p.dtype)
+        _probe_layers(f, plan, p.dtype, p.get("max_layer_gib"))
         _summarise(f)
         f.attrs["peak_rss_mb"] = peak_rss_mb()
     plot(path, out / FIGURE)
@@ -269,34 +272,50 @@ def _baselines(f: h5py.File, plan: Plan) -> None:
                     f["n_test"][si, ti, ki] = n
 
 
-def _probe_layers(f: h5py.File, plan: Plan, dtype: str | None) -> None:
-    """Train and test every probe on every (net, layer) not yet done; one layer in memory."""
-    nets, layers, targets = list(plan.sources), list(plan.layer_map), plan.targets
+def _probe_layers(f: h5py.File, plan: Plan, dtype: str | None,
+                  max_layer_gib: float | None) -> None:
+    """Train and test every probe on every (net, layer) not yet done; one layer in memory, or
+    (a layer over ``max_layer_gib``) read from the cache batch by batch."""
+    nets, layers = list(plan.sources), list(plan.layer_map)
     done = f["done"]
     todo = [(ni, li) for ni in range(len(nets)) for li in range(len(layers)) if not done[ni, li]]
     for ni, li in tqdm(todo, desc="probes", unit="layer"):
         net, layer = nets[ni], layers[li]
-        acts = P.load_layer(plan.sources[net], plan.layer_map[layer], dtype=dtype)
-        block = np.full((len(plan.splits), len(plan.probes), len(targets), len(plan.seeds)), -1,
-                        np.int64)
-        for si, s in enumerate(plan.splits):
-            for ki, seed in enumerate(plan.seeds):
-                train, test = plan.cuts[s, seed]
-                res = P.evaluate_layer(acts, plan.labels, plan.specs, train, test,
-                                       probes=plan.probes, bilinear=plan.bilinear,
-                                       logreg=plan.logreg, seed=seed)
-                for pi, probe in enumerate(plan.probes):
-                    for ti, t in enumerate(targets):
-                        block[si, pi, ti, ki] = res[probe][t][0]
-        del acts
-        f["n_correct"][ni, :, :, :, li, :] = block
-        done[ni, li] = True
-        f.flush()
-        acc = _accuracy(block, f["n_test"][()])
-        log.info("%s layer %d (split %s): %s; peak RSS %.0f MiB", net, layer, plan.splits[0],
-                 ", ".join(f"{probe}/{t} {np.nanmean(acc[0, pi, ti]):.3f}"
-                           for pi, probe in enumerate(plan.probes)
-                           for ti, t in enumerate(targets)), peak_rss_mb())
+        with h5py.File(plan.sources[net], "r") as cache:
+            ds = cache["clean"][plan.layer_map[layer]]
+            gib = ds.size * np.dtype(dtype or ds.dtype).itemsize / 2**30
+            if max_layer_gib is not None and gib > max_layer_gib:
+                log.info("%s layer %d: %.2f GiB > probes.max_layer_gib=%s: reading rows from %s "
+                         "as needed", net, layer, gib, max_layer_gib, plan.sources[net])
+                _probe_layer(f, plan, ni, li, P.LayerRows(ds, dtype))
+                continue
+        _probe_layer(f, plan, ni, li, P.load_layer(plan.sources[net], plan.layer_map[layer],
+                                                   dtype=dtype))
+
+
+def _probe_layer(f: h5py.File, plan: Plan, ni: int, li: int, acts) -> None:
+    """Every probe, split and seed on one (net, layer); results into ``n_correct``."""
+    targets = plan.targets
+    net, layer = list(plan.sources)[ni], list(plan.layer_map)[li]
+    block = np.full((len(plan.splits), len(plan.probes), len(targets), len(plan.seeds)), -1,
+                    np.int64)
+    for si, s in enumerate(plan.splits):
+        for ki, seed in enumerate(plan.seeds):
+            train, test = plan.cuts[s, seed]
+            res = P.evaluate_layer(acts, plan.labels, plan.specs, train, test,
+                                   probes=plan.probes, bilinear=plan.bilinear,
+                                   logreg=plan.logreg, seed=seed)
+            for pi, probe in enumerate(plan.probes):
+                for ti, t in enumerate(targets):
+                    block[si, pi, ti, ki] = res[probe][t][0]
+    f["n_correct"][ni, :, :, :, li, :] = block
+    f["done"][ni, li] = True
+    f.flush()
+    acc = _accuracy(block, f["n_test"][()])
+    log.info("%s layer %d (split %s): %s; peak RSS %.0f MiB", net, layer, plan.splits[0],
+             ", ".join(f"{probe}/{t} {np.nanmean(acc[0, pi, ti]):.3f}"
+                       for pi, probe in enumerate(plan.probes)
+                       for ti, t in enumerate(targets)), peak_rss_mb())
 
 
 def _accuracy(n_correct: np.ndarray, n_test: np.ndarray) -> np.ndarray:
