@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -286,12 +287,46 @@ class LayerRows:
     array of rows (any order, repeats allowed), optionally paired with one square per row
     (``acts[rows, squares]``), reads just those rows, so memory is one batch. Repeated passes
     are served by the OS page cache, not by this process's memory.
+
+    h5py's row-list reads cost ~1-6 ms a row; for an unfiltered (uncompressed) dataset, rows are
+    instead read with ``os.pread`` at their byte offsets in the file (chunk offsets from HDF5),
+    ~100x faster. Compressed datasets fall back to h5py.
     """
 
     def __init__(self, dataset: h5py.Dataset, dtype: str | None = None) -> None:
         self.dataset = dataset
         self.shape = dataset.shape
         self.dtype = np.dtype(dtype) if dtype else dataset.dtype
+        self._row_bytes = int(np.prod(self.shape[1:])) * dataset.dtype.itemsize
+        self._offsets = self._row_offsets(dataset)
+        self._fd = os.open(dataset.file.filename, os.O_RDONLY) if self._offsets is not None \
+            else None
+
+    @staticmethod
+    def _row_offsets(ds: h5py.Dataset) -> np.ndarray | None:
+        """Byte offset of every row in the file, or None (filtered or unallocated storage)."""
+        plist = ds.id.get_create_plist()
+        if plist.get_nfilters() or ds.dtype.byteorder == ">" or ds.size == 0:
+            return None
+        rows = np.arange(ds.shape[0], dtype=np.int64)
+        row_bytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+        if ds.chunks is None:
+            base = ds.id.get_offset()
+            return None if base is None else base + rows * row_bytes
+        if ds.chunks[1:] != ds.shape[1:]:
+            return None
+        per = ds.chunks[0]
+        starts = []
+        for c in range(0, ds.shape[0], per):
+            info = ds.id.get_chunk_info_by_coord((c,) + (0,) * (ds.ndim - 1))
+            if info.byte_offset is None or info.size != per * row_bytes:
+                return None
+            starts.append(info.byte_offset)
+        return np.asarray(starts, np.int64)[rows // per] + (rows % per) * row_bytes
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -300,8 +335,15 @@ class LayerRows:
         if isinstance(key, tuple):
             rows, squares = key
             return self[rows][np.arange(len(rows)), squares]
-        rows, back = np.unique(np.asarray(key, np.int64), return_inverse=True)
-        return self.dataset[rows][back].astype(self.dtype, copy=False)
+        rows = np.asarray(key, np.int64)
+        if self._fd is None:
+            unique, back = np.unique(rows, return_inverse=True)
+            return self.dataset[unique][back].astype(self.dtype, copy=False)
+        out = np.empty((len(rows), *self.shape[1:]), self.dataset.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        for i, offset in enumerate(self._offsets[rows]):
+            flat[i] = np.frombuffer(os.pread(self._fd, self._row_bytes, int(offset)), np.uint8)
+        return out.astype(self.dtype, copy=False)
 
 
 def channel_rms(acts: np.ndarray, rows: np.ndarray, *, chunk_rows: int = 64) -> np.ndarray:

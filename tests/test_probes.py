@@ -197,11 +197,16 @@ def test_layer_rows_reads_rows_on_demand_with_the_same_results(tmp_path):
     squares = np.array([3, 63, 0, 7, 9])
     train, test = P.train_test(np.arange(len(x)), 0, 0.7)
     cfg = {"logreg": P.LogRegConfig(components=2, max_iter=30)}
+    with h5py.File(path, "a") as f:  # a compressed copy: read through h5py, not os.pread
+        f.create_dataset("clean/gzip", data=x, chunks=(64, 64, x.shape[-1]), compression="gzip")
     with h5py.File(path, "r") as f:
         lazy = P.LayerRows(f["clean"]["blocks.0.hook_resid_post"], "float16")
-        assert lazy.shape == loaded.shape and lazy.dtype == loaded.dtype
-        assert np.array_equal(lazy[rows], loaded[rows])
-        assert np.array_equal(lazy[rows, squares], loaded[rows, squares])
+        gz = P.LayerRows(f["clean"]["gzip"], "float16")
+        assert lazy._fd is not None and gz._fd is None
+        for view in (lazy, gz):
+            assert view.shape == loaded.shape and view.dtype == loaded.dtype
+            assert np.array_equal(view[rows], loaded[rows])
+            assert np.array_equal(view[rows, squares], loaded[rows, squares])
         streamed = P.evaluate_layer(lazy, labels, specs, train, test, **cfg)
     assert streamed == P.evaluate_layer(loaded, labels, specs, train, test, **cfg)
 
