@@ -332,9 +332,13 @@ class LayerRows:
         return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, tuple):
-            rows, squares = key
-            return self[rows][np.arange(len(rows)), squares]
+        if isinstance(key, tuple):  # one square per row, read 256 rows at a time
+            rows, squares = (np.asarray(k, np.int64) for k in key)
+            out = np.empty((len(rows), *self.shape[2:]), self.dtype)
+            for start in range(0, len(rows), 256):
+                sl = slice(start, start + 256)
+                out[sl] = self[rows[sl]][np.arange(len(rows[sl])), squares[sl]]
+            return out
         rows = np.asarray(key, np.int64)
         if self._fd is None:
             unique, back = np.unique(rows, return_inverse=True)
