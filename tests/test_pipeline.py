@@ -100,3 +100,22 @@ def test_unknown_stage_and_bad_force(setup, tmp_path):
         run_stages(config(setup, tmp_path, "stage=nope"))
     with pytest.raises(ConfigError, match="force='nope'"):
         run_stages(config(setup, tmp_path, "force=nope"))
+
+
+def test_defaults_run_the_pipeline_on_the_shipped_nets_and_puzzles():
+    """`leela-interp` with no overrides: every stage, on files the project ships in data/."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config")
+        paper = compose("config", overrides=["puzzles=paper"])
+    root = CONF.parent
+    assert cfg.stage == "all"
+    for path in (cfg.model.path, cfg.puzzles.source, cfg.puzzles.weak_model.path):
+        assert (root / path).is_file(), path
+    assert cfg.puzzles.source.startswith("data/") and cfg.model.path.startswith("data/")
+    # puzzles=paper restores the paper's thresholds and asks for a source
+    assert paper.puzzles.filters.hard_max_weak_prob == 0.05
+    assert paper.puzzles.filters.correct_min_strong_prob == 0.5
+    assert paper.puzzles.filters.forcing_min_weak_prob == 0.7
+    assert cfg.puzzles.filters.hard_max_weak_prob > 0.05
+    with pytest.raises(Exception, match="source"):
+        str(paper.puzzles.source)

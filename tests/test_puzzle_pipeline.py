@@ -440,7 +440,7 @@ def test_default_yaml_builds_a_valid_config(nets):
 
     from leela_interp.cli import CONFIG_PATH
 
-    puzzles = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_PATH) / "puzzles" / "default.yaml"))
+    puzzles = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_PATH) / "puzzles" / "paper.yaml"))
     puzzles["source"] = "x.csv"
     puzzles["weak_model"]["path"] = nets[1]
     cfg = PipelineConfig.from_sections({"path": nets[0], "dtype": "float32", "batch_size": 8},
