@@ -298,18 +298,17 @@ class LayerRows:
         self.shape = dataset.shape
         self.dtype = np.dtype(dtype) if dtype else dataset.dtype
         self._row_bytes = int(np.prod(self.shape[1:])) * dataset.dtype.itemsize
-        self._offsets = self._row_offsets(dataset)
+        self._offsets = self._row_offsets(dataset, self._row_bytes)
         self._fd = os.open(dataset.file.filename, os.O_RDONLY) if self._offsets is not None \
             else None
 
     @staticmethod
-    def _row_offsets(ds: h5py.Dataset) -> np.ndarray | None:
+    def _row_offsets(ds: h5py.Dataset, row_bytes: int) -> np.ndarray | None:
         """Byte offset of every row in the file, or None (filtered or unallocated storage)."""
         plist = ds.id.get_create_plist()
         if plist.get_nfilters() or ds.dtype.byteorder == ">" or ds.size == 0:
             return None
         rows = np.arange(ds.shape[0], dtype=np.int64)
-        row_bytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
         if ds.chunks is None:
             base = ds.id.get_offset()
             return None if base is None else base + rows * row_bytes

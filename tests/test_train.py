@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import chess
@@ -32,16 +31,19 @@ def _script(name: str):
     return module
 
 
+# two tiny shards: one short game each, few nodes
+GEN_ARGS = ["--games-per-shard", "1", "--nodes", "300", "--multipv", "3", "--max-plies", "24"]
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("train_data")
-    gen = _script("make_training_data")
-    gen.main(["--out", str(out), "--shards", "2", "--games-per-shard", "1", "--nodes", "300",
-              "--multipv", "3", "--max-plies", "24", "--stockfish", STOCKFISH])
+    _script("make_training_data").main(["--out", str(out), "--shards", "2", *GEN_ARGS,
+                                        "--stockfish", STOCKFISH])
     return out
 
 
-def test_shard_labels_are_legal_and_replayable(data_dir):
+def test_shard_labels_are_legal_and_replayable(data_dir, tmp_path):
     d = np.load(data_dir / "shard-00000.npz")
     game = d["game_moves"][0].split()
     # the random opening plies are not labelled; every Stockfish ply after them is
@@ -55,40 +57,15 @@ def test_shard_labels_are_legal_and_replayable(data_dir):
         assert str(best) == str(mpv).split()[0]
         assert abs(float(wdl.sum()) - 1.0) < 1e-5
         board.push_uci(game[ply])
-    # the same (seed, shard) plays the same game
-    again = _script("make_training_data").make_shard(
-        _engine(), 0, _args(seed=0))
-    assert str(again["game_moves"][0]) == str(d["game_moves"][0])
+    # the same (seed, shard) plays the same game with the same labels
+    _script("make_training_data").main(["--out", str(tmp_path), "--shards", "1", *GEN_ARGS,
+                                        "--stockfish", STOCKFISH])
+    again = np.load(tmp_path / "shard-00000.npz")
+    assert all(np.array_equal(again[k], d[k]) for k in d.files)
 
 
-def _args(**kw):
-    import argparse
-    base = dict(seed=0, nodes=300, multipv=3, temperature_cp=40.0, random_plies=8,
-                max_plies=24, games_per_shard=1)
-    base.update(kw)
-    return argparse.Namespace(**base)
-
-
-_ENGINE = []
-
-
-def _engine():
-    import chess.engine
-    if not _ENGINE:
-        engine = chess.engine.SimpleEngine.popen_uci(STOCKFISH)
-        engine.configure({"Threads": 1, "Hash": 16})
-        _ENGINE.append(engine)
-    return _ENGINE[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quit_engine():
-    yield
-    for engine in _ENGINE:
-        engine.quit()
-
-
-def _train(tmp_path: Path, data_dir: Path, name: str, *extra: str) -> Path:
+def _train(train, tmp_path: Path, data_dir: Path, name: str, *extra: str) -> Path:
+    """Run scripts/train.py (the module ``train``) on a tiny net; returns its output file."""
     out = tmp_path / f"{name}.pb.gz"
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
@@ -97,18 +74,18 @@ def _train(tmp_path: Path, data_dir: Path, name: str, *extra: str) -> Path:
         "shards: 2\nshards_start: 1\nshards_per_1000_steps: 250\nval_every: 50\n"
         "steps: 6\nbatch_size: 8\nwarmup_steps: 2\ncheckpoint_every: 3\nlog_every: 3\n"
         "tactical_weight: 4.0\nwait_for_data: false\n")
-    _script("train").main([str(cfg), f"data_dir={data_dir}", f"cache_dir={tmp_path / 'cache'}",
-                           f"run_dir={tmp_path / name}", f"out={out}", *extra])
+    train.main([str(cfg), f"data_dir={data_dir}", f"cache_dir={tmp_path / 'cache'}",
+                f"run_dir={tmp_path / name}", f"out={out}", *extra])
     return out
 
 
 def test_training_is_deterministic_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
-    first = _train(tmp_path, data_dir, "a")
-    second = _train(tmp_path, data_dir, "b")
+    train = _script("train")
+    first = _train(train, tmp_path, data_dir, "a")
+    second = _train(_script("train"), tmp_path, data_dir, "b")
     assert first.read_bytes() == second.read_bytes()
 
     # kill a run at step 5 (after the step-3 checkpoint), then restart it
-    train = _script("train")
     calls = {"n": 0}
     real = train.forward_losses
 
@@ -118,17 +95,16 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path, data_dir, monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sys.modules[__name__], "_script", lambda name: train)
     monkeypatch.setattr(train, "forward_losses", dying)
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path, data_dir, "c")
+        _train(train, tmp_path, data_dir, "c")
     assert not (tmp_path / "c.pb.gz").exists()
     monkeypatch.setattr(train, "forward_losses", real)
-    resumed = _train(tmp_path, data_dir, "c")
+    resumed = _train(train, tmp_path, data_dir, "c")
     assert resumed.read_bytes() == first.read_bytes()
 
     # the output is a valid lc0 net that the training changed
     net = load_network(first)
-    untrained = _train(tmp_path, data_dir, "d", "steps=0")
+    untrained = _train(train, tmp_path, data_dir, "d", "steps=0")
     assert first.read_bytes() != untrained.read_bytes()
     assert net.summary()

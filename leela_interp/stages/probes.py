@@ -281,20 +281,21 @@ def _probe_layers(f: h5py.File, plan: Plan, dtype: str | None,
     todo = [(ni, li) for ni in range(len(nets)) for li in range(len(layers)) if not done[ni, li]]
     for ni, li in tqdm(todo, desc="probes", unit="layer"):
         net, layer = nets[ni], layers[li]
-        with h5py.File(plan.sources[net], "r") as cache:
-            ds = cache["clean"][plan.layer_map[layer]]
+        path, hook = plan.sources[net], plan.layer_map[layer]
+        with h5py.File(path, "r") as cache:
+            ds = cache["clean"][hook]
             gib = ds.size * np.dtype(dtype or ds.dtype).itemsize / 2**30
-            if max_layer_gib is not None and gib > max_layer_gib:
+            stream = max_layer_gib is not None and gib > max_layer_gib
+            if stream:
                 log.info("%s layer %d: %.2f GiB > probes.max_layer_gib=%s: reading rows from %s "
-                         "as needed", net, layer, gib, max_layer_gib, plan.sources[net])
-                _probe_layer(f, plan, ni, li, P.LayerRows(ds, dtype))
-                continue
-        _probe_layer(f, plan, ni, li, P.load_layer(plan.sources[net], plan.layer_map[layer],
-                                                   dtype=dtype))
+                         "as needed", net, layer, gib, max_layer_gib, path)
+            acts = P.LayerRows(ds, dtype) if stream else P.load_layer(path, hook, dtype=dtype)
+            _probe_layer(f, plan, ni, li, acts)
 
 
 def _probe_layer(f: h5py.File, plan: Plan, ni: int, li: int, acts) -> None:
-    """Every probe, split and seed on one (net, layer); results into ``n_correct``."""
+    """Every probe, split and seed on one (net ``ni``, layer ``li``); results into
+    ``n_correct``."""
     targets = plan.targets
     net, layer = list(plan.sources)[ni], list(plan.layer_map)[li]
     block = np.full((len(plan.splits), len(plan.probes), len(targets), len(plan.seeds)), -1,
