@@ -189,6 +189,78 @@ def token_to_square(token: int, turn: chess.Color, transform: int = 0) -> chess.
     return square ^ 56 if turn == chess.BLACK else square
 
 
+#: The ``numbering`` attribute of every square-valued HDF5 dataset indexed or valued by tokens.
+TOKEN_NUMBERING = ("token: rank*8+file in the side to move's frame (black: ranks flipped, "
+                   "files kept) after the clean board's canonical transform "
+                   "(leela_interp.encoding.square_to_token)")
+#: The ``numbering`` attribute of datasets that hold python-chess squares (named ``*_chess``).
+CHESS_NUMBERING = "python-chess: a1 = 0, b1 = 1, ..., h1 = 7, a2 = 8, ..., h8 = 63 (white's frame)"
+
+
+def _token_table(transform: int) -> np.ndarray:
+    """``int64 [2, 64]``: ``table[turn, square]`` is the token of ``square`` (turn 0 = black)."""
+    return np.array([[square_to_token(sq, turn, transform) for sq in chess.SQUARES]
+                     for turn in (chess.BLACK, chess.WHITE)], dtype=np.int64)
+
+
+_TOKEN_TABLES = {t: _token_table(t) for t in range(8)}
+
+
+def squares_to_tokens(squares, turns, transforms=0) -> np.ndarray:
+    """:func:`square_to_token`, vectorised: python-chess squares to tokens, elementwise.
+
+    Args:
+        squares: integer array ``[N, ...]`` of python-chess squares; negative entries (``-1`` =
+            none) are passed through unchanged.
+        turns: ``[N]`` side to move of each row (True / 1 = white).
+        transforms: ``[N]`` canonical transform of each row (or one int for all).
+
+    >>> squares_to_tokens([[chess.E2, -1], [chess.E7, chess.A8]], [True, False]).tolist()
+    [[12, -1], [12, 0]]
+    """
+    return _map_squares(squares, turns, transforms, inverse=False)
+
+
+def tokens_to_squares(tokens, turns, transforms=0) -> np.ndarray:
+    """:func:`token_to_square`, vectorised: the inverse of :func:`squares_to_tokens`."""
+    return _map_squares(tokens, turns, transforms, inverse=True)
+
+
+def _map_squares(values, turns, transforms, *, inverse: bool) -> np.ndarray:
+    values = np.asarray(values, dtype=np.int64)
+    n = values.shape[0] if values.ndim else 1
+    turns = np.broadcast_to(np.asarray(turns, dtype=bool).reshape(-1), (n,))
+    transforms = np.broadcast_to(np.asarray(transforms, dtype=np.int64).reshape(-1), (n,))
+    out = values.copy()
+    flat = out.reshape(n, -1)
+    for i in range(n):
+        table = _TOKEN_TABLES[int(transforms[i])][int(turns[i])]
+        if inverse:
+            table = np.argsort(table)
+        row = flat[i]
+        ok = row >= 0
+        row[ok] = table[row[ok]]
+    return out
+
+
+def reorder_tokens_to_squares(values, turns, transforms=0) -> np.ndarray:
+    """Reorder the last axis of ``values [N, ..., 64]`` from token order to python-chess square
+    order: ``out[i, ..., sq] = values[i, ..., square_to_token(sq, turns[i], transforms[i])]``.
+
+    Use it to show per-token values (activations, patching effects) on a board.
+
+    >>> v = np.arange(64)[None]  # token t holds the value t
+    >>> int(reorder_tokens_to_squares(v, [False])[0, chess.E7])  # e7 is black's token 12
+    12
+    """
+    values = np.asarray(values)
+    n = values.shape[0]
+    squares = np.broadcast_to(np.arange(64), (n, 64))
+    index = squares_to_tokens(squares, turns, transforms)  # [N, 64]: token of each square
+    shape = (n,) + (1,) * (values.ndim - 2) + (64,)
+    return np.take_along_axis(values, index.reshape(shape), axis=-1)
+
+
 # numpy versions, for a batch of masks at once.
 _REV8 = np.array([int(f"{b:08b}"[::-1], 2) for b in range(256)], dtype=np.uint8)
 

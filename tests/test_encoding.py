@@ -429,3 +429,29 @@ def test_tokens_index_the_planes(endgames):
         king = square_to_token(board.king(board.turn), board.turn, transform_for(board, 3))
         assert p[5].flatten().nonzero().flatten().tolist() == [king]
     assert square_to_token(chess.A1, chess.WHITE, FLIP_TRANSFORM | MIRROR_TRANSFORM | TRANSPOSE_TRANSFORM) == 0
+
+
+def test_vectorised_token_helpers_match_the_scalar_ones():
+    from leela_interp.encoding import (reorder_tokens_to_squares, squares_to_tokens,
+                                       token_to_square, tokens_to_squares)
+
+    rng = np.random.default_rng(0)
+    n = 40
+    turns = rng.integers(0, 2, n).astype(bool)
+    transforms = rng.integers(0, 8, n)
+    squares = rng.integers(-1, 64, (n, 5))
+    tokens = squares_to_tokens(squares, turns, transforms)
+    for i in range(n):
+        for j in range(5):
+            sq = int(squares[i, j])
+            want = -1 if sq < 0 else square_to_token(sq, bool(turns[i]), int(transforms[i]))
+            assert tokens[i, j] == want
+            if sq >= 0:
+                assert token_to_square(int(tokens[i, j]), bool(turns[i]), int(transforms[i])) == sq
+    assert (tokens_to_squares(tokens, turns, transforms) == squares).all()
+    values = rng.normal(size=(n, 3, 64))
+    by_square = reorder_tokens_to_squares(values, turns, transforms)
+    for i in range(n):
+        for sq in range(64):
+            t = square_to_token(sq, bool(turns[i]), int(transforms[i]))
+            assert (by_square[i, :, sq] == values[i, :, t]).all()
