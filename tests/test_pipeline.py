@@ -51,7 +51,9 @@ def config(setup, out_dir, *extra):
         "puzzles.corruptions.min_strong_value_drop=0.0", "puzzles.corruptions.max_strong_prob=1.0",
         "puzzles.corruptions.max_jsd=5.0", "ablations.method=[zero]", "probes.seeds=[0]",
         "probes.splits=[all]", "probes.bilinear.epochs=1", "patching.figures=false",
-        "ablations.figures=false", *extra]
+        "ablations.figures=false",
+        # a random strong net rarely ranks PV[0] first: analyse every puzzle
+        "patching.require_pv0_top=false", "ablations.require_pv0_top=false", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides)
 
