@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,3 +192,37 @@ def test_defaults_run_the_pipeline_on_the_shipped_nets_and_puzzles():
     assert cfg.puzzles.filters.hard_max_weak_prob > 0.05
     with pytest.raises(Exception, match="source"):
         str(paper.puzzles.source)
+
+
+def leela_interp(cwd: Path, *args: str) -> None:
+    """Run the ``leela-interp`` command (this checkout's package) in ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(CONF.parent)}
+    subprocess.run([sys.executable, "-m", "leela_interp.cli", *args], cwd=cwd, env=env,
+                   check=True, capture_output=True, timeout=300)
+
+
+def test_hydra_writes_its_files_into_the_run_folder(tmp_path):
+    """.hydra/ (and Hydra's log) land in out_dir, single runs and each job of a multirun; no
+    ./outputs or ./multirun in the directory the command runs in, which stays the directory
+    relative paths are resolved from (hydra.job.chdir=false)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["out_dir=runs/x"], return_hydra_config=True)
+    assert cfg.hydra.run.dir == "runs/x" and cfg.hydra.job.chdir is False
+
+    leela_interp(tmp_path, "stage=report", "out_dir=runs/one")
+    one = tmp_path / "runs" / "one"
+    assert (one / ".hydra" / "config.yaml").is_file() and (one / "report.md").is_file()
+    assert "out_dir=runs/one" in (one / ".hydra" / "overrides.yaml").read_text()
+
+    # each job's own out_dir (named here by its threads, not by Hydra's job number)
+    leela_interp(tmp_path, "-m", "stage=report", "out_dir=runs/sweep/threads${threads}",
+                 "threads=1,2")
+    sweep = tmp_path / "runs" / "sweep"
+    for threads in (1, 2):
+        job = sweep / f"threads{threads}"
+        assert (job / "report.md").is_file()
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        assert f"threads={threads}" in overrides, overrides
+    assert (sweep / "multirun.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "sweep"]
