@@ -226,3 +226,18 @@ def test_hydra_writes_its_files_into_the_run_folder(tmp_path):
     assert (sweep / "multirun.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "sweep"]
+
+
+def test_inputs_dir_shares_the_earlier_stages_outputs(setup, tmp_path):
+    """A sweep job reads puzzles.h5, activations.h5 and patching.h5 (the ablations stage's
+    default edge head) from inputs_dir through symlinks in its own out_dir."""
+    from leela_interp.stages.common import run_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("puzzles.h5", "activations.h5", "patching.h5", "probes.h5"):
+        (shared / name).write_text(name)
+    out = run_dir(config(setup, tmp_path / "job", f"inputs_dir={shared}"))
+    linked = sorted(p.name for p in out.iterdir() if p.is_symlink())
+    assert linked == ["activations.h5", "patching.h5", "puzzles.h5"]
+    assert (out / "patching.h5").read_text() == "patching.h5"

@@ -14,8 +14,9 @@ from leela_interp.results import config_hash, is_complete
 log = logging.getLogger(__name__)
 
 
-#: Outputs of earlier stages that later stages read from the run folder.
-SHARED_INPUTS = ("puzzles.h5", "activations.h5")
+#: Outputs of earlier stages that later stages read from the run folder (``patching.h5``: the
+#: ablations stage's default single-edge head).
+SHARED_INPUTS = ("puzzles.h5", "activations.h5", "patching.h5")
 
 
 def run_dir(cfg: DictConfig) -> Path:

@@ -388,7 +388,8 @@ def plot(path: str | Path, png: str | Path) -> Path:
             if si == 0:
                 ax.set_ylabel("test accuracy")
             if not np.isfinite(mean[:, si, :, ti]).any():
-                no_data(ax, f"no data: no test puzzle of split {s!r}\nhas a {t!r} label")
+                no_data(ax, f"no data: too few test puzzles of split {s!r}\n"
+                            f"have a {t!r} label (n_test)")
                 continue
             for pi, probe in enumerate(axes["probe"]):
                 for ni, net in enumerate(axes["net"]):
