@@ -30,7 +30,7 @@ import chess
 import numpy as np
 import torch
 
-from leela_interp.encoding import square_to_token, transform_for
+from leela_interp.encoding import square_to_token, squares_to_tokens, transform_for
 from leela_interp.errors import ConfigError
 from leela_interp.policy import legal_mask, policy_index
 
@@ -276,18 +276,16 @@ class Prepared:
             bad = [p.pv[0].uci() for p, ok in zip(
                 self.puzzles, self.legal[torch.arange(self.n), self.move]) if not ok]
             raise ValueError(f"PV[0] is illegal on its clean board: {bad!r}")
-        self.first = np.full(self.n, -1, np.int64)
-        self.third = np.full(self.n, -1, np.int64)
-        self.source3 = np.full(self.n, -1, np.int64)
+        squares = np.array([[p.pv[0].to_square] + ([p.pv[2].to_square, p.pv[2].from_square]
+                                                   if len(p.pv) > 2 else [-1, -1])
+                            for p in self.puzzles], np.int64).reshape(self.n, 3)
+        self.first, self.third, self.source3 = squares_to_tokens(
+            squares, [p.clean.turn for p in self.puzzles], self.transforms).T.copy()
         self.categories = np.zeros((self.n, 64), np.int8)
         self.overlap = np.zeros(self.n, bool)
         self.corrupted_ok = np.zeros(self.n, bool)
         self.skip_reason = [""] * self.n
         for i, (p, tf) in enumerate(zip(self.puzzles, self.transforms)):
-            self.first[i] = square_to_token(p.pv[0].to_square, p.clean.turn, tf)
-            if len(p.pv) > 2:
-                self.third[i] = square_to_token(p.pv[2].to_square, p.clean.turn, tf)
-                self.source3[i] = square_to_token(p.pv[2].from_square, p.clean.turn, tf)
             self.categories[i], self.overlap[i] = square_categories(p, fmt,
                                                                     overlap_rule=overlap_rule)
             if p.corrupted is None:
