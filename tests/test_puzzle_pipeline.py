@@ -502,3 +502,31 @@ def test_a_missing_stockfish_says_how_to_install_it(tmp_path, nets):
                  oracle=OracleConfig(path=str(tmp_path / "no-stockfish"), depth=DEPTH))
     with pytest.raises(StockfishNotFoundError, match="apt-get install stockfish"):
         build_puzzles(cfg, tmp_path / "puzzles.h5")
+
+
+def test_the_paper_preset_keeps_a_puzzle_that_strict_drops_as_not_unique(tmp_path, nets,
+                                                                          stockfish):
+    """puzzles=paper has no engine filter (as the paper); puzzles=strict drops a puzzle whose
+    first solver move is not Stockfish's unique best move."""
+    fen = "5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27"
+    board = chess.Board(fen)
+    line = ["d3d6", "a6a5"]  # the setup move, then a solver move that leaves the queen hanging
+    for uci in line:
+        board.push_uci(uci)
+    line += [m.uci() for m in [next(iter(board.legal_moves))]]
+    board.push_uci(line[-1])
+    line.append(next(iter(board.legal_moves)).uci())
+    source = write_csv(tmp_path / "p.csv", [GOOD[1], f"bad01,{fen},{' '.join(line)},,,,,,,"])
+    paper = _preset("paper", nets)
+    common = dict(source=str(source), batch_size=64, device="cpu", threads=1,
+                  oracle=OracleConfig(depth=DEPTH, num_engines=1, path=stockfish),
+                  corruptions_enabled=False)
+    kept = {}
+    for name, cfg in (("paper", dataclasses.replace(paper, filters=OPEN, **common)),
+                      ("strict", dataclasses.replace(
+                          paper, **common, oracle_enabled=True,
+                          filters=dataclasses.replace(OPEN, unique=True)))):
+        out = build_puzzles(cfg, tmp_path / name / "puzzles.h5")
+        kept[name] = PuzzleSet.load(out.path).ids
+    assert kept["paper"] == ["0000D", "bad01"]
+    assert kept["strict"] == ["0000D"]
