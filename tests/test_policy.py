@@ -190,11 +190,16 @@ def test_known_indices():
 
 def test_errors():
     board = chess.Board()
-    for uci, message in [("a1c4", "neither"), ("0000", "null"), ("e2e4q", "rank 7"), ("e2e4n", "rank 7"), ("a7a8k", "king")]:
+    promo = chess.Board("7k/P7/8/8/8/2K5/8/8 w - - 0 1")
+    for uci, message, where in [
+            ("a1c4", "neither", board), ("0000", "null", board), ("e2e4q", "rank 7", board),
+            ("e2e4n", "rank 7", board), ("a7a8k", "king", board),
+            ("a7b7q", "is not from rank 7 to rank 8", promo),  # rank 7 to rank 7
+            ("a7c8q", "is not from rank 7 to rank 8", promo)]:  # two files over
         with pytest.raises(MoveNotInPolicyError, match=message) as info:
-            policy_index(board, chess.Move.from_uci(uci))
+            policy_index(where, chess.Move.from_uci(uci))
         assert isinstance(info.value, ValueError) and isinstance(info.value, LeelaInterpError)
-    with pytest.raises(IndexError, match="1858"):
+    with pytest.raises(IndexError, match=r"index 1858 is out of range 0\.\.1857$"):
         policy_move(board, 1858)
     with pytest.raises(ValueError, match="2 transforms for 1 boards"):
         legal_mask([board], [0, 0])
@@ -208,6 +213,11 @@ def test_legal_mask(endgames):
     for row, (board, transform) in enumerate(zip(boards, transforms)):
         _, indices = legal_moves_and_indices(board, transform)
         assert mask[row].nonzero().flatten().tolist() == sorted(indices.tolist())
+    # No transforms: transform 0 for every board (a flip would move black's pieces' moves)
+    untransformed = legal_mask(endgames[:20])
+    for row, board in enumerate(endgames[:20]):
+        _, indices = legal_moves_and_indices(board, 0)
+        assert untransformed[row].nonzero().flatten().tolist() == sorted(indices.tolist())
     assert legal_mask([chess.Board()])[0].sum() == 20
 
 
