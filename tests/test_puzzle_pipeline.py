@@ -96,7 +96,8 @@ def nets(tmp_path_factory) -> tuple[str, str]:
 def config(source, nets, **overrides) -> PipelineConfig:
     values = dict(source=str(source), strong=NetSpec(nets[0]), weak=NetSpec(nets[1]),
                   batch_size=64, chunk_size=8, filters=LENIENT, oracle_enabled=False,
-                  oracle=OracleConfig(path=STOCKFISH or "stockfish", depth=DEPTH, num_engines=1), corruptions_enabled=False,
+                  oracle=OracleConfig(path=STOCKFISH or "stockfish", depth=DEPTH, num_engines=1),
+                  corruptions_enabled=False,
                   thresholds=PERMISSIVE, device="cpu", threads=1)
     values.update(overrides)
     return PipelineConfig(**values)
@@ -158,19 +159,13 @@ def direct_verdict(engine, board: chess.Board, move: str, margin_cp: int):
 
 
 @pytest.mark.shared
-<<<<<<< HEAD
-@pytest.mark.parametrize("oracle", [False, True], ids=["no-oracle", "oracle"])
-def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, oracle, request):
+@pytest.mark.parametrize("history, oracle", [("none", False), ("none", True), ("setup", False)],
+                         ids=["none-no-oracle", "none-oracle", "setup-no-oracle"])
+def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history, oracle,
+                                                   request):
     stockfish = request.getfixturevalue("stockfish") if oracle else None  # skips if absent
     source = shared_dir / "data" / "puzzles" / "lichess_sample.csv"
-    cfg = config(source, nets, limit=80, chunk_size=32, oracle_enabled=oracle,
-=======
-@pytest.mark.parametrize("history", ["none", "setup"])
-def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history):
-    source = shared_dir / "data" / "puzzles" / "lichess_sample.csv"
-    oracle = Path(STOCKFISH).is_file() and history == "none"
     cfg = config(source, nets, limit=80, chunk_size=32, oracle_enabled=oracle, history=history,
->>>>>>> main
                  filters=FilterConfig(hard_max_weak_prob=0.2, correct_min_strong_prob=0.0,
                                       forcing_min_weak_prob=0.0, unique=oracle))
     summary = build_puzzles(cfg, tmp_path / "puzzles.h5")
