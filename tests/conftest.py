@@ -45,11 +45,12 @@ def stockfish() -> str:
 def pytest_terminal_summary(terminalreporter) -> None:
     """After the run: how many tests marked ``lc0`` (equality with lc0's own engine) ran."""
     counts = {"passed": 0, "failed": 0, "skipped": 0}
-    for outcome in counts:
+    for outcome, key in (("passed", "passed"), ("failed", "failed"), ("error", "failed"),
+                         ("skipped", "skipped")):
         for report in terminalreporter.stats.get(outcome, []):
             if "lc0" in getattr(report, "keywords", {}) and (
                     report.when == "call" or outcome != "passed"):
-                counts[outcome] += 1
+                counts[key] += 1
     if sum(counts.values()):
         terminalreporter.write_line(
             f"lc0-equality tests (marker lc0): {counts['passed']} ran and passed, "
