@@ -199,6 +199,13 @@ def test_errors():
         with pytest.raises(MoveNotInPolicyError, match=message) as info:
             policy_index(where, chess.Move.from_uci(uci))
         assert isinstance(info.value, ValueError) and isinstance(info.value, LeelaInterpError)
+    # The message names the move, the side to move and the transform.
+    black = chess.Board("8/8/8/8/8/2k5/p7/7K b - - 0 1")
+    for where, uci, side in ((promo, "a7b7q", "white"), (black, "a2b2q", "black")):
+        with pytest.raises(MoveNotInPolicyError) as info:
+            policy_index(where, chess.Move.from_uci(uci), transform=0)
+        assert str(info.value) == (f"promotion {uci!r} ({side} to move, transform 0) is not "
+                                   "from rank 7 to rank 8 in the policy's frame")
     with pytest.raises(IndexError, match=r"index 1858 is out of range 0\.\.1857$"):
         policy_move(board, 1858)
     with pytest.raises(ValueError, match="2 transforms for 1 boards"):
