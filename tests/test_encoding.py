@@ -193,6 +193,9 @@ def test_v2_stops_where_lc0_would_crash():
 
 def test_aux_planes():
     board = chess.Board("r3k2r/8/8/8/8/8/8/R3K3 b Qkq - 42 30")
+    # The defaults are input format 1 and fen_only (formats differ in the castling planes).
+    assert torch.equal(encode([board]), encode([board], input_format=1, history_fill="fen_only"))
+    assert not torch.equal(encode([board]), encode([board], input_format=2))
     p1 = encode([board], input_format=1)[0]
     assert [bool(p1[k].all()) for k in range(104, 112)] == [True, True, True, False, True, True, False, True]
     assert p1[109, 0, 0] == 42
