@@ -18,6 +18,8 @@ import pytest
 import torch
 import zstandard
 
+from engines import STOCKFISH
+
 from leela_interp import load_network
 from leela_interp.corruptions import (
     SelectionThresholds,
@@ -46,7 +48,6 @@ from leela_interp.puzzles import COLUMNS as CSV_COLUMNS
 from leela_interp.puzzles import Puzzle, read_puzzles
 from leela_interp.results import partial_path
 
-STOCKFISH = "/usr/games/stockfish"
 DEPTH = 6
 HEADER = ",".join(CSV_COLUMNS)
 # Real Lichess rows; PV lengths 5, 3, 3, 3.
@@ -92,17 +93,11 @@ def nets(tmp_path_factory) -> tuple[str, str]:
             str(write_random_net(folder / "weak.pb.gz", seed=12)))
 
 
-@pytest.fixture(scope="module")
-def stockfish() -> str:
-    if not Path(STOCKFISH).is_file():
-        pytest.skip(f"needs Stockfish at {STOCKFISH}: apt-get install stockfish")
-    return STOCKFISH
-
-
 def config(source, nets, **overrides) -> PipelineConfig:
     values = dict(source=str(source), strong=NetSpec(nets[0]), weak=NetSpec(nets[1]),
                   batch_size=64, chunk_size=8, filters=LENIENT, oracle_enabled=False,
-                  oracle=OracleConfig(depth=DEPTH, num_engines=1), corruptions_enabled=False,
+                  oracle=OracleConfig(path=STOCKFISH or "stockfish", depth=DEPTH, num_engines=1),
+                  corruptions_enabled=False,
                   thresholds=PERMISSIVE, device="cpu", threads=1)
     values.update(overrides)
     return PipelineConfig(**values)
@@ -164,10 +159,12 @@ def direct_verdict(engine, board: chess.Board, move: str, margin_cp: int):
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("history", ["none", "setup"])
-def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history):
+@pytest.mark.parametrize("history, oracle", [("none", False), ("none", True), ("setup", False)],
+                         ids=["none-no-oracle", "none-oracle", "setup-no-oracle"])
+def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history, oracle,
+                                                   request):
+    stockfish = request.getfixturevalue("stockfish") if oracle else None  # skips if absent
     source = shared_dir / "data" / "puzzles" / "lichess_sample.csv"
-    oracle = Path(STOCKFISH).is_file() and history == "none"
     cfg = config(source, nets, limit=80, chunk_size=32, oracle_enabled=oracle, history=history,
                  filters=FilterConfig(hard_max_weak_prob=0.2, correct_min_strong_prob=0.0,
                                       forcing_min_weak_prob=0.0, unique=oracle))
@@ -185,7 +182,7 @@ def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, h
     puzzles = {p.id: p for p in read_puzzles(source, limit=80)[0]}
     engine = None
     if oracle:
-        engine = chess.engine.SimpleEngine.popen_uci(STOCKFISH)
+        engine = chess.engine.SimpleEngine.popen_uci(stockfish)
         engine.configure({"Threads": 1, "Hash": 16})
     try:
         for i in range(20):
@@ -359,9 +356,11 @@ class Killed(RuntimeError):
     pass
 
 
-def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, nets):
+@pytest.mark.parametrize("oracle", [False, True], ids=["no-oracle", "oracle"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, nets, oracle, request):
+    if oracle:
+        request.getfixturevalue("stockfish")  # skips with the reason when there is none
     source = write_csv(tmp_path / "p.csv", repeated(16))
-    oracle = Path(STOCKFISH).is_file()
     cfg = config(source, nets, chunk_size=4, corruptions_enabled=True, oracle_enabled=oracle,
                  filters=FilterConfig(hard_max_weak_prob=0.04, correct_min_strong_prob=0.0,
                                       forcing_min_weak_prob=0.0, unique=oracle))
