@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from leela_interp.figures import n_range
 from leela_interp.results import is_complete
 
 
@@ -72,11 +73,6 @@ def _cell(mean: float, err: float, n: int) -> str:
     return _fmt(mean, err)
 
 
-def _n_range(n: np.ndarray) -> str:
-    lo, hi = int(np.min(n)), int(np.max(n))
-    return str(lo) if lo == hi else f"{lo}–{hi}"
-
-
 def _net_check(f: h5py.File) -> list[str]:
     if f.attrs.get("puzzles_net") == "different":
         return ["", f"**Warning:** the network under study (sha256 "
@@ -121,13 +117,13 @@ def _patching(path: Path) -> list[str]:
                     "own n (last row):", ""]
             rows = [[layer] + [_cell(mean[layer, c], err[layer, c], int(n[layer, c]))
                                for c in order] for layer in range(mean.shape[0])]
-            rows.append(["n"] + [_n_range(n[:, c]) for c in order])
+            rows.append(["n"] + [n_range(n[:, c]) for c in order])
             out += _table(["layer", *[cats[c] for c in order]], rows)
             for subset in ("all", "different_targets", "same_targets"):
                 out += _headline(f, f"{base}/{subset}", cats, subset)
         if "heads/summary/all/effect_mean" in f:
             out += ["", "Head patching (each head's `hook_z` from the corrupted board), top 5 "
-                    f"(n = {_n_range(f['heads/summary/all/effect_n'][()])} puzzles):"]
+                    f"(n = {n_range(f['heads/summary/all/effect_n'][()])} puzzles):"]
             out += _top_heads(f["heads/summary/all/effect_mean"][()],
                               f["heads/summary/all/effect_err2sigma"][()])
         elif "heads" in f.attrs:
@@ -185,7 +181,7 @@ def _ablations(path: Path) -> list[str]:
             base = f"heads/{method}/summary/all"
             if f"{base}/effect_mean" in f:
                 out += ["", f"Head ablation `{method}`, top 5 heads (n = "
-                        f"{_n_range(f[f'{base}/effect_n'][()])} puzzles):"]
+                        f"{n_range(f[f'{base}/effect_n'][()])} puzzles):"]
                 out += _top_heads(f[f"{base}/effect_mean"][()], f[f"{base}/effect_err2sigma"][()])
         if "edge/summary/all/effect_mean" in f:
             e = f["edge"]
@@ -220,7 +216,7 @@ def _probes(path: Path) -> list[str]:
                                    for ni in range(len(nets)) for pi in range(len(probes))]
                         for li, layer in enumerate(layers)]
                 out += ["", f"Target `{target}`, split `{split}` (test puzzles per seed: "
-                        f"{_n_range(n_test[s, t])}):", ""] + _table(header, rows)
+                        f"{n_range(n_test[s, t])}):", ""] + _table(header, rows)
             if "baseline_mean" in f:
                 bnames = _names(f["baseline"])
                 bm, be = f["baseline_mean"][()], f["baseline_err"][()]
