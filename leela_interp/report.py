@@ -357,6 +357,7 @@ def html_page(blocks: list, *, title: str, images: Path | None = None) -> str:
     para: list[str] = []
     items: list[str] = []
     code: list[str] | None = None
+    slugs: dict[str, int] = {}  # heading ids, made unique
 
     def flush() -> None:
         if para:
@@ -397,6 +398,8 @@ def html_page(blocks: list, *, title: str, images: Path | None = None) -> str:
             level = min(len(line) - len(line.lstrip("#")), 4)
             text = line.lstrip("#").strip()
             slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+            slugs[slug] = slugs.get(slug, 0) + 1
+            slug += f"-{slugs[slug]}" if slugs[slug] > 1 else ""
             body.append(f'<h{level} id="{slug}">{_inline(text)}</h{level}>')
         elif _IMAGE.match(line):
             flush()

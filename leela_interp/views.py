@@ -465,6 +465,17 @@ def top_head(run: str | Path) -> tuple[int, int] | None:
     return int(layer), int(head)
 
 
+def _no_heads(run: str | Path) -> str:
+    """Why :func:`top_head` found no head."""
+    path = Path(run) / "patching.h5"
+    if not is_complete(path):
+        return "no patching.h5 in this run folder"
+    with h5py.File(path, "r") as f:
+        if "heads/summary/all/effect_mean" in f:
+            return "patching.h5: no finite head-patching mean (no analysed puzzle; see its funnel)"
+        return f"patching.h5: heads {f.attrs.get('heads', 'not patched (patching.heads=false)')}"
+
+
 @dataclass
 class Panel:
     """One picture of a drill-down: SVG text, or a note saying why there is none."""
@@ -493,10 +504,10 @@ def drilldown(run: str | Path, puzzle_id: str, *, net=None) -> list[Panel]:
     else:
         panels.append(Panel("strip", caption, note="no patching.h5 in this run folder"))
     head = top_head(run)
-    caption = "Attention row of the head head patching ranks first, from the 1st-move target"
+    caption = "Attention row of the head that head patching ranks first, from the 1st-move " \
+              "target"
     if head is None:
-        panels.append(Panel("attention", caption, note="no head-patching result (a net without "
-                                                       "attention heads, or no patching.h5)"))
+        panels.append(Panel("attention", caption, note=_no_heads(run)))
     else:
         try:
             svg = attention_board(run, puzzle_id, *head, net=net)

@@ -3,6 +3,8 @@
     python scripts/check_report_html.py runs/default/report.html
     python scripts/check_report_html.py runs/default/report.html --screenshot shot.png \
         --top 0 --height 1800
+    python scripts/check_report_html.py runs/default/report.html --screenshot gallery.png \
+        --at gallery --height 1400
 
 The page itself runs no JavaScript (its content security policy forbids scripts). The check
 opens a copy of it whose policy also allows one inline script, injected first in ``<head>``:
@@ -13,7 +15,8 @@ copy is printed with ``chromium --dump-dom``. Needs Debian's ``chromium``
 (``bash scripts/setup.sh test`` installs it when run as root).
 
 With ``--screenshot`` it also writes a PNG of the page (the original, not the copy): rows
-``top .. top + height`` at ``--width`` CSS pixels, reduced to 256 colours to keep it small.
+``top .. top + height`` at ``--width`` CSS pixels, reduced to 256 colours to keep it small;
+``--at ID`` starts it at the heading with that id instead (e.g. ``gallery``).
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ addEventListener("load", () => {
   const images = Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete,
     natural: [i.naturalWidth, i.naturalHeight],
     shown: [i.getBoundingClientRect().width, i.getBoundingClientRect().height]}));
+  const headings = Object.fromEntries(Array.from(document.querySelectorAll("h1, h2, h3"))
+    .map(h => [h.id, h.getBoundingClientRect().top + scrollY]));
   const out = document.createElement("pre");
   out.id = "__check";
-  out.textContent = JSON.stringify({errors: __errors, images: images});
+  out.textContent = JSON.stringify({errors: __errors, images: images, headings: headings});
   document.body.appendChild(out);
 });
 </script>"""
@@ -71,13 +76,15 @@ def _run(args: list[str], profile: str, timeout: float) -> str:
     return done.stdout
 
 
-def check(page: str | Path, *, timeout: float = 120) -> dict:
+def check(page: str | Path, *, width: int = 1300, timeout: float = 120) -> dict:
     """Load ``page`` in headless Chromium with the probe script.
 
     Returns:
         ``{"errors": [...], "images": [{"alt", "complete", "natural": [w, h],
-        "shown": [w, h]}, ...], "external": [...]}``; ``external`` lists every ``src`` /
-        ``href`` of the page that is not a ``data:`` URI or an in-page ``#`` link.
+        "shown": [w, h]}, ...], "headings": {id: y}, "external": [...]}``; ``headings`` gives
+        each heading's distance from the top of the page (CSS px, a window ``width`` wide),
+        ``external`` every ``src`` / ``href`` of the page that is not a ``data:`` URI or an
+        in-page ``#`` link.
 
     Raises:
         ValueError: the page has no content security policy to extend.
@@ -95,8 +102,8 @@ def check(page: str | Path, *, timeout: float = 120) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "page.html"
         copy.write_text(probed)
-        dom = _run(["--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
-                   str(Path(tmp) / "profile"), timeout)
+        dom = _run(["--virtual-time-budget=10000", f"--window-size={width},1000", "--dump-dom",
+                    copy.as_uri()], str(Path(tmp) / "profile"), timeout)
     m = re.search(r'<pre id="__check">(.*?)</pre>', dom, re.S)
     if not m:
         raise RuntimeError(f"{page}: the probe wrote no result (DOM: {dom[-500:]!r})")
@@ -126,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=1300)
     ap.add_argument("--top", type=int, default=0)
     ap.add_argument("--height", type=int, default=1800)
+    ap.add_argument("--at", help="start the screenshot at the heading with this id")
     args = ap.parse_args(argv)
-    result = check(args.page)
+    result = check(args.page, width=args.width)
     bad = [i for i in result["images"] if not (i["complete"] and min(i["natural"]) > 0
                                                   and min(i["shown"]) > 0)]
     print(f"{args.page}: {len(result['images'])} images, {len(bad)} without a size, "
@@ -135,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in result["errors"] + [json.dumps(b) for b in bad] + result["external"]:
         print("  " + line)
     if args.screenshot:
-        print(screenshot(args.page, args.screenshot, width=args.width, top=args.top,
+        if args.at is not None and args.at not in result["headings"]:
+            ap.error(f"--at {args.at!r}: no such heading; the page has {list(result['headings'])}")
+        top = round(result["headings"][args.at]) - 10 if args.at is not None else args.top
+        print(screenshot(args.page, args.screenshot, width=args.width, top=max(0, top),
                          height=args.height))
     return 1 if bad or result["errors"] or result["external"] else 0
 

@@ -132,11 +132,12 @@ def test_report_html_has_the_same_tables_and_figures_inline_and_no_script(tmp_pa
 def test_html_page_renders_headings_lists_code_and_panels():
     from leela_interp.views import Panel
 
-    page = html_page(["# Title `x`", "", "- a **b**", "- c", "text <b>", "", "```json",
-                      '{"k": "<v>"}', "```", Table(["h"], [["1"]]),
+    page = html_page(["# Title `x`", "## Title x", "", "- a **b**", "- c", "text <b>", "",
+                      "```json", '{"k": "<v>"}', "```", Table(["h"], [["1"]]),
                       Panel("card", "A card", svg="<svg/>"), Panel("x", "Missing", note="why")],
                      title="t")
     assert '<h1 id="title-x">Title <code>x</code></h1>' in page
+    assert '<h2 id="title-x-2">Title x</h2>' in page  # every id is unique
     assert "<ul><li>a <strong>b</strong></li><li>c</li></ul><p>text &lt;b&gt;</p>" in \
         page.replace("\n", "")
     assert '<pre><code>{"k": "&lt;v&gt;"}</code></pre>' in page

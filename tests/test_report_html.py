@@ -66,7 +66,12 @@ def test_the_check_sees_a_broken_image_and_anything_loaded_from_outside(small_ru
     assert any(e.startswith("csp: img-src") for e in result["errors"])
     sizes = {i["alt"]: i["natural"] for i in result["images"]}
     assert sizes["broken"] == [0, 0] and sizes["far"] == [0, 0]
-    assert checker.main([str(broken)]) == 1 and checker.main([str(small_run / "report.html")]) == 0
+    assert checker.main([str(broken)]) == 1
+    shot = tmp_path / "gallery.png"
+    assert checker.main([str(small_run / "report.html"), "--screenshot", str(shot),
+                         "--at", "gallery", "--height", "300"]) == 0
+    with Image.open(shot) as im:
+        assert im.size == (1300, 300) and len(im.getcolors(256) or []) > 2  # not blank
 
 
 def test_show_writes_one_puzzles_drilldown(small_run, checker, tmp_path):

@@ -137,3 +137,13 @@ def test_head_heatmap_and_drilldown(small_run):
     panels = views.drilldown(small_run, pid)
     assert [(x.name, x.svg is not None) for x in panels] == \
         [("card", True), ("strip", True), ("attention", True)]
+
+
+def test_drilldown_says_why_a_picture_is_missing(small_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "patching.h5").unlink()
+    panels = views.drilldown(run, puzzles(run)["id"][0])
+    assert [(x.name, x.svg is not None, x.note) for x in panels] == [
+        ("card", True, ""), ("strip", False, "no patching.h5 in this run folder"),
+        ("attention", False, "no patching.h5 in this run folder")]
