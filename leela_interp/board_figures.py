@@ -145,11 +145,9 @@ def _lines(title: str | None) -> list[str]:
     return [] if not title else title.split("\n")
 
 
-def _text(lines: Sequence[str], x: float, y: float, *, size: int = 13,
-          anchor: str = "start") -> str:
+def _text(lines: Sequence[str], x: float, y: float, *, size: int = 13) -> str:
     return "".join(f'<text x="{x:g}" y="{y + _LINE * (i + 1) - 4:g}" {_FONT} font-size="{size}" '
-                   f'text-anchor="{anchor}" fill="#111">{escape(t)}</text>'
-                   for i, t in enumerate(lines))
+                   f'fill="#111">{escape(t)}</text>' for i, t in enumerate(lines))
 
 
 def _legend(x: float, y: float, height: float, vmax: float, label: str, cmap: str) -> str:
@@ -197,7 +195,7 @@ def board_svg(board: chess.Board, values=None, *, transform: int = 0, arrows: It
         marked: squares outlined with a dashed line (e.g. the corrupted squares).
         title: text above the board; ``\\n`` starts a new line.
         label: the colour bar's label (say the unit and the sign convention); at most two
-            lines (``\n``) of about ``size / 7`` characters each.
+            lines (``\\n``) of about ``size / 7`` characters each.
         vmax: end of the colour scale; None = the largest absolute finite value (1 if all 0).
         cmap: a matplotlib colour map name (diverging, so that 0 is its middle).
         legend: draw the colour bar (False: boards of a strip sharing one ``vmax``).
@@ -206,7 +204,7 @@ def board_svg(board: chess.Board, values=None, *, transform: int = 0, arrows: It
 
     Raises:
         ValueError: bad values (:func:`square_values`), ``vmax <= 0``, a marked square outside
-            0..63.
+            0..63, an arrow that is not a UCI move (``chess.InvalidMoveError``).
     """
     orientation = board.turn if orientation is None else orientation
     moves = _moves(arrows)

@@ -73,6 +73,7 @@ class PuzzleView:
     value: tuple[float, float]
     """The strong net's value (side to move) on the clean and the corrupted board."""
     rating: int
+    """Lichess rating, -1 if unknown."""
 
     @classmethod
     def load(cls, run: str | Path, puzzle_id: str) -> "PuzzleView":
@@ -133,6 +134,7 @@ def _file(run: str | Path, name: str, stage: str) -> Path:
 
 
 def _moves(view: PuzzleView, plies: int) -> str:
+    """The PV's first ``plies`` moves in SAN, numbered by ply as the arrows are."""
     board, out = view.clean.copy(stack=False), []
     for uci in view.arrows(plies):
         move = chess.Move.from_uci(uci)
