@@ -55,3 +55,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(
             f"lc0-equality tests (marker lc0): {counts['passed']} ran and passed, "
             f"{counts['failed']} failed, {counts['skipped']} skipped")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A run folder with every stage's output (figures included): ``tests/test_pipeline.py``'s
+    24 puzzles and tiny random transformer (2 layers, 4 heads). Read it, or copy it before
+    changing it."""
+    from test_pipeline import config, make_inputs
+
+    from leela_interp.stages import run_stages
+
+    inputs = make_inputs(tmp_path_factory.mktemp("small_run_inputs"))
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    run_stages(config(inputs, out, "patching.figures=true", "ablations.figures=true"))
+    return out

@@ -34,9 +34,8 @@ OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5",
            "report": "report.md"}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
+def make_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
+    """``(root, puzzle CSV, strong net, weak net)`` written into ``root`` (see ``config``)."""
     csv = root / "puzzles.csv"
     lines = [",".join(COLUMNS)]
     for i in range(24):
@@ -47,6 +46,11 @@ def setup(tmp_path_factory):
                               d_model=32, layers=2, heads=4, d_ff=32, seed=1)
     weak = write_random_net(root / "weak.pb.gz", seed=2)
     return root, csv, strong, weak
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("pipeline"))
 
 
 def config(setup, out_dir, *extra):
