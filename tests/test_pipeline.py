@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 
 from tiny_run import compose_config, write_inputs
 
-from leela_interp.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.lc0.weights import sha256_file
+from leela_interp.board.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.network.lc0.weights import sha256_file
 from leela_interp.stages import PIPELINE, run_stages
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

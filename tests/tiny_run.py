@@ -16,8 +16,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.puzzles import COLUMNS
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.puzzles.lichess import COLUMNS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Real Lichess rows (CC0, ../shared/data/puzzles/lichess_sample.csv): FEN, Moves.
