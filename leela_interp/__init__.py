@@ -8,11 +8,11 @@ The public API:
 - :func:`policy_index` -- a move's index in lc0's 1858-move policy.
 """
 
+__version__ = "0.1.0"  # first: leela_interp.outputs.results reads it during the imports below
+
 from leela_interp.errors import (ConfigError, LeelaInterpError, UnknownHookError,
                                  WeightsFormatError)
 from leela_interp.network import LeelaNet, LeelaOutput, load_network
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):

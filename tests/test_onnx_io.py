@@ -28,8 +28,8 @@ from positions import lc0_positions
 from leela_interp import WeightsFormatError, load_network
 from leela_interp.errors import ConfigError
 from leela_interp.network.lc0.random_net import write_random_net
-from leela_interp.network.onnx import (OnnxRuntimeNet, build_onnx_model, export_onnx, load_onnx,
-                                       read_onnx_net)
+from leela_interp.network import load_onnx
+from leela_interp.network.onnx import OnnxRuntimeNet, build_onnx_model, export_onnx, read_onnx_net
 from leela_interp.network.onnx.writer import _Style
 
 TOL = 1e-4

@@ -44,9 +44,8 @@ from tqdm.auto import tqdm
 
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
-from leela_interp.network.lc0.weights import sha256_file
 from leela_interp.outputs.results import (config_hash, label_axes, open_partial, partial_path,
-                                          read_strings, write_strings)
+                                          read_strings, sha256_file, write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,16 @@ from leela_interp.network.nonlinear import Activation
 from leela_interp.network.transformer import EncoderBlock
 
 
-def _gather_index(policy_map: np.ndarray) -> torch.Tensor:
-    """For each of the 1858 policy indices, the position in a head's raw output that holds it."""
+def gather_index(policy_map: np.ndarray) -> torch.Tensor:
+    """For each of the 1858 policy indices, the position in a head's raw output that holds it.
+
+    Args:
+        policy_map: raw output position -> policy index (-1 where none), as
+            :data:`~leela_interp.board.policy.CONV_POLICY_MAP` and ``ATTENTION_POLICY_MAP``.
+
+    Raises:
+        RuntimeError: the map leaves a policy index without a position.
+    """
     index = np.full(1858, -1, dtype=np.int64)
     used = np.nonzero(policy_map >= 0)[0]
     index[policy_map[used]] = used
@@ -38,7 +46,7 @@ class ConvPolicyHead(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.act = Activation(act)
         self.conv2 = nn.Conv2d(channels, policy_planes, 3, padding=1)
-        self.register_buffer("gather", _gather_index(np.asarray(CONV_POLICY_MAP)),
+        self.register_buffer("gather", gather_index(np.asarray(CONV_POLICY_MAP)),
                              persistent=False)
         self.hook_logits = HookPoint()
 
@@ -82,7 +90,7 @@ class AttentionPolicyHead(nn.Module):
         self.k = nn.Linear(embed, d_policy)
         self.promotion = nn.Linear(d_policy, 4, bias=False)
         self.scale = 1.0 / math.sqrt(d_policy)
-        self.register_buffer("gather", _gather_index(np.asarray(ATTENTION_POLICY_MAP)),
+        self.register_buffer("gather", gather_index(np.asarray(ATTENTION_POLICY_MAP)),
                              persistent=False)
         self.hook_scores, self.hook_logits = HookPoint(), HookPoint()
 

@@ -1,4 +1,5 @@
-"""Build a :class:`~leela_interp.network.net.LeelaNet` from a decoded lc0 network file.
+"""Build a :class:`~leela_interp.network.net.LeelaNet` from a decoded lc0 network file, and load
+one from an lc0 file (:func:`load_network`) or an ONNX export (:func:`load_onnx`).
 
 Every size is read from the weights; every tensor is checked against the size the architecture
 implies, and a missing or mis-sized tensor raises :class:`WeightsFormatError` naming the file and
@@ -7,6 +8,7 @@ the tensor. Batch norm is folded into the convolutions exactly as lc0 does at lo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,13 @@ from leela_interp.network.heads import (AttentionPolicyHead, ClassicalPolicyHead
                                         ValueHead)
 from leela_interp.network.lc0 import weights as lc0w
 from leela_interp.network.net import LeelaNet, ModelConfig
-from leela_interp.network.nonlinear import default_activation, resolve
-from leela_interp.network.transformer import (Embedding, EncoderBlock, Smolgen, deepnorm_alpha)
+from leela_interp.network.nonlinear import NONE, SELU, default_activation, resolve
+from leela_interp.network.transformer import Embedding, EncoderBlock, Smolgen, deepnorm_alpha
+from leela_interp.outputs.results import sha256_file
+
+log = logging.getLogger(__name__)
 
 _BN_EPS = 1e-5
-_SELU, _NONE = 6, 3
 #: Policy head names lc0 accepts, and the PolicyHeads field each one reads.
 POLICY_HEADS = {"vanilla": "vanilla", "optimistic": "optimistic_st", "soft": "soft",
                 "opponent": "opponent"}
@@ -292,12 +296,12 @@ def build_network(net, *, path: str = "", sha256: str = "", policy_head: str | N
         encoders = [_encoder(r, enc, f"pol_encoder[{i}]", d_model=embed_p,
                              n_heads=int(pol["headcount"]), alpha=1.0, eps=1e-6,
                              smolgen_act=resolve(fmt.smolgen_activation, act) if attn_body
-                             else _NONE,
-                             ffn_act=resolve(fmt.ffn_activation, act) if attn_body else _SELU,
+                             else NONE,
+                             ffn_act=resolve(fmt.ffn_activation, act) if attn_body else SELU,
                              gen_per_head=smolgen_w.in_features if smolgen_w else None)
                     for i, enc in enumerate(pol["encoders"])]
         policy = AttentionPolicyHead(channels=channels, embed=embed_p, d_policy=d_policy,
-                                     act=act if attn_body else _SELU, encoders=encoders,
+                                     act=act if attn_body else SELU, encoders=encoders,
                                      conv_body=not attn_body)
         _linear(r, policy.embed, pol["ip_pol_w"], pol["ip_pol_b"], "ip_pol")
         _linear(r, policy.q, head.ip2_pol_w, head.ip2_pol_b, "ip2_pol")
@@ -381,15 +385,13 @@ def load_network(path: str | Path, *, policy_head: str | None = None,
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        from leela_interp.network.onnx import load_onnx
-
         if policy_head not in (None, "vanilla") or value_head not in (None, "winner"):
             raise WeightsFormatError(
                 f"{path}: an ONNX export holds one policy and one value head; choose heads "
                 f"when exporting (got policy_head={policy_head!r}, value_head={value_head!r})")
         model = load_onnx(path)
     else:
-        model = build_network(lc0w.read_net(path), path=str(path), sha256=lc0w.sha256_file(path),
+        model = build_network(lc0w.read_net(path), path=str(path), sha256=sha256_file(path),
                               policy_head=policy_head, value_head=value_head)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -401,3 +403,49 @@ def load_network(path: str | Path, *, policy_head: str | None = None,
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def load_onnx(path: str | Path, *, input_format: int | None = None,
+              pb_path: str | Path | None = None) -> LeelaNet:
+    """Load an ``lc0 leela2onnx`` export (or an :func:`~leela_interp.network.onnx.export_onnx` file)
+    as a native module.
+
+    The result is the module :func:`leela_interp.load_network` builds from the ``.pb.gz`` the
+    export was made from (in eval mode, gradients off), with ``path`` and ``sha256`` those of
+    the ``.onnx`` file. See :mod:`leela_interp.network.onnx` for how the graph is read and for the
+    older converters' conventions (those that the native module computes as lc0 does, not as the
+    export did, are logged and listed in ``net.config.details["onnx.notes"]``).
+
+    Args:
+        path: the ``.onnx`` file.
+        input_format: the net's lc0 input format (1-5, 132, 133). ONNX exports do not record
+            it; when None it is taken from ``pb_path``, else from the file's ``input_format``
+            metadata (written by :func:`export_onnx`), else from a ``.pb.gz`` / ``.pb`` with
+            the same stem next to the file, else 1 with a logged warning.
+        pb_path: the lc0 network file the export was made from (only its input format is read).
+
+    Raises:
+        WeightsFormatError: the file is unreadable, not an ONNX model, or not an lc0 export of
+            an architecture the native module supports; the message names the file.
+        ConfigError: ``input_format`` is not an lc0 input format.
+    """
+    from leela_interp.network.onnx import reader
+
+    path = Path(path)
+    model = reader.read_model(path)
+    net_proto, notes, source = reader.read_graph(model, path, input_format, pb_path)
+    for note in notes:
+        log.warning("%s: %s", path, note)
+    net = build_network(net_proto, path=str(path), sha256=sha256_file(path))
+    net.config.details.update({
+        "source": "onnx",
+        "format.weights_encoding": "FLOAT32 (read from ONNX)",
+        "onnx.producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "onnx.opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          default=0),
+        "onnx.input_format_from": source,
+        "onnx.notes": notes,
+    })
+    net.eval()
+    net.requires_grad_(False)
+    return net

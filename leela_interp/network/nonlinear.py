@@ -1,4 +1,8 @@
-"""lc0's activation functions, by ``NetworkFormat.ActivationFunction`` value."""
+"""lc0's activation functions, by ``NetworkFormat.ActivationFunction`` value.
+
+The codes, their names and lc0's SELU constants are defined here once; the native modules and
+the ONNX reader and writer (:mod:`leela_interp.network.onnx`) share them.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,11 @@ from torch import nn
 
 from leela_interp.errors import WeightsFormatError
 
-# lc0's SELU constants (activation.cc), not torch's longer ones.
-_SELU_ALPHA, _SELU_SCALE = 1.67326324, 1.05070098
+MISH, RELU, NONE, TANH, SIGMOID, SELU, SWISH, RELU_2 = 1, 2, 3, 4, 5, 6, 7, 8
+"""lc0's ``ActivationFunction`` codes (0, ``ACTIVATION_DEFAULT``, is resolved by
+:func:`resolve`)."""
+SELU_ALPHA, SELU_SCALE = 1.67326324, 1.05070098
+"""lc0's SELU constants (``activation.cc``), not torch's longer ones."""
 
 
 def _relu2(x: torch.Tensor) -> torch.Tensor:
@@ -17,19 +24,21 @@ def _relu2(x: torch.Tensor) -> torch.Tensor:
 
 
 def _selu(x: torch.Tensor) -> torch.Tensor:
-    return _SELU_SCALE * torch.where(x > 0, x, _SELU_ALPHA * torch.expm1(x))
+    return SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * torch.expm1(x))
 
 
 _FUNCTIONS = {
-    1: ("mish", F.mish),
-    2: ("relu", torch.relu),
-    3: ("none", lambda x: x),
-    4: ("tanh", torch.tanh),
-    5: ("sigmoid", torch.sigmoid),
-    6: ("selu", _selu),
-    7: ("swish", F.silu),
-    8: ("relu_2", _relu2),
+    MISH: ("mish", F.mish),
+    RELU: ("relu", torch.relu),
+    NONE: ("none", lambda x: x),
+    TANH: ("tanh", torch.tanh),
+    SIGMOID: ("sigmoid", torch.sigmoid),
+    SELU: ("selu", _selu),
+    SWISH: ("swish", F.silu),
+    RELU_2: ("relu_2", _relu2),
 }
+ACTIVATION_NAMES: dict[int, str] = {code: name for code, (name, _) in _FUNCTIONS.items()}
+"""Code -> lc0's name (``mish``, ``relu``, ..., ``relu_2``)."""
 
 
 class Activation(nn.Module):

@@ -54,6 +54,16 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes: how a result file names the network, puzzle set or earlier
+    result file it was computed from (``network_sha256``, ``puzzles_sha256``, ...)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def partial_path(path: str | Path) -> Path:
     """The in-progress name of result file ``path``."""
     path = Path(path)

@@ -55,9 +55,8 @@ from leela_interp.board.encoding import (CHESS_NUMBERING, TOKEN_NUMBERING, encod
 from leela_interp.board.policy import NUM_MOVES, legal_mask, legal_moves_and_indices, policy_index, \
     policy_move
 from leela_interp.errors import ConfigError
-from leela_interp.network.lc0.weights import sha256_file
 from leela_interp.outputs.results import STR, config_hash, is_complete, label_axes, open_partial, \
-    partial_path, read_strings
+    partial_path, read_strings, sha256_file
 from leela_interp.puzzles.corruptions import (CandidateBatch, Corruption, SelectionThresholds,
                                               candidate_mask, jensen_shannon,
                                               log_odds_from_log_prob, select_corruptions, )

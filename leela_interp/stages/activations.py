@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.activations import cache_activations, cache_config, check_cache
 from leela_interp.network import load_network
-from leela_interp.network.lc0.weights import sha256_file
+from leela_interp.outputs.results import sha256_file
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir
 

@@ -22,8 +22,7 @@ from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
 from leela_interp.network import load_network
-from leela_interp.network.lc0.weights import sha256_file
-from leela_interp.outputs.results import STR, label_axes, open_partial, write_strings
+from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import probes as P
-from leela_interp.network.lc0.weights import net_format, read_net, sha256_file
-from leela_interp.outputs.results import label_axes, open_partial, read_strings, write_strings
+from leela_interp.network.lc0.weights import net_format, read_net
+from leela_interp.outputs.results import (label_axes, open_partial, read_strings, sha256_file,
+                                         write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 

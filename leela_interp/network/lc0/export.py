@@ -41,8 +41,7 @@ from leela_interp.errors import WeightsFormatError
 from leela_interp.network.lc0.proto import Net
 from leela_interp.network.lc0.weights import (ACTIVATIONS, EMBEDDINGS, MAGIC, NETWORKS, POLICIES,
                                               VALUES, encode_layer, write_net)
-
-_MISH, _RELU = 1, 2
+from leela_interp.network.nonlinear import MISH, RELU
 
 
 class _Writer:
@@ -95,11 +94,11 @@ class _Writer:
 
 
 def _default_activation(code: int) -> int:
-    if code not in (_MISH, _RELU):
+    if code not in (MISH, RELU):
         raise WeightsFormatError(
             f"the body's activation {code!r} cannot be lc0's default activation "
             "(only relu=2 and mish=1 can)")
-    return 1 if code == _MISH else 0
+    return 1 if code == MISH else 0
 
 
 def network_to_proto(net, *, encoding: str = "LINEAR16") -> Net:

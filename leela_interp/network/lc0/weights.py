@@ -14,7 +14,6 @@ format lc0 would use.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,15 +95,6 @@ class NetFormat:
             "ffn_activation": _name(ACTIVATIONS, self.ffn_activation),
             "input_embedding": _name(EMBEDDINGS, self.input_embedding),
         }
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (the network's identity in every result file)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_bytes(path: Path) -> bytes:

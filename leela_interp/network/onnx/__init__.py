@@ -1,9 +1,10 @@
 """ONNX in and out: ``lc0 leela2onnx`` exports as native modules, native modules as exports.
 
-* :func:`load_onnx` reads an ``lc0 leela2onnx`` export (or one written by :func:`export_onnx`)
-  back into the lc0 weights it was made from and builds the same native
-  :class:`~leela_interp.network.net.LeelaNet` that :func:`leela_interp.load_network` builds
-  from the ``.pb.gz``. :func:`read_onnx_net` stops at the ``Net`` protobuf (which
+* :func:`~leela_interp.network.loading.load_onnx` (``leela_interp.network.load_onnx``, and
+  :func:`leela_interp.load_network` on a ``.onnx`` path) reads an ``lc0 leela2onnx`` export (or one
+  written by :func:`export_onnx`) back into the lc0 weights it was made from and builds the same
+  native :class:`~leela_interp.network.net.LeelaNet` that :func:`leela_interp.load_network`
+  builds from the ``.pb.gz``. :func:`read_onnx_net` stops at the ``Net`` protobuf (which
   :func:`leela_interp.network.lc0.weights.write_net` can save as an lc0 network file).
 * :func:`export_onnx` writes a native module as the graph ``leela2onnx`` writes (same node and
   initializer names, same interface: input ``/input/planes`` ``[batch, 112, 8, 8]``, outputs
@@ -23,7 +24,7 @@ reads the same. LayerNorm is read from a ``LayerNormalization`` node or its deco
 Batch norm arrives folded into the convolutions (the converter folds it), and is written as
 plain weights and biases; ``MatMul`` weights ``[in, out]`` are transposed back to lc0's
 ``[out][in]``. Layers are stored FLOAT32, so nothing is re-quantised. ONNX files do not
-record the input format (see :func:`load_onnx`).
+record the input format (see :func:`~leela_interp.network.loading.load_onnx`).
 
 Conventions of older converters, and what the native module does with them:
 
@@ -53,6 +54,7 @@ Modules: :mod:`~leela_interp.network.onnx.graph` (the data-flow view of a graph 
 >>> import tempfile, torch
 >>> from pathlib import Path
 >>> from leela_interp import load_network
+>>> from leela_interp.network import load_onnx
 >>> from leela_interp.network.lc0.random_net import write_random_net
 >>> tmp = Path(tempfile.mkdtemp())
 >>> net = load_network(write_random_net(tmp / "t.pb.gz", body="transformer", policy="attention"))
@@ -67,9 +69,9 @@ True
 """
 
 from leela_interp.network.onnx.graph import INPUT_NAME, OUTPUT_NAMES
-from leela_interp.network.onnx.reader import load_onnx, read_onnx_net
+from leela_interp.network.onnx.reader import read_onnx_net
 from leela_interp.network.onnx.runtime import OnnxRuntimeNet, RuntimeConfig
 from leela_interp.network.onnx.writer import build_onnx_model, export_onnx
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxRuntimeNet", "RuntimeConfig", "build_onnx_model",
-           "export_onnx", "load_onnx", "read_onnx_net"]
+           "export_onnx", "read_onnx_net"]

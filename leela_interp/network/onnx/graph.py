@@ -15,18 +15,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from leela_interp.errors import WeightsFormatError
+from leela_interp.network.nonlinear import (MISH, NONE, RELU, RELU_2, SELU, SELU_ALPHA, SELU_SCALE,
+                                            SIGMOID, SWISH, TANH)
 
 INPUT_NAME = "/input/planes"
 """Name of the planes input, as ``leela2onnx`` writes it."""
 OUTPUT_NAMES = {"policy": "/output/policy", "wdl": "/output/wdl", "value": "/output/value",
                 "mlh": "/output/mlh"}
 """Output names ``leela2onnx`` writes (and :func:`export_onnx` writes), by role."""
-
-# lc0 ActivationFunction codes.
-_MISH, _RELU, _NONE, _TANH, _SIGMOID, _SELU, _SWISH, _RELU2 = 1, 2, 3, 4, 5, 6, 7, 8
-_ACT_NAMES = {1: "mish", 2: "relu", 3: "none", 4: "tanh", 5: "sigmoid", 6: "selu", 7: "swish",
-              8: "relu_2"}
-_SELU_ALPHA, _SELU_SCALE = 1.67326324, 1.05070098  # lc0's constants (activation.cc)
 
 
 def _attr(node, name: str, default=None):
@@ -85,19 +81,19 @@ def _eval_elementwise(node, args: list[np.ndarray]) -> np.ndarray:
 
 
 def _reference_activation(code: int, x: np.ndarray) -> np.ndarray:
-    if code == _RELU:
+    if code == RELU:
         return np.maximum(x, 0.0)
-    if code == _MISH:
+    if code == MISH:
         return x * np.tanh(np.logaddexp(0.0, x))
-    if code == _SWISH:
+    if code == SWISH:
         return x / (1.0 + np.exp(-x))
-    if code == _SELU:
-        return _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(x))
-    if code == _RELU2:
+    if code == SELU:
+        return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(x))
+    if code == RELU_2:
         return np.maximum(x, 0.0) ** 2
-    if code == _TANH:
+    if code == TANH:
         return np.tanh(x)
-    if code == _SIGMOID:
+    if code == SIGMOID:
         return 1.0 / (1.0 + np.exp(-x))
     return x
 
@@ -250,7 +246,7 @@ class _Graph:
         return w, b
 
     def activation(self, t: str) -> tuple[int, str]:
-        """The activation applied to ``t``: (lc0 code, output tensor); (``_NONE``, t) if none.
+        """The activation applied to ``t``: (lc0 code, output tensor); (``NONE``, t) if none.
 
         The elementwise subgraph fed only by ``t`` and constants is evaluated on probe values
         and compared with each lc0 activation.
@@ -266,7 +262,7 @@ class _Graph:
                         tensors.update(n.output)
                         changed = True
         if not region:
-            return _NONE, t
+            return NONE, t
         ids = {id(r) for r in region}
         exits = [o for r in region for o in r.output
                  if o in self.outputs or any(id(u) not in ids for u in self.users(o))]
@@ -280,7 +276,7 @@ class _Graph:
                         for i in n.input]
                 values[n.output[0]] = _eval_elementwise(n, args)
             y = values[exits[0]]
-            for code in (_RELU, _MISH, _SWISH, _SELU, _RELU2, _TANH, _SIGMOID, _NONE):
+            for code in (RELU, MISH, SWISH, SELU, RELU_2, TANH, SIGMOID, NONE):
                 ref = _reference_activation(code, x)
                 if np.all(np.abs(y - ref) <= 1e-4 * (1 + np.abs(ref))):
                     return code, exits[0]

@@ -13,8 +13,8 @@ import onnx
 from leela_interp.errors import ConfigError, WeightsFormatError
 from leela_interp.network.lc0 import weights as lc0w
 from leela_interp.network.lc0.proto import Net
-from leela_interp.network.net import LeelaNet
-from leela_interp.network.onnx.graph import _ACT_NAMES, _MISH, _RELU, _SELU, _attr, _Graph
+from leela_interp.network.nonlinear import ACTIVATION_NAMES, MISH, RELU, SELU
+from leela_interp.network.onnx.graph import _attr, _Graph
 
 log = logging.getLogger("leela_interp.network.onnx")
 
@@ -50,9 +50,9 @@ class _Reader:
     def act(self, t: str, expected: int | None, what: str) -> str:
         code, out = self.g.activation(t)
         if expected is not None and code != expected:
-            raise self.g.fail(f"{what} uses {_ACT_NAMES.get(code)}, where lc0 uses "
-                              f"{_ACT_NAMES.get(expected)}; the native module cannot represent "
-                              "that", self.g.producer.get(t))
+            raise self.g.fail(f"{what} uses {ACTIVATION_NAMES.get(code)}, where lc0 uses "
+                              f"{ACTIVATION_NAMES.get(expected)}; the native module cannot "
+                              "represent that", self.g.producer.get(t))
         return out
 
     # --- whole graph ----------------------------------------------------------------------
@@ -88,7 +88,7 @@ class _Reader:
         nf.value = 2 if wdl else 1
         nf.policy = policy
         nf.moves_left = 1 if has_mlh else 0
-        nf.default_activation = 1 if self.seen.default == _MISH else 0
+        nf.default_activation = 1 if self.seen.default == MISH else 0
         if attn_body:
             nf.network = lc0w.NETWORKS["NETWORK_ATTENTIONBODY_WITH_HEADFORMAT"]
             nf.input_embedding = 2 if self.w.HasField("ip_emb_preproc_w") else 1
@@ -130,8 +130,8 @@ class _Reader:
         self.put(self.w.input.weights, w)
         self.put(self.w.input.biases, b)
         code, x = g.activation(conv.output[0])
-        if code not in (_RELU, _MISH):
-            raise g.fail(f"default activation {_ACT_NAMES.get(code)} (lc0 has relu or mish)",
+        if code not in (RELU, MISH):
+            raise g.fail(f"default activation {ACTIVATION_NAMES.get(code)} (lc0 has relu or mish)",
                          conv)
         self.seen.default = code
         while g.users(x, "Add"):  # a residual block: its input also feeds the skip Add
@@ -213,8 +213,8 @@ class _Reader:
         self.put(self.w.ip_emb_b, eb)
         d_model = eb.size
         code, x = g.activation(x)
-        if code not in (_RELU, _MISH):
-            raise g.fail(f"default activation {_ACT_NAMES.get(code)} (lc0 has relu or mish)")
+        if code not in (RELU, MISH):
+            raise g.fail(f"default activation {ACTIVATION_NAMES.get(code)} (lc0 has relu or mish)")
         self.seen.default = code
         if dense:
             gamma, beta, eps, x = g.layer_norm(x, "embedding LayerNorm")
@@ -417,13 +417,13 @@ class _Reader:
     # --- heads ----------------------------------------------------------------------------
 
     def _check_gather(self, output: str, policy_map, what: str) -> None:
-        from leela_interp.network.heads import _gather_index
+        from leela_interp.network.heads import gather_index
 
         node = self.g.producer.get(output)
         table = self.g.const(node.input[1]) if node is not None and node.op_type == "Gather" \
             else None
         if table is None or not np.array_equal(table.reshape(-1).astype(np.int64),
-                                               _gather_index(np.asarray(policy_map)).numpy()):
+                                               gather_index(np.asarray(policy_map)).numpy()):
             raise self.g.fail(f"the {what} policy is not gathered with lc0's policy map", node)
 
     def policy(self, entry, output: str, attn_body: bool) -> int:
@@ -458,7 +458,7 @@ class _Reader:
         if entry.op_type == "Transpose":
             t = g.through(entry.output[0], ("Reshape",))
             entry = g.matmul(t, "attention policy embedding")
-        act = self.seen.default if attn_body else _SELU
+        act = self.seen.default if attn_body else SELU
         pw, pb, e = g.linear(entry, "attention policy embedding")
         self.put(self.w.ip_pol_w, pw)
         self.put(self.w.ip_pol_b, pb)
@@ -469,7 +469,7 @@ class _Reader:
                              dense=False)
             self.w.pol_headcount = self._heads
         expect_ffn = ((self.seen.ffn[0] if self.seen.ffn else self.seen.default)
-                      if attn_body else _SELU)
+                      if attn_body else SELU)
         if any(c != expect_ffn for c in self.seen.policy_ffn):
             raise g.fail("policy encoder FFN activation differs from the one lc0 uses there")
         qk = {}
@@ -543,11 +543,11 @@ class _Reader:
         code, end = g.activation(o)
         if end != output:
             raise g.fail("the moves-left head does not end at its output", g.producer.get(o))
-        if code == _MISH:
+        if code == MISH:
             self.note("moves-left output ends in mish (converters from lc0 #1825 to #2305); "
                       "the native module ends it in ReLU, as lc0 does")
-        elif code != _RELU:
-            self.note(f"moves-left output ends in {_ACT_NAMES.get(code)}; the native module "
+        elif code != RELU:
+            self.note(f"moves-left output ends in {ACTIVATION_NAMES.get(code)}; the native module "
                       "ends it in ReLU, as lc0 does")
         for field, values in (("ip1_mov_w", w1), ("ip1_mov_b", b1), ("ip2_mov_w", w2),
                               ("ip2_mov_b", b2)):
@@ -583,16 +583,21 @@ class _Reader:
         if len(set(seen.ffn)) > 1 or len(set(seen.smolgen)) > 1:
             raise g.fail("encoder layers use different FFN or smolgen activations")
         if seen.emb_ffn is not None and seen.ffn and seen.emb_ffn != seen.ffn[0]:
-            self.note(f"embedding FFN uses {_ACT_NAMES.get(seen.emb_ffn)}, the encoders "
-                      f"{_ACT_NAMES.get(seen.ffn[0])} (converter before lc0 #1992); the native "
-                      "module uses the encoders' FFN activation in both, as lc0 does")
+            self.note(f"embedding FFN uses {ACTIVATION_NAMES.get(seen.emb_ffn)}, the encoders "
+                      f"{ACTIVATION_NAMES.get(seen.ffn[0])} (converter before lc0 #1992); the "
+                      "native module uses the encoders' FFN activation in both, as lc0 does")
         for what, eps, expected in seen.eps:
             if not math.isclose(eps, expected, rel_tol=1e-3):
                 self.note(f"{what}: LayerNorm epsilon {eps:g}; the native module uses lc0's "
                           f"{expected:g}")
 
 
-def _load_model(path: Path) -> onnx.ModelProto:
+def read_model(path: Path) -> onnx.ModelProto:
+    """The ONNX model in ``path`` (the reader and :class:`OnnxRuntimeNet` both start here).
+
+    Raises:
+        WeightsFormatError: the file is missing or not an ONNX model (message names the file).
+    """
     try:
         return onnx.load(str(path))
     except FileNotFoundError as e:
@@ -601,8 +606,15 @@ def _load_model(path: Path) -> onnx.ModelProto:
         raise WeightsFormatError(f"{path}: not an ONNX model ({e})") from e
 
 
-def _resolve_input_format(path: Path, model: onnx.ModelProto, input_format: int | None,
-                          pb_path: str | Path | None) -> tuple[int, str]:
+def resolve_input_format(path: Path, model: onnx.ModelProto, input_format: int | None,
+                         pb_path: str | Path | None) -> tuple[int, str]:
+    """The net's lc0 input format and where it came from, by the rule of
+    :func:`~leela_interp.network.loading.load_onnx` (``input_format``, else ``pb_path``, else
+    the file's metadata, else a sibling ``.pb.gz`` / ``.pb``, else 1 with a logged warning).
+
+    Raises:
+        ConfigError: the format found is not an lc0 input format (message names its source).
+    """
     from leela_interp.board.encoding import INPUT_FORMATS
 
     if input_format is not None:
@@ -634,67 +646,31 @@ def read_onnx_net(path: str | Path, *, input_format: int | None = None,
     """The lc0 ``Net`` protobuf an ``lc0 leela2onnx`` export was made from.
 
     Weights are stored FLOAT32 (batch norm folded); the format fields are inferred from the
-    graph. Arguments as for :func:`load_onnx`. ``write_net(read_onnx_net(p), "x.pb.gz")`` gives
-    a network file lc0 >= 0.33 reads.
+    graph. Arguments as for :func:`~leela_interp.network.loading.load_onnx`.
+    ``write_net(read_onnx_net(p), "x.pb.gz")`` gives a network file lc0 >= 0.33 reads.
 
     Raises:
         WeightsFormatError: the file is not an ONNX model, or not a graph ``leela2onnx``
             writes for an architecture the native module supports (message names the file).
     """
     path = Path(path)
-    model = _load_model(path)
-    return _read(model, path, input_format, pb_path)[0]
+    return read_graph(read_model(path), path, input_format, pb_path)[0]
 
 
-def _read(model, path: Path, input_format, pb_path) -> tuple[Net, list[str], str]:
+def read_graph(model: onnx.ModelProto, path: Path, input_format: int | None,
+               pb_path: str | Path | None) -> tuple[Net, list[str], str]:
+    """``(net, notes, source)``: the ``Net`` protobuf of ``model`` (read from ``path``), the
+    notes on the older converters' conventions it found (see the package docstring) and where
+    the input format came from (:func:`resolve_input_format`).
+
+    Raises:
+        WeightsFormatError: as :func:`read_onnx_net`.
+        ConfigError: as :func:`resolve_input_format`.
+    """
     graph = _Graph(model, str(path))
     reader = _Reader(graph)
     net = reader.read()
-    fmt, source = _resolve_input_format(path, model, input_format, pb_path)
+    fmt, source = resolve_input_format(path, model, input_format, pb_path)
     net.format.network_format.input = fmt
     return net, reader.seen.notes, source
 
-
-def load_onnx(path: str | Path, *, input_format: int | None = None,
-              pb_path: str | Path | None = None) -> LeelaNet:
-    """Load an ``lc0 leela2onnx`` export (or an :func:`export_onnx` file) as a native module.
-
-    The result is the module :func:`leela_interp.load_network` builds from the ``.pb.gz`` the
-    export was made from (in eval mode, gradients off), with ``path`` and ``sha256`` those of
-    the ``.onnx`` file. See the module docstring for how the graph is read and for the older
-    converters' conventions (those that the native module computes as lc0 does, not as the
-    export did, are logged and listed in ``net.config.details["onnx.notes"]``).
-
-    Args:
-        path: the ``.onnx`` file.
-        input_format: the net's lc0 input format (1-5, 132, 133). ONNX exports do not record
-            it; when None it is taken from ``pb_path``, else from the file's ``input_format``
-            metadata (written by :func:`export_onnx`), else from a ``.pb.gz`` / ``.pb`` with
-            the same stem next to the file, else 1 with a logged warning.
-        pb_path: the lc0 network file the export was made from (only its input format is read).
-
-    Raises:
-        WeightsFormatError: the file is unreadable, not an ONNX model, or not an lc0 export of
-            an architecture the native module supports; the message names the file.
-        ConfigError: ``input_format`` is not an lc0 input format.
-    """
-    from leela_interp.network.loading import build_network
-
-    path = Path(path)
-    model = _load_model(path)
-    net_proto, notes, source = _read(model, path, input_format, pb_path)
-    for note in notes:
-        log.warning("%s: %s", path, note)
-    net = build_network(net_proto, path=str(path), sha256=lc0w.sha256_file(path))
-    net.config.details.update({
-        "source": "onnx",
-        "format.weights_encoding": "FLOAT32 (read from ONNX)",
-        "onnx.producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "onnx.opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                          default=0),
-        "onnx.input_format_from": source,
-        "onnx.notes": notes,
-    })
-    net.eval()
-    net.requires_grad_(False)
-    return net

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from leela_interp.errors import WeightsFormatError
-from leela_interp.network.lc0 import weights as lc0w
 from leela_interp.network.net import LeelaNet, LeelaOutput
 from leela_interp.network.onnx.graph import _last_dims, _output_roles
-from leela_interp.network.onnx.reader import _load_model, _resolve_input_format
+from leela_interp.network.onnx.reader import read_model, resolve_input_format
 from leela_interp.network.onnx.writer import build_onnx_model
+from leela_interp.outputs.results import sha256_file
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class OnnxRuntimeNet:
         source: an ``.onnx`` file (``lc0 leela2onnx`` export or :func:`export_onnx` output), or
             a :class:`LeelaNet`, which is exported in memory.
         input_format: the net's lc0 input format; None = the module's, or for a file as in
-            :func:`load_onnx` (metadata, a sibling ``.pb.gz``, else 1 with a warning).
+            :func:`~leela_interp.network.loading.load_onnx` (metadata, a sibling ``.pb.gz``,
+            else 1 with a warning).
         threads: onnxruntime intra-op threads (None = onnxruntime's default).
         providers: onnxruntime execution providers (default CPU).
 
@@ -66,9 +67,9 @@ class OnnxRuntimeNet:
             data: bytes | str = model.SerializeToString()
         else:
             path = Path(source)
-            model = _load_model(path)
-            input_format, _ = _resolve_input_format(path, model, input_format, None)
-            self.path, self.sha256 = str(path), lc0w.sha256_file(path)
+            model = read_model(path)
+            input_format, _ = resolve_input_format(path, model, input_format, None)
+            self.path, self.sha256 = str(path), sha256_file(path)
             data = str(path)
         producers = {o: n for n in model.graph.node for o in n.output}
         self._roles = _output_roles([o.name for o in model.graph.output], producers,

@@ -13,8 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from leela_interp.errors import ConfigError
 from leela_interp.network.net import LeelaNet
-from leela_interp.network.onnx.graph import (_MISH, _RELU, _RELU2, _SELU, _SELU_ALPHA, _SELU_SCALE,
-                                             _SIGMOID, _SWISH, _TANH, INPUT_NAME, OUTPUT_NAMES)
+from leela_interp.network.nonlinear import (MISH, RELU, RELU_2, SELU, SELU_ALPHA, SELU_SCALE,
+                                            SIGMOID, SWISH, TANH)
+from leela_interp.network.onnx.graph import INPUT_NAME, OUTPUT_NAMES
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ class _Writer:
         return self.op("Reshape", name, [x, self.shape(shape_name, dims)])
 
     def act(self, name: str, x: str, code: int) -> str:
-        if code == _RELU:
+        if code == RELU:
             return self.op("Relu", name + "/relu", [x])
-        if code == _MISH:
+        if code == MISH:
             name += "/mish"
             style = self.style.mish
             if style == "auto" and self.opset >= 18:
@@ -96,17 +97,17 @@ class _Writer:
             f = self.op("Softplus", name + "/softplus", [x])
             f = self.op("Tanh", name + "/tanh", [f])
             return self.op("Mul", name, [f, x])
-        if code == _SELU:
-            return self.op("Selu", name + "/selu/selu", [x], alpha=_SELU_ALPHA, gamma=_SELU_SCALE)
-        if code == _SWISH:
+        if code == SELU:
+            return self.op("Selu", name + "/selu/selu", [x], alpha=SELU_ALPHA, gamma=SELU_SCALE)
+        if code == SWISH:
             s = self.op("Sigmoid", name + "/swish/sigmoid", [x])
             return self.op("Mul", name + "/swish", [s, x])
-        if code == _RELU2:
+        if code == RELU_2:
             r = self.op("Relu", name + "/sqrrelu/relu", [x])
             return self.op("Mul", name + "/sqrrelu/sqr", [r, r])
-        if code == _TANH:
+        if code == TANH:
             return self.op("Tanh", name + "/tanh", [x])
-        if code == _SIGMOID:
+        if code == SIGMOID:
             return self.op("Sigmoid", name + "/sigmoid", [x])
         return x
 
@@ -413,7 +414,7 @@ def export_onnx(net: LeelaNet, path: str | Path, *, opset: int = 17, batch_dynam
     are named as lc0 0.32's converter names them; the graph computes what the native module
     computes (lc0's DeepNorm and moves-left conventions). A multi-head net is written with the
     heads the module computes. Unlike leela2onnx, the file's metadata records the input format
-    (key ``input_format``), which :func:`load_onnx` then reads.
+    (key ``input_format``), which :func:`~leela_interp.network.loading.load_onnx` then reads.
 
     The graph is built node by node rather than traced with ``torch.onnx.export``, so that
     ``load_onnx`` (which reads leela2onnx's layout) reads it back and so that hooks play no part.
