@@ -32,12 +32,14 @@ Resumable: a checkpoint (model, optimiser, step) is written atomically to
 ``<run_dir>/checkpoint.pt`` every ``checkpoint_every`` steps and a rerun resumes from it. Uses CUDA when available (``device: auto``). At the end the network is
 written with :func:`leela_interp.network.lc0.export.save_network` to ``out``.
 
-Configuration: a YAML file (``conf/train/strong.yaml``, ``conf/train/weak.yaml``) plus
-``key=value`` overrides, e.g.::
+Configuration: a YAML file (``leela_interp/conf/train/strong.yaml``,
+``leela_interp/conf/train/weak.yaml``) plus ``key=value`` overrides, e.g.::
 
-    nohup nice -n 19 python scripts/train.py conf/train/strong.yaml > runs/train_strong.log 2>&1 &
-    python scripts/train.py conf/train/weak.yaml steps=100 run_dir=runs/try
-    python scripts/train.py conf/train/strong.yaml export_only=true out=runs/snapshot.pb.gz
+    nohup nice -n 19 python scripts/train.py leela_interp/conf/train/strong.yaml \\
+        > runs/train_strong.log 2>&1 &
+    python scripts/train.py leela_interp/conf/train/weak.yaml steps=100 run_dir=runs/try
+    python scripts/train.py leela_interp/conf/train/strong.yaml export_only=true \\
+        out=runs/snapshot.pb.gz
 """
 
 from __future__ import annotations

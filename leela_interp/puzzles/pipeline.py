@@ -124,7 +124,8 @@ class FilterConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything :func:`build_puzzles` needs; :meth:`from_sections` builds it from the Hydra
-    ``model`` and ``puzzles`` sections (keys documented in ``conf/puzzles/paper.yaml``).
+    ``model`` and ``puzzles`` sections (keys documented in
+    ``leela_interp/conf/puzzles/paper.yaml``).
 
     Raises:
         ConfigError: On construction, for an invalid value (the message shows it).

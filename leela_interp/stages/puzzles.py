@@ -2,7 +2,7 @@
 
 The work is :func:`leela_interp.puzzles.pipeline.build_puzzles`; this module only reads the
 config (``model`` = the strong net, ``puzzles`` = everything else, see
-``conf/puzzles/paper.yaml``) and names the output. Output layout: ``docs/puzzles.md``.
+``leela_interp/conf/puzzles/paper.yaml``) and names the output. Output layout: ``docs/puzzles.md``.
 """
 
 from __future__ import annotations
