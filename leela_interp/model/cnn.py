@@ -83,10 +83,13 @@ class ResidualBlock(nn.Module):
         x = hooked(self.hook_resid_pre, x)
         y = hooked(self.hook_conv1, self.act(self.conv1(x), inplace=True))
         z = hooked(self.hook_conv2, self.conv2(y))
-        # One new tensor for the sum, then in place: hooks may hold x and z, nothing holds out.
+        # The sum overwrites z when nothing else can hold it (no hook on hook_conv2, no
+        # autograd), else it is one new tensor; the rest is in place. Hooks may hold x.
+        into = None if self.hook_conv2.has_hooks() or z.requires_grad else z
         if self.se is not None:
             gamma, beta = self.se(z)
-            out = torch.addcmul(x, gamma[:, :, None, None], z).add_(beta[:, :, None, None])
+            out = torch.addcmul(x, gamma[:, :, None, None], z, out=into)
+            out.add_(beta[:, :, None, None])
         else:
-            out = z + x
+            out = torch.add(z, x, out=into)
         return hooked(self.hook_resid_post, self.act(out, inplace=True))

@@ -38,13 +38,19 @@ class ConvPolicyHead(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.act = Activation(act)
         self.conv2 = nn.Conv2d(channels, policy_planes, 3, padding=1)
-        self.register_buffer("gather", _gather_index(np.asarray(CONV_POLICY_MAP)),
+        # lc0's map indexes plane*64 + square (``gather``, as the ONNX writer reads it); the
+        # forward pass reads square*planes + plane, the order of the channels-last maps, which
+        # then flatten without a copy.
+        gather = _gather_index(np.asarray(CONV_POLICY_MAP))
+        self.register_buffer("gather", gather, persistent=False)
+        self.register_buffer("_gather_by_square", gather % 64 * policy_planes + gather // 64,
                              persistent=False)
         self.hook_logits = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.act(self.conv1(x), inplace=True)).flatten(1)  # plane*64 + square
-        return self.hook_logits(out[:, self.gather])
+        out = self.conv2(self.act(self.conv1(x), inplace=True))
+        flat = out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)  # square*planes + plane
+        return self.hook_logits(flat[:, self._gather_by_square])
 
 
 class ClassicalPolicyHead(nn.Module):
