@@ -20,15 +20,24 @@ def _selu(x: torch.Tensor) -> torch.Tensor:
     return _SELU_SCALE * torch.where(x > 0, x, _SELU_ALPHA * torch.expm1(x))
 
 
+def _relu2_(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu_(x).square_()
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# code: (label, function, in-place function or None when there is none)
 _FUNCTIONS = {
-    1: ("mish", F.mish),
-    2: ("relu", torch.relu),
-    3: ("none", lambda x: x),
-    4: ("tanh", torch.tanh),
-    5: ("sigmoid", torch.sigmoid),
-    6: ("selu", _selu),
-    7: ("swish", F.silu),
-    8: ("relu_2", _relu2),
+    1: ("mish", F.mish, lambda x: F.mish(x, inplace=True)),
+    2: ("relu", torch.relu, torch.relu_),
+    3: ("none", _identity, _identity),
+    4: ("tanh", torch.tanh, torch.tanh_),
+    5: ("sigmoid", torch.sigmoid, torch.sigmoid_),
+    6: ("selu", _selu, None),
+    7: ("swish", F.silu, lambda x: F.silu(x, inplace=True)),
+    8: ("relu_2", _relu2, _relu2_),
 }
 
 
@@ -45,9 +54,18 @@ class Activation(nn.Module):
         if code not in _FUNCTIONS:
             raise WeightsFormatError(f"unsupported activation function {code!r}")
         self.code = code
-        self.label, self.fn = _FUNCTIONS[code]
+        self.label, self.fn, self.fn_ = _FUNCTIONS[code]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """The activation of ``x``.
+
+        Args:
+            inplace: overwrite ``x`` with the result (saving an allocation) when the function
+                has an in-place kernel and autograd does not track ``x``. Only for a fresh
+                tensor that nothing else holds: never one a hook has seen.
+        """
+        if inplace and self.fn_ is not None and not x.requires_grad:
+            return self.fn_(x)
         return self.fn(x)
 
     def extra_repr(self) -> str:

@@ -19,6 +19,7 @@ from typing import Union
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 from leela_interp.errors import UnknownHookError
 
@@ -37,6 +38,21 @@ class HookPoint(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def has_hooks(self) -> bool:
+        """Whether calling this point would run any hook.
+
+        The test PyTorch's ``Module.__call__`` makes before it skips hooks: this point's forward,
+        forward-pre and backward hooks (however they were registered: :meth:`HookedModule.hooks`,
+        ``run_with_hooks``, ``run_with_cache`` or ``register_forward_hook``), and the global
+        module hooks of ``torch.nn.modules.module.register_module_forward_hook`` and its kin.
+        A module that skips computing an activation when its point is unhooked asks this, for
+        each forward pass.
+        """
+        return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                    or self._backward_pre_hooks or _module._global_forward_hooks
+                    or _module._global_forward_pre_hooks or _module._global_backward_hooks
+                    or _module._global_backward_pre_hooks)
 
     def extra_repr(self) -> str:
         return self.name
