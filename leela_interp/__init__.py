@@ -8,7 +8,7 @@ The public API:
 - :func:`policy_index` -- a move's index in lc0's 1858-move policy.
 """
 
-from leela_interp.errors import (ConfigError, LeelaInterpError, UnknownHookError,
+from leela_interp.errors import (ConfigError, HookError, LeelaInterpError, UnknownHookError,
                                  WeightsFormatError)
 from leela_interp.model import LeelaNet, LeelaOutput, load_network
 
@@ -28,5 +28,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'leela_interp' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "LeelaInterpError", "LeelaNet", "LeelaOutput", "UnknownHookError",
-           "WeightsFormatError", "encode", "load_network", "policy_index"]
+__all__ = ["ConfigError", "HookError", "LeelaInterpError", "LeelaNet", "LeelaOutput",
+           "UnknownHookError", "WeightsFormatError", "encode", "load_network", "policy_index"]
