@@ -4,7 +4,8 @@ Exact patching (:func:`leela_interp.interventions.residual_patching`, ``head_pat
 one forward pass per (layer, square) or (layer, head). Attribution patching (Nanda 2023;
 AtP, Kramár et al. 2024) estimates all of them at once from the clean run's gradient of the
 metric: replacing activation ``a`` by its corrupted value ``a'`` changes the log-odds ``lo`` by
-about ``(a' - a) . d lo / d a``, so with this project's sign (:data:`~leela_interp.interventions.SIGN`)
+about ``(a' - a) . d lo / d a``, so with this project's sign
+(:data:`~leela_interp.interventions.SIGN`)
 
     effect ~= -(a' - a) . d lo / d a
 

@@ -24,10 +24,14 @@ def setup(request, tmp_path_factory):
     spec = TRANSFORMER if request.param == "transformer" else CNN
     net = load_network(write_random_net(tmp / "n.pb.gz", seed=3, **spec))
     puzzles = write_fixture(tmp / "puzzles.h5")
-    prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(len(puzzles))], batch_size=4)
+    prep = iv.prepare(net, chunk(puzzles), batch_size=4)
     heads = request.param == "transformer"
     sites = ["resid_post", "resid_mid"] if heads else ["resid_post"]
     return net, prep, attribution.attribution_patching(prep, sites=sites, heads=heads)
+
+
+def chunk(puzzles):
+    return [iv.Puzzle.from_set(puzzles, i) for i in range(len(puzzles))]
 
 
 def _lo(prep, out, p):
@@ -103,7 +107,7 @@ def test_the_stage_writes_attribution_estimates_in_the_same_layout(tmp_path):
             "patching.method=attribution")
     path = patching.run(make_cfg(tmp_path / "run", net_path, *args))
     net = load_network(net_path)
-    prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(len(puzzles))], batch_size=8)
+    prep = iv.prepare(net, chunk(puzzles), batch_size=8)
     est = attribution.attribution_patching(prep)
     with h5py.File(path) as f:
         assert f.attrs["method"] == "attribution" and "first order" in f.attrs["method_meaning"]

@@ -121,8 +121,8 @@ def test_hook_result_is_each_heads_output_in_residual_space(tnet, planes):
 
 
 def test_mlp_hook_pre_is_the_first_dense_layer_before_the_activation(tnet, planes):
-    _, cache = tnet.run_with_cache(planes, names=["blocks.1.hook_resid_mid", "blocks.1.mlp.hook_pre",
-                                                  "blocks.1.mlp.hook_post"])
+    names = ["blocks.1.hook_resid_mid", "blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_post"]
+    _, cache = tnet.run_with_cache(planes, names=names)
     mlp = tnet.blocks[1].mlp
     pre = cache["pre", 1]
     assert torch.allclose(pre, mlp.dense1(cache["resid_mid", 1]), atol=1e-6, rtol=0)
