@@ -10,7 +10,7 @@ The public API:
 
 __version__ = "0.1.0"  # first: leela_interp.outputs.results reads it during the imports below
 
-from leela_interp.errors import (ConfigError, LeelaInterpError, UnknownHookError,
+from leela_interp.errors import (ConfigError, HookError, LeelaInterpError, UnknownHookError,
                                  WeightsFormatError)
 from leela_interp.network import LeelaNet, LeelaOutput, load_network
 
@@ -28,5 +28,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'leela_interp' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "LeelaInterpError", "LeelaNet", "LeelaOutput", "UnknownHookError",
-           "WeightsFormatError", "encode", "load_network", "policy_index"]
+__all__ = ["ConfigError", "HookError", "LeelaInterpError", "LeelaNet", "LeelaOutput",
+           "UnknownHookError", "WeightsFormatError", "encode", "load_network", "policy_index"]

@@ -76,15 +76,21 @@ def import_onnx2torch():
     return convert, ""
 
 
-def rates(fns: list, planes, batches: int, rounds: int) -> list[float]:
+def rates(fns: list, planes, batches: int, rounds: int, gap: float = 0.1) -> list[float]:
     """Positions/s of each function: best of ``rounds``, the functions timed in turn each round
-    (so that a change in the machine's load affects all of them alike)."""
+    (so that a change in the machine's load affects all of them alike).
+
+    Each timing starts after ``gap`` seconds idle: onnxruntime's and OpenMP's worker threads
+    spin for a while after a call, and without the pause they take CPU from the candidate
+    timed next (on 2 cores that cost the native forward timed after onnxruntime ~15%).
+    """
     for fn in fns:  # warm-up
         fn(planes)
         fn(planes)
     best = [float("inf")] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            time.sleep(gap)
             start = time.perf_counter()
             for _ in range(batches):
                 fn(planes)

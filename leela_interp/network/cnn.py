@@ -39,7 +39,7 @@ class InputConv(nn.Module):
         self.hook_out = HookPoint()
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
-        return hooked(self.hook_out, self.act(self.conv(planes)))
+        return hooked(self.hook_out, self.act(self.conv(planes), inplace=True))
 
 
 class SqueezeExcite(nn.Module):
@@ -56,7 +56,7 @@ class SqueezeExcite(nn.Module):
         self.hook_gate, self.hook_bias = HookPoint(), HookPoint()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.fc2(self.act(self.fc1(z.mean(dim=(2, 3)))))
+        e = self.fc2(self.act(self.fc1(z.mean(dim=(2, 3))), inplace=True))
         gamma, beta = e.chunk(2, dim=1)
         return self.hook_gate(torch.sigmoid(gamma)), self.hook_bias(beta)
 
@@ -81,9 +81,15 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = hooked(self.hook_resid_pre, x)
-        y = hooked(self.hook_conv1, self.act(self.conv1(x)))
+        y = hooked(self.hook_conv1, self.act(self.conv1(x), inplace=True))
         z = hooked(self.hook_conv2, self.conv2(y))
+        # The sum overwrites z when nothing else can hold it (no hook on hook_conv2, no
+        # autograd), else it is one new tensor; the rest is in place. Hooks may hold x.
+        into = None if self.hook_conv2.has_hooks() or z.requires_grad else z
         if self.se is not None:
             gamma, beta = self.se(z)
-            z = gamma[:, :, None, None] * z + beta[:, :, None, None]
-        return hooked(self.hook_resid_post, self.act(z + x))
+            out = torch.addcmul(x, gamma[:, :, None, None], z, out=into)
+            out.add_(beta[:, :, None, None])
+        else:
+            out = torch.add(z, x, out=into)
+        return hooked(self.hook_resid_post, self.act(out, inplace=True))

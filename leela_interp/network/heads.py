@@ -46,13 +46,19 @@ class ConvPolicyHead(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.act = Activation(act)
         self.conv2 = nn.Conv2d(channels, policy_planes, 3, padding=1)
-        self.register_buffer("gather", gather_index(np.asarray(CONV_POLICY_MAP)),
+        # lc0's map indexes plane*64 + square (``gather``, as the ONNX writer reads it); the
+        # forward pass reads square*planes + plane, the order of the channels-last maps, which
+        # then flatten without a copy.
+        gather = gather_index(np.asarray(CONV_POLICY_MAP))
+        self.register_buffer("gather", gather, persistent=False)
+        self.register_buffer("_gather_by_square", gather % 64 * policy_planes + gather // 64,
                              persistent=False)
         self.hook_logits = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.act(self.conv1(x))).flatten(1)  # plane*64 + square
-        return self.hook_logits(out[:, self.gather])
+        out = self.conv2(self.act(self.conv1(x), inplace=True))
+        flat = out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)  # square*planes + plane
+        return self.hook_logits(flat[:, self._gather_by_square])
 
 
 class ClassicalPolicyHead(nn.Module):
@@ -66,7 +72,7 @@ class ClassicalPolicyHead(nn.Module):
         self.hook_logits = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hook_logits(self.dense(self.act(self.conv(x)).flatten(1)))
+        return self.hook_logits(self.dense(self.act(self.conv(x), inplace=True).flatten(1)))
 
 
 class AttentionPolicyHead(nn.Module):
@@ -96,7 +102,7 @@ class AttentionPolicyHead(nn.Module):
 
     def forward(self, x: torch.Tensor, smolgen_w: nn.Linear | None = None) -> torch.Tensor:
         tokens = x.flatten(2).transpose(1, 2) if self.conv_body else x
-        e = self.act(self.embed(self.hook_in(tokens)))
+        e = self.act(self.embed(self.hook_in(tokens)), inplace=True)
         for encoder in self.encoders:
             e = encoder(e, smolgen_w)
         q, k = self.q(e), self.k(e)
@@ -135,7 +141,8 @@ class ValueHead(nn.Module):
             x = x.flatten(2).transpose(1, 2)
         x = self.hook_in(x)
         if self.conv_body:
-            h = self.act(self.embed(x.transpose(1, 2).reshape(x.shape[0], -1, 8, 8))).flatten(1)
+            h = self.act(self.embed(x.transpose(1, 2).reshape(x.shape[0], -1, 8, 8)), inplace=True)
+            h = h.flatten(1)
         else:
-            h = self.act(self.embed(x)).flatten(1)
-        return self.hook_logits(self.dense2(self.act(self.dense1(h))))
+            h = self.act(self.embed(x), inplace=True).flatten(1)
+        return self.hook_logits(self.dense2(self.act(self.dense1(h), inplace=True)))

@@ -27,17 +27,26 @@ def _selu(x: torch.Tensor) -> torch.Tensor:
     return SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * torch.expm1(x))
 
 
+def _relu2_(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu_(x).square_()
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# code: (label, function, in-place function or None when there is none)
 _FUNCTIONS = {
-    MISH: ("mish", F.mish),
-    RELU: ("relu", torch.relu),
-    NONE: ("none", lambda x: x),
-    TANH: ("tanh", torch.tanh),
-    SIGMOID: ("sigmoid", torch.sigmoid),
-    SELU: ("selu", _selu),
-    SWISH: ("swish", F.silu),
-    RELU_2: ("relu_2", _relu2),
+    MISH: ("mish", F.mish, lambda x: F.mish(x, inplace=True)),
+    RELU: ("relu", torch.relu, torch.relu_),
+    NONE: ("none", _identity, _identity),
+    TANH: ("tanh", torch.tanh, torch.tanh_),
+    SIGMOID: ("sigmoid", torch.sigmoid, torch.sigmoid_),
+    SELU: ("selu", _selu, None),
+    SWISH: ("swish", F.silu, lambda x: F.silu(x, inplace=True)),
+    RELU_2: ("relu_2", _relu2, _relu2_),
 }
-ACTIVATION_NAMES: dict[int, str] = {code: name for code, (name, _) in _FUNCTIONS.items()}
+ACTIVATION_NAMES: dict[int, str] = {code: name for code, (name, _, _) in _FUNCTIONS.items()}
 """Code -> lc0's name (``mish``, ``relu``, ..., ``relu_2``)."""
 
 
@@ -54,9 +63,18 @@ class Activation(nn.Module):
         if code not in _FUNCTIONS:
             raise WeightsFormatError(f"unsupported activation function {code!r}")
         self.code = code
-        self.label, self.fn = _FUNCTIONS[code]
+        self.label, self.fn, self.fn_ = _FUNCTIONS[code]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """The activation of ``x``.
+
+        Args:
+            inplace: overwrite ``x`` with the result (saving an allocation) when the function
+                has an in-place kernel and autograd does not track ``x``. Only for a fresh
+                tensor that nothing else holds: never one a hook has seen.
+        """
+        if inplace and self.fn_ is not None and not x.requires_grad:
+            return self.fn_(x)
         return self.fn(x)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from leela_interp.network.hooks import HookPoint
@@ -78,28 +79,31 @@ class Embedding(nn.Module):
         else:
             pieces = tokens[:, :, :12].reshape(b, 64 * 12)  # square-major, 12 piece planes
             pos = self.preproc(pieces).reshape(b, 64, self.dense_pos)
-        x = self.act(self.linear(torch.cat([tokens, pos], dim=2)))
+        x = self.act(self.linear(torch.cat([tokens, pos], dim=2)), inplace=True)
         if self.ln is not None:
             x = self.ln(x)
         if self.mult_gate is not None:
             x = x * self.mult_gate + self.add_gate
         if self.ffn is not None:
-            x = self.ffn_ln(x + self.alpha * self.ffn(x))
+            x = self.ffn_ln(torch.add(x, self.ffn(x), alpha=self.alpha))
         return self.hook_out(x)
 
 
 class MLP(nn.Module):
-    """Two dense layers with an activation between them. Hook: ``hook_post`` [B, 64, d_ff]."""
+    """Two dense layers with an activation between them. Hooks [B, 64, d_ff]: ``hook_pre``
+    (first dense layer's output, before the activation) and ``hook_post`` (after it)."""
 
     def __init__(self, d_model: int, d_ff: int, act: int) -> None:
         super().__init__()
         self.dense1 = nn.Linear(d_model, d_ff)
+        self.hook_pre = HookPoint()
         self.act = Activation(act)
         self.dense2 = nn.Linear(d_ff, d_model)
         self.hook_post = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense2(self.hook_post(self.act(self.dense1(x))))
+        pre = self.hook_pre(self.dense1(x))  # in place only when no hook may hold it
+        return self.dense2(self.hook_post(self.act(pre, inplace=not self.hook_pre.has_hooks())))
 
 
 class Smolgen(nn.Module):
@@ -122,8 +126,8 @@ class Smolgen(nn.Module):
     def forward(self, x: torch.Tensor, global_w: nn.Linear) -> torch.Tensor:
         b = x.shape[0]
         c = self.compress(x).reshape(b, -1)
-        z = self.ln1(self.act(self.dense1(c)))
-        g = self.ln2(self.act(self.dense2(z))).reshape(b, self.n_heads, -1)
+        z = self.ln1(self.act(self.dense1(c), inplace=True))
+        g = self.ln2(self.act(self.dense2(z), inplace=True)).reshape(b, self.n_heads, -1)
         return global_w(g).reshape(b, self.n_heads, 64, 64)
 
 
@@ -133,7 +137,19 @@ class Attention(nn.Module):
     Hooks (``q``/``k``/``v``/``z`` are ``[B, H, 64, d_head]``, the others ``[B, H, 64 query,
     64 key]``): ``hook_q``, ``hook_k``, ``hook_v``, ``hook_smolgen`` (the additive bias),
     ``hook_scores`` (pre-softmax: ``q.k / sqrt(d_head)`` plus smolgen), ``hook_pattern``
-    (post-softmax), ``hook_z`` (per-head output before the output projection).
+    (post-softmax), ``hook_z`` (per-head output before the output projection), ``hook_result``
+    (``[B, H, 64, d_model]``: each head's output in residual space, ``z_h W_O,h^T``; they sum,
+    with the projection's bias, to the output).
+
+    Two paths compute the same function. While a hook is registered on ``hook_scores`` or
+    ``hook_pattern`` (:meth:`HookPoint.has_hooks`, asked on every forward pass),
+    :meth:`attend`, the definition, materialises both; otherwise one fused
+    ``scaled_dot_product_attention`` call, with the smolgen bias as its additive mask, goes
+    from ``q``, ``k``, ``v`` to ``z`` without them (equal within float32 rounding; the speed is
+    in docs/benchmarks.md). ``hook_q``, ``hook_k``, ``hook_v``, ``hook_smolgen`` and ``hook_z``
+    run on both paths, so hooks there see and may replace the tensors the fused call uses.
+    Likewise the output projection is one matmul unless ``hook_result`` is hooked; then the
+    per-head results are materialised and summed.
     """
 
     def __init__(self, d_model: int, d_attn: int, n_heads: int,
@@ -151,19 +167,36 @@ class Attention(nn.Module):
         if smolgen is not None:
             self.hook_smolgen = HookPoint()
         self.hook_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.hook_result = HookPoint()
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(t.shape[0], 64, self.n_heads, self.d_head).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        """``z = softmax(q.k / sqrt(d_head) + bias) v`` through ``hook_scores``/``hook_pattern``."""
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
+        if bias is not None:
+            scores.add_(bias)
+        pattern = self.hook_pattern(torch.softmax(self.hook_scores(scores), dim=-1))
+        return torch.matmul(pattern, v)
 
     def forward(self, x: torch.Tensor, smolgen_w: nn.Linear | None = None) -> torch.Tensor:
         q = self.hook_q(self._heads(self.q(x)))
         k = self.hook_k(self._heads(self.k(x)))
         v = self.hook_v(self._heads(self.v(x)))
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        bias = None
         if self.smolgen is not None:
-            scores = scores + self.hook_smolgen(self.smolgen(x, smolgen_w))
-        pattern = self.hook_pattern(torch.softmax(self.hook_scores(scores), dim=-1))
-        z = self.hook_z(torch.matmul(pattern, v))
+            bias = self.hook_smolgen(self.smolgen(x, smolgen_w))
+        if self.hook_scores.has_hooks() or self.hook_pattern.has_hooks():
+            z = self.attend(q, k, v, bias)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        z = self.hook_z(z)
+        if self.hook_result.has_hooks():
+            w_o = self.out.weight.reshape(-1, self.n_heads, self.d_head)  # [d_model, H, d_head]
+            result = self.hook_result(torch.einsum("bhqe,dhe->bhqd", z, w_o))
+            return result.sum(1) + self.out.bias
         return self.out(z.transpose(1, 2).reshape(x.shape[0], 64, -1))
 
 
@@ -191,6 +224,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, smolgen_w: nn.Linear | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(self.ln1(x + self.alpha * self.hook_attn_out(self.attn(x, smolgen_w))))
-        x = self.ln2(x + self.alpha * self.hook_mlp_out(self.mlp(x)))
+        attn_out = self.hook_attn_out(self.attn(x, smolgen_w))
+        x = self.hook_resid_mid(self.ln1(torch.add(x, attn_out, alpha=self.alpha)))
+        x = self.ln2(torch.add(x, self.hook_mlp_out(self.mlp(x)), alpha=self.alpha))
         return self.hook_resid_post(x)
