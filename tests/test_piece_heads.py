@@ -134,3 +134,72 @@ def test_a_cnn_or_no_positions_is_a_clear_error(tmp_path, net):
         ph.movement_scores(cnn, [chess.Board()])
     with pytest.raises(ConfigError, match="no positions"):
         ph.movement_scores(net, [])
+
+
+@pytest.fixture(scope="module")
+def puzzles_run(tmp_path_factory):
+    """A puzzles.h5 of the tiny run's rows on its random 2-layer transformer."""
+    from tiny_run import compose_config, write_inputs
+
+    from leela_interp.stages import run_stages
+
+    root = tmp_path_factory.mktemp("ph_run")
+    inputs = write_inputs(root, ROWS, len(ROWS))
+    run_stages(compose_config(inputs, root / "run", "stage=puzzles"))
+    return inputs, root / "run"
+
+
+def ablate(puzzles_run, out, *extra):
+    from tiny_run import compose_config
+
+    from leela_interp.stages import run_stages
+
+    inputs, run = puzzles_run
+    out.mkdir()
+    (out / "puzzles.h5").symlink_to(run / "puzzles.h5")
+    cfg = compose_config(inputs, out, "stage=ablations", "ablations.edge.enabled=false",
+                         "ablations.piece_heads.min_pv_length=3", *extra)
+    run_stages(cfg)
+    return cfg
+
+
+def test_the_ablations_stage_runs_the_piece_heads_from_the_lists_it_finds(puzzles_run,
+                                                                          tmp_path):
+    import h5py
+
+    from leela_interp.puzzle_set import PuzzleSet
+
+    out = tmp_path / "found"
+    # a random net's heads sit near chance: a low threshold lets some pass
+    cfg = ablate(puzzles_run, out, "ablations.piece_heads.find.min_lift=1.05",
+                 "ablations.figures=true")
+    net = load_network(cfg.model.path, device="cpu")
+    fens = PuzzleSet.load(out / "puzzles.h5").fens
+    expected = ph.movement_scores(net, [chess.Board(fen) for fen in fens])
+    lists = ph.read_lists(out / ph.OUTPUT)
+    assert lists == ph.select_heads(expected, 1.05) and any(lists.values())
+    with h5py.File(out / ph.OUTPUT, "r") as f:
+        np.testing.assert_allclose(f["score"][()], expected.score, rtol=1e-5)
+        np.testing.assert_allclose(f["control"][()], expected.control, rtol=1e-5)
+        assert f.attrs["n_positions"] == len(fens) and f.attrs["min_lift"] == 1.05
+    with h5py.File(out / "ablations.h5", "r") as f:
+        g = f["piece_heads"]
+        assert g.attrs["heads"] == str(lists)
+        assert g.attrs["heads_source"].startswith("found: piece_heads.h5")
+        assert np.isfinite(g["effect"][()][:, 0]).any()
+    assert (out / "figures" / "piece_heads.png").stat().st_size > 0
+
+
+def test_configured_lists_or_find_disabled_write_no_piece_heads_file(puzzles_run, tmp_path):
+    import h5py
+
+    ablate(puzzles_run, tmp_path / "given", "ablations.piece_heads.heads.rook=[[1,3]]")
+    assert not (tmp_path / "given" / ph.OUTPUT).exists()
+    with h5py.File(tmp_path / "given" / "ablations.h5", "r") as f:
+        assert f["piece_heads"].attrs["heads_source"] == "config"
+    ablate(puzzles_run, tmp_path / "off", "ablations.piece_heads.find.enabled=false")
+    assert not (tmp_path / "off" / ph.OUTPUT).exists()
+    with h5py.File(tmp_path / "off" / "ablations.h5", "r") as f:
+        assert "piece_heads" not in f
+    with pytest.raises(ConfigError, match="max_positions=0"):
+        ablate(puzzles_run, tmp_path / "bad", "ablations.piece_heads.find.max_positions=0")
