@@ -262,7 +262,8 @@ def piece_head_figures(h5_path: str | Path, out_dir: str | Path) -> list[Path]:
         n_positions = int(f.attrs["n_positions"])
     lift = score / chance[:, None, None]
     n_layers, n_heads = score.shape[1:]
-    fig = Figure(figsize=(3.2 * len(pieces) + 1.5, max(3.5, 1.5 + 0.35 * n_layers)))
+    fig = Figure(figsize=(3.2 * len(pieces) + 1.5, max(3.8, 1.8 + 0.35 * n_layers)),
+                 layout="constrained")
     axes = fig.subplots(1, len(pieces), squeeze=False)[0]
     finite = lift[np.isfinite(lift)]
     vmax = max(float(finite.max()) if finite.size else 1.0, min_lift)

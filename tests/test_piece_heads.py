@@ -188,6 +188,13 @@ def test_the_ablations_stage_runs_the_piece_heads_from_the_lists_it_finds(puzzle
         assert g.attrs["heads_source"].startswith("found: piece_heads.h5")
         assert np.isfinite(g["effect"][()][:, 0]).any()
     assert (out / "figures" / "piece_heads.png").stat().st_size > 0
+    from leela_interp.report import markdown, sections
+
+    text = markdown(sections(out))
+    assert f"Heads: {lists} (found: piece_heads.h5" in text
+    row = next(line for line in text.splitlines() if line.startswith("| knight |"))
+    knights = " ".join(f"L{l}H{h}" for l, h in lists["knight"]) or "none"
+    assert row.split(" | ")[1] == knights
 
 
 def test_configured_lists_or_find_disabled_write_no_piece_heads_file(puzzles_run, tmp_path):
