@@ -106,6 +106,10 @@ class FilterConfig:
     min_pv_length: int = 3
     """``pv_length``: keep puzzles whose PV (solution, both sides' moves) has at least this many
     plies. The paper: > 2."""
+    distinct_targets: bool = False
+    """Part of ``pv_length``: also require the solver moves among the first ``min_pv_length``
+    plies to have distinct targets (:meth:`~leela_interp.puzzles.Puzzle.distinct_solver_targets`;
+    with ``min_pv_length`` 5 or 7, a fork's deeper look-ahead puzzle sets). Not in the paper."""
     hard_max_weak_prob: float | None = 0.05
     """``hard``: weak net's P(PV[0]) must be *below* this."""
     correct_min_strong_prob: float | None = 0.5
@@ -120,6 +124,9 @@ class FilterConfig:
         if not isinstance(self.min_pv_length, int) or self.min_pv_length < 1:
             raise ConfigError(f"filters.min_pv_length must be an integer >= 1, "
                               f"got {self.min_pv_length!r}")
+        if not isinstance(self.distinct_targets, bool):
+            raise ConfigError(f"filters.distinct_targets must be true or false, "
+                              f"got {self.distinct_targets!r}")
         for name in ("hard_max_weak_prob", "correct_min_strong_prob", "forcing_min_weak_prob"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
@@ -729,6 +736,9 @@ class _Pipeline:
             return data[name][:, k] if k < width else np.full(n, np.nan, np.float32)
 
         alive = pv_length >= filters.min_pv_length
+        if filters.distinct_targets:
+            alive &= np.array([p.distinct_solver_targets(filters.min_pv_length)
+                               for p in puzzles], bool)
         funnel["read"] += n
         funnel["pv_length"] += int(alive.sum())
         self._eval(self.weak, puzzles, boards, ((i, k) for i in np.flatnonzero(alive)
