@@ -42,7 +42,9 @@ NO_DATA = "no data: no analysed puzzle (see the file's funnel)"
 CATEGORY_LABELS = {"first_target": "1st-move target",
                    "follow_up_targets": "follow-up targets PV[2:] (the paper's 3rd-move target)",
                    "third_target": "PV[2]'s target only", "later_targets": "targets of PV[3:]",
-                   "corrupted": "corrupted squares", "other": "other squares"}
+                   "corrupted": "corrupted squares", "other": "other squares",
+                   "fifth_target": "PV[4]'s target (5th move)",
+                   "seventh_target": "PV[6]'s target (7th move)"}
 """Legend labels of the residual-patching categories (``category_max`` columns)."""
 DPI = 200
 """Dots per inch of every PNG figure."""

@@ -77,9 +77,10 @@ def _puzzles(path: Path) -> list[str]:
 
 
 #: Column order of the residual-patching table: the paper's categories first (its
-#: "3rd-move target" is ``follow_up_targets``), then this package's finer split of it.
+#: "3rd-move target" is ``follow_up_targets``), then this package's finer split of it and the
+#: deeper look-ahead squares (PV[4]'s and PV[6]'s targets).
 PATCHING_ORDER = ("first_target", "follow_up_targets", "corrupted", "other", "third_target",
-                  "later_targets")
+                  "later_targets", "fifth_target", "seventh_target")
 
 
 def _cell(mean: float, err: float, n: int) -> str:

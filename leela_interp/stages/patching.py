@@ -283,8 +283,9 @@ def run(cfg: DictConfig) -> Path:
             write_strings(f, "category_names", iv.COLUMNS)
             f["category_names"].attrs["meaning"] = (
                 "square_category indexes the first five (a partition of the squares); "
-                "category_max has all six: follow_up_targets is the union of third_target and "
-                "later_targets (the paper's '3rd-move target')")
+                "category_max has all eight: follow_up_targets is the union of third_target and "
+                "later_targets (the paper's '3rd-move target'); fifth_target / seventh_target: "
+                "PV[4]'s / PV[6]'s target square where it is a later_targets square")
             float_dataset(f, "corrupted_log_odds", (n,), ("puzzle",), dtype="f8",
                           metric=iv.METRIC, units="log-odds")
             float_dataset(f, "corruption_effect", (n,), ("puzzle",),
@@ -328,7 +329,7 @@ def run(cfg: DictConfig) -> Path:
                     eff = iv.residual_patching(prep, site=site, skip_identical=pc.skip_identical)
                     put(f[f"residual/{site}/effect"], s, e, rows, eff)
                     put(f[f"residual/{site}/category_max"], s, e, rows,
-                        iv.category_max(eff, prep.categories))
+                        iv.category_max(eff, prep.categories, prep.deep_targets))
                 if heads:
                     put(f["heads/effect"], s, e, rows,
                         iv.head_patching(prep, skip_identical=pc.skip_identical))
