@@ -1,0 +1,100 @@
+"""Joint patching of head pairs: against plain full forward passes, and the interaction."""
+
+from __future__ import annotations
+
+import chess
+import numpy as np
+import pytest
+import torch
+
+from tiny_run import ROWS
+
+from leela_interp import head_pairs as hp
+from leela_interp import interventions as iv
+from leela_interp import load_network
+from leela_interp.errors import ConfigError
+from leela_interp.lc0.random_net import write_random_net
+from leela_interp.policy import legal_mask, policy_index
+
+HEADS = [(1, 2), (0, 1), (1, 0)]  # two in one layer, one earlier
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    path = write_random_net(tmp_path_factory.mktemp("hp") / "net.pb.gz", body="transformer",
+                            policy="attention", d_model=32, layers=2, heads=4, d_ff=32, seed=5)
+    net = load_network(path, device="cpu")
+    puzzles = []
+    for n, row in enumerate(ROWS[:6]):
+        fen, moves = row.split(",")
+        board = chess.Board(fen)
+        board.push_uci(moves.split()[0])
+        board = chess.Board(board.fen())
+        pv = tuple(chess.Move.from_uci(m) for m in moves.split()[1:])
+        corrupted = board.copy()
+        pawn = next(iter(board.pieces(chess.PAWN, board.turn)))
+        corrupted.remove_piece_at(pawn)  # remove one of the mover's pawns
+        usable = n < 5 and corrupted.is_valid() and corrupted.is_legal(pv[0])
+        puzzles.append(iv.Puzzle(board, pv, corrupted if usable else None))
+    prep = iv.prepare(net, puzzles, batch_size=4)  # several batches of rows
+    assert prep.corrupted_ok.sum() >= 4 and not prep.corrupted_ok.all()
+    return prep
+
+
+def plain_effect(prep, i, heads):
+    """log-odds(clean) - log-odds(clean with ``heads``' hook_z from the corrupted board), with
+    two full forward passes and run_with_hooks."""
+    net, puzzle = prep.net, prep.puzzles[i]
+    _, corr = net.run_with_cache(net.encode([puzzle.corrupted]), names="blocks.*.attn.hook_z")
+
+    def patch(layer, head):
+        def hook(t, hook):
+            t = t.clone()
+            t[:, head] = corr[f"blocks.{layer}.attn.hook_z"][:, head]
+            return t
+        return f"blocks.{layer}.attn.hook_z", hook
+
+    logits = {}
+    for name, hooks in (("clean", []), ("patched", [patch(l, h) for l, h in heads])):
+        with torch.no_grad():
+            logits[name] = net.run_with_hooks(net.encode([puzzle.clean]),
+                                              fwd_hooks=hooks).policy_logits.double()
+    legal = legal_mask([puzzle.clean])
+    move = torch.tensor([policy_index(puzzle.clean, puzzle.pv[0])])
+    lo = {k: iv.log_odds(v, legal, move)[0].item() for k, v in logits.items()}
+    return lo["clean"] - lo["patched"]
+
+
+def test_joint_patching_equals_full_forward_passes_with_both_heads_patched(prep):
+    joint = hp.pair_patching(prep, HEADS)
+    pairs = hp.pairs_of(HEADS)
+    assert pairs == [(0, 1), (0, 2), (1, 2)] and joint.shape == (prep.n, 3)
+    for i in range(prep.n):
+        if not prep.corrupted_ok[i]:
+            assert np.isnan(joint[i]).all()
+            continue
+        for k, (a, b) in enumerate(pairs):
+            assert joint[i, k] == pytest.approx(plain_effect(prep, i, [HEADS[a], HEADS[b]]),
+                                                abs=1e-4)
+
+
+def test_interaction_is_joint_minus_the_two_singles(prep):
+    single = iv.head_patching(prep)
+    joint = hp.pair_patching(prep, HEADS)
+    inter = hp.interaction(joint, single, HEADS)
+    ok = prep.corrupted_ok
+    i = int(np.flatnonzero(ok)[0])
+    want = joint[i, 1] - single[i, 1, 2] - single[i, 1, 0]  # pair (0, 2): L1H2 and L1H0
+    assert inter[i, 1] == pytest.approx(want, abs=1e-6)
+    assert single[i, 0, 1] == pytest.approx(plain_effect(prep, i, [(0, 1)]), abs=1e-4)
+    assert np.isfinite(inter[ok]).all() and np.isnan(inter[~ok]).all()
+    assert np.abs(inter[ok]).max() > 0  # a random net's heads do not add up exactly
+
+
+def test_top_heads_and_bad_choices():
+    mean = np.array([[0.1, np.nan, 0.5], [0.3, -1.0, 0.2]])
+    assert hp.top_heads(mean, 3) == [(0, 2), (1, 0), (1, 2)]
+    assert hp.top_heads(mean, 9) == [(0, 2), (1, 0), (1, 2), (0, 0), (1, 1)]
+    for bad in (1, 0, 2.5):
+        with pytest.raises(ConfigError, match="top_n"):
+            hp.top_heads(mean, bad)
