@@ -98,3 +98,35 @@ def test_top_heads_and_bad_choices():
     for bad in (1, 0, 2.5):
         with pytest.raises(ConfigError, match="top_n"):
             hp.top_heads(mean, bad)
+
+
+def test_the_patching_stage_writes_the_pairs_of_its_top_heads(tmp_path):
+    import h5py
+    from tiny_run import compose_config, write_inputs
+
+    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.stages import run_stages
+
+    inputs = write_inputs(tmp_path, ROWS, len(ROWS))
+    out = tmp_path / "run"
+    run_stages(compose_config(inputs, out, "stage=[puzzles,patching]",
+                              "patching.head_pairs.top_n=3"))
+    with h5py.File(out / "patching.h5", "r") as f:
+        mean = f["heads/summary/all/effect_mean"][()]
+        g = f["heads/pairs"]
+        chosen = [tuple(int(x) for x in r) for r in g["heads"][()]]
+        joint, inter = g["joint_effect"][()], g["interaction"][()]
+        single, analysed = f["heads/effect"][()], f["analysed"][()]
+        n = g["summary/all/joint_effect_n"][()]
+    assert chosen == hp.top_heads(mean, 3)
+    assert mean[chosen[0]] >= mean[chosen[1]] >= mean[chosen[2]] == np.sort(mean, None)[-3]
+    assert (n == analysed.sum()).all() and analysed.sum() >= 3
+    puzzles = PuzzleSet.load(out / "puzzles.h5")
+    net = load_network(inputs[1], device="cpu")
+    rows = np.flatnonzero(analysed)
+    prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, int(i)) for i in rows])
+    np.testing.assert_allclose(joint[rows], hp.pair_patching(prep, chosen), atol=1e-5)
+    np.testing.assert_allclose(inter, hp.interaction(joint, single, chosen), atol=1e-6)
+    assert np.isnan(joint[~analysed]).all()
+    with pytest.raises(ConfigError, match="top_n=1"):
+        run_stages(compose_config(inputs, out, "stage=patching", "patching.head_pairs.top_n=1"))
