@@ -12,8 +12,8 @@ Only candidates with ``board.is_valid()`` that keep ``PV[0]`` legal (and any ``a
 moves: the branching criterion keeps the strong net's top-2 clean moves legal) are returned.
 Side to move, castling rights, en-passant square and move counters are left as they were (the
 board's full state: a corrupted board is the clean board with some pieces changed, nothing
-else), so an edit that makes them inconsistent (moving a castling rook or king, removing the pawn that just moved
-two squares) gives an invalid board and is dropped, as in the paper.
+else), so an edit that makes them inconsistent (moving a castling rook or king, removing the
+pawn that just moved two squares) gives an invalid board and is dropped, as in the paper.
 
 A corruption is a *piece edit* (:attr:`Corruption.pieces`: the new contents of the changed
 squares). :func:`apply_corruption` applies it to a clean board *with its history*: a board
