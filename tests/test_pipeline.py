@@ -35,10 +35,14 @@ OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5",
            "report": "report.md"}
 
 
+def make_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
+    """``(root, puzzle CSV, strong net, weak net)`` written into ``root`` (see ``config``)."""
+    return (root, *write_inputs(root, ROWS, 24))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    return (root, *write_inputs(root, ROWS, 24))
+    return make_inputs(tmp_path_factory.mktemp("pipeline"))
 
 
 def config(setup, out_dir, *extra):
