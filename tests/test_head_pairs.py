@@ -9,12 +9,12 @@ import torch
 
 from tiny_run import ROWS
 
-from leela_interp import head_pairs as hp
-from leela_interp import interventions as iv
 from leela_interp import load_network
+from leela_interp.board.policy import legal_mask, policy_index
+from leela_interp.experiments import head_pairs as hp
+from leela_interp.experiments import interventions as iv
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.policy import legal_mask, policy_index
+from leela_interp.network.lc0.random_net import write_random_net
 
 HEADS = [(1, 2), (0, 1), (1, 0)]  # two in one layer, one earlier
 
@@ -104,7 +104,7 @@ def test_the_patching_stage_writes_the_pairs_of_its_top_heads(tmp_path):
     import h5py
     from tiny_run import compose_config, write_inputs
 
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
     from leela_interp.stages import run_stages
 
     inputs = write_inputs(tmp_path, ROWS, len(ROWS))

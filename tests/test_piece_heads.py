@@ -10,10 +10,10 @@ import torch
 from tiny_run import ROWS
 
 from leela_interp import load_network
-from leela_interp import piece_heads as ph
-from leela_interp.encoding import square_to_token
+from leela_interp.experiments import piece_heads as ph
+from leela_interp.board.encoding import square_to_token
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 PLANTED = (1, 2)  # (layer, head) of the planted heads
 
@@ -167,7 +167,7 @@ def test_the_ablations_stage_runs_the_piece_heads_from_the_lists_it_finds(puzzle
                                                                           tmp_path):
     import h5py
 
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
 
     out = tmp_path / "found"
     # a random net's heads sit near chance: a low threshold lets some pass
@@ -188,7 +188,7 @@ def test_the_ablations_stage_runs_the_piece_heads_from_the_lists_it_finds(puzzle
         assert g.attrs["heads_source"].startswith("found: piece_heads.h5")
         assert np.isfinite(g["effect"][()][:, 0]).any()
     assert (out / "figures" / "piece_heads.png").stat().st_size > 0
-    from leela_interp.report import markdown, sections
+    from leela_interp.outputs.report import markdown, sections
 
     text = markdown(sections(out))
     assert f"Heads: {lists} (found: piece_heads.h5" in text

@@ -1,8 +1,8 @@
 """``stage=patching``: activation patching from the corrupted board (residual stream and heads).
 
 Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/patching.h5`` and PNG figures under
-``<out_dir>/figures/``. The work is :mod:`leela_interp.interventions`; the file layout, sign
-convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
+``<out_dir>/figures/``. The work is :mod:`leela_interp.experiments.interventions`; the file layout,
+sign convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
 puzzles; skipped when complete for the same network, puzzle set and ``patching`` config;
 ``force=true`` redoes it.
 """
@@ -18,14 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from leela_interp import head_pairs as hp
-from leela_interp import interventions as iv
-from leela_interp.encoding import TOKEN_NUMBERING
+from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.model import load_network
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import STR, label_axes, open_partial, write_strings
+from leela_interp.experiments import head_pairs as hp
+from leela_interp.experiments import interventions as iv
+from leela_interp.network import load_network
+from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
@@ -233,7 +232,7 @@ def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed
                      subsets: dict[str, np.ndarray], *, batch_size: int,
                      chunk_size: int) -> None:
     """The ``heads/pairs`` group: joint patching of every pair of the ``top_n`` heads of
-    ``heads/summary/all/effect_mean`` (:mod:`leela_interp.head_pairs`) on the analysed puzzles,
+    ``heads/summary/all/effect_mean`` (:mod:`leela_interp.experiments.head_pairs`) on the analysed puzzles,
     its interaction with the singles, and their summaries (redone whole on a rerun).
 
     Raises:
@@ -270,7 +269,7 @@ def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed
 
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
-    from leela_interp import figures
+    from leela_interp.outputs import figures
 
     pc = cfg.patching
     sites = list(pc.sites) if OmegaConf.is_list(pc.sites) else [pc.sites]
