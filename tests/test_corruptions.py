@@ -109,6 +109,30 @@ def test_a_move_that_must_stay_legal_must_be_legal():
         corruption_candidates(BACK_RANK, "e2e4")
 
 
+def test_branching_candidates_keep_both_moves_legal():
+    """After 1.e4, black's ...e5 and ...d5: removing the d7 pawn, a piece moved to d6 or d5, or
+    a white bishop on b5 (pinning d7 to the king) makes ...d5 illegal; the branching candidates
+    are exactly the plain ones that keep ...d5 legal too (no pawn can be added: 8 each)."""
+    board = chess.Board()
+    board.push_uci("e2e4")
+    e5, d5 = chess.Move.from_uci("e7e5"), chess.Move.from_uci("d7d5")
+    plain = corruption_candidates(board, e5)
+    branching = corruption_candidates(board, e5, also_legal=[d5])
+    assert branching == [c for c in plain if chess.Board(c.fen).is_legal(d5)]
+    names = {c.description for c in branching}
+    assert len(branching) < len(plain)
+    assert {c.description for c in plain} - names >= {"remove d7", "move Nb8 to d6",
+                                                      "move Bf1 to b5", "move Qd8 to d5"}
+    for c in branching:
+        after = c.apply(board)
+        assert after.is_legal(e5) and after.is_legal(d5), c.description
+    assert corruption_candidates(board, e5, also_legal=["d7d5"]) == branching
+    with pytest.raises(ValueError, match="'d7d4'"):
+        corruption_candidates(board, e5, also_legal=["d7d4"])
+    batch = CandidateBatch.build([board, board], [e5, e5], [[d5], []])
+    assert list(np.diff(batch.offsets)) == [len(branching), len(plain)]
+
+
 def test_moving_a_castling_rook_or_king_is_dropped_as_invalid():
     board = chess.Board("r3k2r/pppq1ppp/8/8/8/8/PPPQ1PPP/R3K2R w KQkq - 0 1")
     descriptions = {c.description for c in corruption_candidates(board, "d2d3")}
@@ -361,3 +385,39 @@ def test_real_puzzles_have_sound_candidates(sample_puzzles, history):
     for board, puzzle, start, stop in zip(boards, sample_puzzles, batch.offsets[:-1],
                                           batch.offsets[1:]):
         check_candidates(board, puzzle.pv_moves[0], batch.corruptions[start:stop])
+
+
+def test_the_puzzles_stage_with_branching_keeps_the_strong_nets_top_two_legal(tmp_path):
+    from tiny_run import ROWS, compose_config, write_inputs
+
+    from leela_interp import load_network
+    from leela_interp.puzzles.pipeline import PipelineConfig, top_moves
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
+    from leela_interp.stages import run_stages
+
+    inputs = write_inputs(tmp_path, ROWS, len(ROWS))
+    cfg = compose_config(inputs, tmp_path / "run", "stage=puzzles",
+                         "puzzles.corruptions.branching=true")
+    run_stages(cfg)
+    puzzles = PuzzleSet.load(tmp_path / "run" / "puzzles.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "run" / "puzzles.h5", "r") as f:
+        counts = f["puzzles/corruption_candidates"][()]
+    net = load_network(inputs[1], device="cpu")
+    corrupted, fewer = 0, 0
+    for i in range(len(puzzles)):
+        clean, bad = puzzles.pair(i)
+        probs = net.move_probabilities([clean])[0]
+        top2 = sorted(probs, key=probs.get, reverse=True)[:2]
+        assert [m.uci() for m in top_moves(net, [clean], 2)[0]] == top2
+        pv0 = puzzles.pv(i)[0]
+        assert counts[i] == len(corruption_candidates(clean, pv0, also_legal=top2))
+        fewer += counts[i] < len(corruption_candidates(clean, pv0))
+        if bad is not None:
+            corrupted += 1
+            assert all(bad.is_legal(chess.Move.from_uci(m)) for m in top2), puzzles.ids[i]
+    assert corrupted >= 3 and fewer >= 1
+    with pytest.raises(ConfigError, match="branching"):
+        PipelineConfig.from_sections({"path": "x"}, {"source": "x", "weak_model": {"path": "y"},
+                                                     "corruptions": {"branching": "yes"}})

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from leela_interp.board.policy import NUM_MOVES, legal_moves_and_indices, policy_index
+from leela_interp.errors import ConfigError
 from leela_interp.puzzles import pipeline as puzzle_pipeline
 from leela_interp.puzzles.lichess import COLUMNS, Puzzle
 from leela_interp.puzzles.oracle import OracleConfig, PuzzleVerdict
@@ -243,3 +244,19 @@ def test_each_filter_alone(run, name, value, fails):
     _, funnel, ids, _ = run(FilterConfig(**settings), oracle=False)
     assert set(ids) == {r[0] for r in ROWS} - fails
     assert funnel["kept"] == len(ROWS) - len(fails)
+
+
+@pytest.mark.parametrize("plies, fails", [
+    # PV >= 5 plies with distinct solver targets: "kept" has 5 plies but its 3rd and 5th moves
+    # both go to c1 (e6e7 b2b1 b3c1 b1c1 h6c1); no PV here has 7 plies.
+    (5, {"short", "two", "easy", "hard_edge", "kept_short", "kept"}),
+    (7, {r[0] for r in ROWS}),
+])
+def test_distinct_targets_joins_the_pv_length_step(run, plies, fails):
+    settings = dict(min_pv_length=plies, hard_max_weak_prob=None, correct_min_strong_prob=None,
+                    forcing_min_weak_prob=None, unique=False, distinct_targets=True)
+    _, funnel, ids, _ = run(FilterConfig(**settings), oracle=False)
+    assert set(ids) == {r[0] for r in ROWS} - fails
+    assert funnel["pv_length"] == funnel["kept"] == len(ROWS) - len(fails)
+    with pytest.raises(ConfigError, match="distinct_targets"):
+        FilterConfig(distinct_targets="yes")

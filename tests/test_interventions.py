@@ -434,17 +434,21 @@ def test_transformer_stage_outputs(transformer_run):
             c = f[f"residual/{site}/category_max"]
             assert [dim.label for dim in c.dims] == ["puzzle", "layer", "category"]
             assert list(c.attrs["categories"]) == list(iv.COLUMNS)
-            assert f[f"residual/{site}/summary/all/category_max_mean"].shape == (L, 6)
+            assert f[f"residual/{site}/summary/all/category_max_mean"].shape == (L, 8)
         # resid_post at layer l is resid_pre at layer l + 1 (post-LN blocks)
         post, pre = f["residual/resid_post/effect"][()], f["residual/resid_pre/effect"][()]
         np.testing.assert_allclose(post[:, :-1], pre[:, 1:], atol=1e-4)
         assert [dim.label for dim in f["heads/effect"].dims] == ["puzzle", "layer", "head"]
         assert f["heads/effect"].shape == (n, L, H)
         assert read_strings(f["puzzle_id"]) == puzzles.ids
+        chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(n)]
+        deep = iv.deep_target_tokens(chunk, [transform_for(p.clean, net.config.input_format)
+                                             for p in chunk])
         for site in ("resid_post", "resid_pre", "resid_mid"):  # derived arrays agree
             np.testing.assert_array_equal(
                 f[f"residual/{site}/category_max"][()],
-                iv.category_max(f[f"residual/{site}/effect"][()], f["square_category"][()]))
+                iv.category_max(f[f"residual/{site}/effect"][()], f["square_category"][()],
+                                deep))
         corruption = f["corruption_effect"][()]
     for p in range(n):
         clean, corrupted, pv = puzzle_at(puzzles, p)
@@ -635,6 +639,36 @@ def test_follow_up_targets_is_the_max_over_pv2_and_later_targets():
     assert col["follow_up_targets"] == 3.0 and col["first_target"] == 9.0
     effects[0, 0, tok(chess.D6)] = -2.0
     assert iv.category_max(effects, cats[None])[0, 0, iv.COLUMNS.index("follow_up_targets")] == 1
+
+
+def test_fifth_and_seventh_target_columns_read_pv4_and_pv6_targets():
+    board = chess.Board("6k1/5ppp/8/8/8/8/5PPP/R5K1 b - - 0 1")
+    line = "g8f8 a1a8 f8e7 a8a7 e7d6 a7a6 d6c5"
+    pv = tuple(chess.Move.from_uci(m) for m in line.split())
+    tok = lambda sq: square_to_token(sq, chess.BLACK)  # noqa: E731
+    effects = np.zeros((1, 1, 64))
+    for sq, value in ((chess.E7, 1.0), (chess.D6, 3.0), (chess.C5, 5.0), (chess.A6, 7.0)):
+        effects[0, 0, tok(sq)] = value  # PV[2], PV[4], PV[6], PV[5] targets
+
+    def columns(moves):
+        puzzle = iv.Puzzle(board, moves)
+        cats, _ = iv.square_categories(puzzle)
+        deep = iv.deep_target_tokens([puzzle], [0])
+        out = iv.category_max(effects, cats[None], deep)[0, 0]
+        return {name: out[i] for i, name in enumerate(iv.COLUMNS)}, deep[0]
+
+    col, deep = columns(pv)
+    assert list(deep) == [tok(chess.D6), tok(chess.C5)]
+    assert col["fifth_target"] == 3.0 and col["seventh_target"] == 5.0
+    assert col["later_targets"] == 7.0 and col["third_target"] == 1.0
+    col, deep = columns(pv[:5])  # no 7th move
+    assert col["fifth_target"] == 3.0 and np.isnan(col["seventh_target"]) and deep[1] == -1
+    back = pv[:6] + (chess.Move.from_uci("d6e7"),)  # the 7th move returns to PV[2]'s target
+    col, _ = columns(back)
+    assert np.isnan(col["seventh_target"]) and col["fifth_target"] == 3.0
+    cats, _ = iv.square_categories(iv.Puzzle(board, pv))
+    without = iv.category_max(effects, cats[None])[0, 0]  # no tokens given: NaN columns
+    assert np.isnan(without[iv.COLUMNS.index("fifth_target"):]).all()
 
 
 def test_piece_rule_initial_leaves_out_a_piece_that_arrives_with_pv0():

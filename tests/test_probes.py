@@ -114,6 +114,20 @@ def test_pv_squares_are_side_to_move_tokens():
     assert tokens[0, 0].tolist() == [chess.E7, chess.D8]
 
 
+def test_deeper_targets_label_pv4_and_pv6_and_leave_out_shorter_pvs():
+    board = chess.Board("6k1/5ppp/8/8/8/8/5PPP/R5K1 b - - 0 1")
+    line = "g8f8 a1a8 f8e7 a8a7 e7d6 a7a6 d6c5".split()
+    specs = P.parse_targets([{"name": f"target_ply{k}", "ply": k, "square": "to",
+                              "condition": {"ply": 0, "square": "to"}} for k in (4, 6)])
+    labels = P.target_labels([board] * 3, [line, line[:5], line[:3]], specs, 1)
+    flip = lambda sq: sq ^ 56  # noqa: E731  (black to move: ranks flipped)
+    assert labels["target_ply4"].label.tolist() == [flip(chess.D6), flip(chess.D6), -1]
+    assert labels["target_ply6"].label.tolist() == [flip(chess.C5), -1, -1]
+    assert labels["target_ply6"].valid.tolist() == [True, False, False]
+    assert (labels["target_ply6"].condition == flip(chess.F8)).all()
+    assert labels["target_ply6"].piece[0] == chess.KING
+
+
 def test_train_test_split_by_puzzle_shuffled():
     rows = np.arange(100, 200)
     train, test = P.train_test(rows, 3, 0.7)
@@ -359,9 +373,9 @@ def test_stage_end_to_end(run_folder):
     with h5py.File(path, "r") as f:
         assert f.attrs["complete"] and f.attrs["schema"] == stage.SCHEMA
         assert [d.label for d in f["accuracy"].dims] == list(stage.AXES)
-        assert f["accuracy"].shape == (2, 2, 2, 4, 2, 2)
+        assert f["accuracy"].shape == (2, 2, 2, 5, 2, 2)
         assert [v.decode() for v in f["target"][()]] == ["target", "source", "move",
-                                                         "target_ply4"]
+                                                         "target_ply4", "target_ply6"]
         assert f["done"][()].all()
         n_correct, n_test = f["n_correct"][()], f["n_test"][()]
         assert (n_correct >= 0).all()
@@ -371,7 +385,7 @@ def test_stage_end_to_end(run_folder):
         assert (n_test[0, 0] <= 6).all() and (n_test > 0).any()
         acc = f["accuracy_mean"][()]
         assert np.isfinite(f["accuracy_err"][()][np.isfinite(acc)]).all()
-        assert f["baseline_accuracy"].shape == (2, 3, 4, 2)
+        assert f["baseline_accuracy"].shape == (2, 3, 5, 2)
         assert f.attrs["peak_rss_mb"] > 0
         assert f["accuracy"].dims[4][0][()].tolist() == [0, 2]  # the layer scale
         loaded = f["n_correct"][()]
@@ -442,7 +456,7 @@ def test_stage_stores_what_the_library_computes_on_the_same_splits(run_folder):
                         if n_test:
                             assert stored["accuracy"][0, si, pi, ti, li, ki] == correct / n_test
                         checked += 1
-    assert checked == 2 * 2 * 2 * 2 * 4 and stored["n_test"].sum() > 0
+    assert checked == 2 * 2 * 2 * 2 * 5 and stored["n_test"].sum() > 0
 
 
 def test_stage_resumes_and_checks_inputs(run_folder, monkeypatch):
@@ -470,7 +484,7 @@ def test_stage_resumes_and_checks_inputs(run_folder, monkeypatch):
     assert calls == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post",
                      "blocks.2.hook_resid_post"]  # layer 0 was not redone
     with h5py.File(out / "probes.h5", "r") as f:
-        assert f["accuracy"].shape == (1, 2, 1, 4, 2, 2) and f["done"][()].all()
+        assert f["accuracy"].shape == (1, 2, 1, 5, 2, 2) and f["done"][()].all()
 
     with pytest.raises(ConfigError, match="not in"):
         stage.run(_compose(out, net_path, "probes.layers=[7]"))

@@ -83,6 +83,18 @@ def test_sources_targets_and_different_targets():
     assert not short.different_targets  # fewer than three PV moves
 
 
+def test_distinct_solver_targets_over_the_first_plies():
+    # PV b8c6 g1f3 g8f6 f3g1 c6b8 g1f3 b8c6: solver targets c6 f6 b8 c6 (the opponent's f3,
+    # g1, f3 repeat but do not count)
+    knights = Puzzle(id="n", fen=chess.STARTING_FEN,
+                     moves="e2e4 b8c6 g1f3 g8f6 f3g1 c6b8 g1f3 b8c6".split())
+    assert knights.distinct_solver_targets(5) and knights.distinct_solver_targets(6)
+    assert not knights.distinct_solver_targets(7)  # the 7th move returns to c6
+    assert not knights.distinct_solver_targets(8)  # fewer than 8 PV moves
+    puzzle = Puzzle.from_row(dict(zip(COLUMNS, GOOD[0].split(","))))  # e7 . c1 . c1
+    assert puzzle.distinct_solver_targets(3) and not puzzle.distinct_solver_targets(5)
+
+
 def test_optional_columns_may_be_empty_or_missing():
     puzzle = Puzzle.from_row(
         {"PuzzleId": "local-1", "FEN": chess.STARTING_FEN, "Moves": "e2e4 e7e5", "Rating": ""}

@@ -24,7 +24,7 @@ from leela_interp.outputs.results import read_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 CATEGORIES = ("first_target", "third_target", "later_targets", "corrupted", "other",
-              "follow_up_targets")
+              "follow_up_targets", "fifth_target", "seventh_target")
 """``category_names`` of ``patching.h5``, as docs/interventions.md lists them."""
 
 
@@ -33,7 +33,9 @@ def hand(tiny_run) -> dict[str, np.ndarray]:
     """Per-puzzle masks from ``puzzles.h5`` alone: ``different_targets``, ``usable`` (a
     corrupted board with the same side to move; the random nets' input format 1 has no
     canonical transforms), ``overlap`` under the paper's rule, and ``later`` (the
-    ``later_targets`` category is not empty: a PV[3:] target other than PV[2]'s)."""
+    ``later_targets`` category is not empty: a PV[3:] target other than PV[2]'s), ``fifth`` /
+    ``seventh`` (PV[4]'s / PV[6]'s target exists and is a later_targets square: on puzzles
+    without overlap, not PV[2]'s target)."""
     path = tiny_run / "puzzles.h5"
     puzzles = PuzzleSet.load(path)
     with h5py.File(path, "r") as f:
@@ -41,17 +43,19 @@ def hand(tiny_run) -> dict[str, np.ndarray]:
         targets, length = g["pv_targets"][()], g["pv_length"][()]
         changed = g["corruption_squares"][()]
         assert (g["transform"][()] == 0).all()
-    overlap, later, usable = [], [], []
+    overlap, later, usable, deep = [], [], [], []
     for i in range(len(puzzles)):
         t = [int(x) for x in targets[i, :length[i]]]
         follow_up = set(t[2:])
         corrupted = {int(s) for s in changed[i] if s >= 0}
         overlap.append(bool(corrupted & ({t[0]} | follow_up)) or t[0] in follow_up)
         later.append(any(x != t[2] for x in t[3:]))
+        deep.append([len(t) > k and t[k] != t[2] for k in (4, 6)])
         clean, corrupted_board = puzzles.pair(i)
         usable.append(corrupted_board is not None and corrupted_board.turn == clean.turn)
     return {"different_targets": np.asarray(puzzles.different_targets, bool),
-            "usable": np.array(usable), "overlap": np.array(overlap), "later": np.array(later)}
+            "usable": np.array(usable), "overlap": np.array(overlap), "later": np.array(later),
+            "fifth": np.array(deep)[:, 0], "seventh": np.array(deep)[:, 1]}
 
 
 def subsets(hand) -> dict[str, np.ndarray]:
@@ -118,6 +122,7 @@ def test_analysed_and_overlap_are_the_documented_masks_and_cover_every_case(tiny
             assert (~rows & mask).any(), subset
     kept = analysed(hand, PATCHING_MAX) & ~hand["overlap"]
     assert (kept & hand["later"]).any() and (kept & ~hand["later"]).any()
+    assert (kept & hand["fifth"]).any() and (kept & ~hand["fifth"]).any()
 
 
 def test_residual_category_means_are_over_analysed_puzzles_without_overlap(tiny_run, hand):
@@ -128,8 +133,9 @@ def test_residual_category_means_are_over_analysed_puzzles_without_overlap(tiny_
         for subset, mask in subsets(hand).items():  # n per category, from the PVs alone
             n = g[f"summary/{subset}/category_max_n"][()]
             for c, name in enumerate(CATEGORIES):
-                expected = (keep & mask & hand["later"]).sum() if name == "later_targets" \
-                    else (keep & mask).sum()
+                only = {"later_targets": "later", "fifth_target": "fifth",
+                        "seventh_target": "seventh"}.get(name)
+                expected = (keep & mask & (hand[only] if only else True)).sum()
                 assert (n[:, c] == expected).all(), (subset, name, n[:, c], expected)
 
 

@@ -63,8 +63,15 @@ FOLLOW_UP = "follow_up_targets"
 PV move's target as a follow-up square). Not part of the partition: it is the union of
 ``third_target`` and ``later_targets``, equal to the squares of PV[2:]'s targets on every puzzle
 the paper's overlap rule keeps."""
-COLUMNS: tuple[str, ...] = CATEGORIES + (FOLLOW_UP,)
-"""Columns of :func:`category_max`: the five categories, then :data:`FOLLOW_UP`."""
+DEEP_TARGETS: dict[str, int] = {"fifth_target": 4, "seventh_target": 6}
+"""Deeper look-ahead columns of :func:`category_max` and the PV ply each reads: the effect on
+the target square of PV[4] (the side to move's 5th move) and of PV[6] (its 7th), where that
+square is one of the puzzle's ``later_targets`` squares (not also the 1st or 3rd move's target
+or a corrupted square); NaN when the PV is shorter or the square is shared. Not in the paper
+(a fork of its code studied the 5th move)."""
+COLUMNS: tuple[str, ...] = CATEGORIES + (FOLLOW_UP,) + tuple(DEEP_TARGETS)
+"""Columns of :func:`category_max`: the five categories, :data:`FOLLOW_UP`, then
+:data:`DEEP_TARGETS`."""
 OVERLAP_RULES: tuple[str, ...] = ("paper", "third_only")
 """Which puzzles are flagged ``overlap`` (left out of the category means):
 
@@ -178,24 +185,45 @@ def square_categories(puzzle: Puzzle, input_format: int = 1, *,
     return cats, overlap
 
 
-def category_max(effects: np.ndarray, categories: np.ndarray) -> np.ndarray:
+def deep_target_tokens(puzzles: Sequence[Puzzle], transforms: Sequence[int]) -> np.ndarray:
+    """``int64 [P, len(DEEP_TARGETS)]``: the clean-board token of each :data:`DEEP_TARGETS`
+    ply's target square (-1 where the PV is shorter)."""
+    out = np.full((len(puzzles), len(DEEP_TARGETS)), -1, np.int64)
+    for i, (p, tf) in enumerate(zip(puzzles, transforms)):
+        for j, ply in enumerate(DEEP_TARGETS.values()):
+            if len(p.pv) > ply:
+                out[i, j] = square_to_token(p.pv[ply].to_square, p.clean.turn, tf)
+    return out
+
+
+def category_max(effects: np.ndarray, categories: np.ndarray,
+                 deep_targets: np.ndarray | None = None) -> np.ndarray:
     """Per puzzle and layer, the maximum effect over each square category.
 
     Args:
         effects: ``[puzzle, layer, square]``.
         categories: ``[puzzle, square]`` category indices (:func:`square_categories`).
+        deep_targets: ``[puzzle, len(DEEP_TARGETS)]`` tokens (:func:`deep_target_tokens`);
+            None = those columns NaN.
 
     Returns:
-        ``[puzzle, layer, column]`` float32 in :data:`COLUMNS` order: the five categories, then
+        ``[puzzle, layer, column]`` float32 in :data:`COLUMNS` order: the five categories,
         ``follow_up_targets`` (the max over the ``third_target`` and ``later_targets``
-        squares); NaN where a column has no square (e.g. no PV[3:]) or the puzzle's effects are
-        NaN.
+        squares), then the :data:`DEEP_TARGETS` squares' effects (only where the square is a
+        ``later_targets`` square); NaN where a column has no square (e.g. no PV[3:]) or the
+        puzzle's effects are NaN.
     """
     effects = np.asarray(effects, dtype=np.float64)
     categories = np.asarray(categories)
-    follow_up = np.isin(categories, [CATEGORIES.index("third_target"),
-                                     CATEGORIES.index("later_targets")])
+    later = categories == CATEGORIES.index("later_targets")
+    follow_up = later | (categories == CATEGORIES.index("third_target"))
     masks = [categories == c for c in range(len(CATEGORIES))] + [follow_up]
+    for j in range(len(DEEP_TARGETS)):
+        mask = np.zeros_like(later)
+        if deep_targets is not None:
+            rows = np.flatnonzero(np.asarray(deep_targets)[:, j] >= 0)
+            mask[rows, deep_targets[rows, j]] = True
+        masks.append(mask & later)
     out = np.full(effects.shape[:2] + (len(COLUMNS),), np.nan)
     for c, mask in enumerate(masks):
         mask = mask[:, None, :]
@@ -252,6 +280,8 @@ class Prepared:
         legal: legal-move mask ``[P, 1858]``.
         first, third, source3: tokens of PV[0]'s target, PV[2]'s target and PV[2]'s source
             (-1 where the PV is shorter than 3 moves) ``[P]``.
+        deep_targets: tokens of the :data:`DEEP_TARGETS` plies' targets ``[P, 2]`` (-1 where
+            the PV is shorter).
         categories: ``int8 [P, 64]`` square categories; ``overlap``: bool ``[P]`` under the
             overlap rule the chunk was prepared with (:data:`OVERLAP_RULES`).
         corrupted_ok: bool ``[P]``: the puzzle has a usable corrupted board;
@@ -281,6 +311,7 @@ class Prepared:
                             for p in self.puzzles], np.int64).reshape(self.n, 3)
         self.first, self.third, self.source3 = squares_to_tokens(
             squares, [p.clean.turn for p in self.puzzles], self.transforms).T.copy()
+        self.deep_targets = deep_target_tokens(self.puzzles, self.transforms)
         self.categories = np.zeros((self.n, 64), np.int8)
         self.overlap = np.zeros(self.n, bool)
         self.corrupted_ok = np.zeros(self.n, bool)

@@ -11,6 +11,8 @@ reduced the log-odds of the clean top move PV[0].
   ``ablations_edge.png`` (percentile curves of the single-edge ablation vs its control) and
   ``ablations_piece_heads.png`` (percentile curves of the piece-movement-head ablation vs its
   two controls).
+- :func:`piece_head_figures`: ``piece_heads.png`` (the piece-movement-head finder's scores, a
+  layer x head panel per piece type, the selected heads outlined).
 
 Every figure is written three times (:func:`save_figure`): ``NAME.png`` at :data:`DPI` dots
 per inch and, beside it, ``NAME.svg`` and ``NAME.pdf`` (vector, for papers). Layer axes have
@@ -40,7 +42,9 @@ NO_DATA = "no data: no analysed puzzle (see the file's funnel)"
 CATEGORY_LABELS = {"first_target": "1st-move target",
                    "follow_up_targets": "follow-up targets PV[2:] (the paper's 3rd-move target)",
                    "third_target": "PV[2]'s target only", "later_targets": "targets of PV[3:]",
-                   "corrupted": "corrupted squares", "other": "other squares"}
+                   "corrupted": "corrupted squares", "other": "other squares",
+                   "fifth_target": "PV[4]'s target (5th move)",
+                   "seventh_target": "PV[6]'s target (7th move)"}
 """Legend labels of the residual-patching categories (``category_max`` columns)."""
 DPI = 200
 """Dots per inch of every PNG figure."""
@@ -241,3 +245,50 @@ def ablation_figures(h5_path: str | Path, out_dir: str | Path) -> list[Path]:
                 title=f"{net}: piece-movement heads, attention into the 3rd-move target "
                       "ablated (except from its source)"))
     return written
+
+
+def piece_head_figures(h5_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """``piece_heads.png`` of a finished ``piece_heads.h5``: one layer x head panel per piece
+    type, coloured by the score as a multiple of chance (1 = a uniform row), each cell with its
+    score; the selected heads outlined."""
+    from matplotlib.patches import Rectangle
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with h5py.File(h5_path, "r") as f:
+        pieces = read_strings(f["piece_names"])
+        score, chance = f["score"][()], f["chance"][()]
+        n_queries, min_lift = f["n_queries"][()], float(f.attrs["min_lift"])
+        selected = {p: f[f"heads/{p}"][()] for p in pieces}
+        net = Path(str(f.attrs.get("network_path", ""))).name
+        n_positions = int(f.attrs["n_positions"])
+    lift = score / chance[:, None, None]
+    n_layers, n_heads = score.shape[1:]
+    fig = Figure(figsize=(3.2 * len(pieces) + 1.5, max(3.8, 1.8 + 0.35 * n_layers)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(pieces), squeeze=False)[0]
+    finite = lift[np.isfinite(lift)]
+    vmax = max(float(finite.max()) if finite.size else 1.0, min_lift)
+    for p, (ax, piece) in enumerate(zip(axes, pieces)):
+        im = ax.imshow(lift[p], cmap="viridis", vmin=0, vmax=vmax, aspect="auto",
+                       origin="lower")
+        if not np.isfinite(lift[p]).any():
+            no_data(ax, f"no {piece} of the side to move\nin the scored positions")
+        elif n_layers * n_heads <= 400:
+            for (layer, head), s in np.ndenumerate(score[p]):
+                ax.text(head, layer, f"{s:.2f}", ha="center", va="center", fontsize=5,
+                        color="white" if lift[p, layer, head] < 0.6 * vmax else "black")
+        for layer, head in selected[piece]:
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.set_title(f"{piece}: {len(selected[piece])} heads selected\n"
+                     f"({n_queries[p]} queries, chance {chance[p]:.3f})", fontsize=8)
+        ax.set_xlabel("head")
+        ax.set_xticks(np.arange(n_heads))
+        ax.set_yticks(np.arange(n_layers))
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("layer")
+    fig.colorbar(im, ax=list(axes)).set_label(
+        f"score / chance (selected: >= {min_lift:g}, red)", fontsize=8)
+    fig.suptitle(f"{net}: attention mass on the piece's move squares from its squares "
+                 f"(cell text), {n_positions} positions", fontsize=9)
+    return [save_figure(fig, out_dir / "piece_heads.png")]

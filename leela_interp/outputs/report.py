@@ -77,9 +77,10 @@ def _puzzles(path: Path) -> list[str]:
 
 
 #: Column order of the residual-patching table: the paper's categories first (its
-#: "3rd-move target" is ``follow_up_targets``), then this package's finer split of it.
+#: "3rd-move target" is ``follow_up_targets``), then this package's finer split of it and the
+#: deeper look-ahead squares (PV[4]'s and PV[6]'s targets).
 PATCHING_ORDER = ("first_target", "follow_up_targets", "corrupted", "other", "third_target",
-                  "later_targets")
+                  "later_targets", "fifth_target", "seventh_target")
 
 
 def _cell(mean: float, err: float, n: int) -> str:
@@ -212,8 +213,35 @@ def _ablations(path: Path) -> list[str]:
             out += ["", "Piece-movement heads (attention into the 3rd-move target ablated in the "
                     f"moving piece's heads; piece rule `{g.attrs.get('piece_rule', '?')}`, "
                     f"random key `{g.attrs.get('random_key', '?')}`):"]
+            out += ["", f"Heads: {g.attrs.get('heads', '?')} "
+                    f"({g.attrs.get('heads_source', '?')})."]
             out += _variants(g)
+    found = path.parent / "piece_heads.h5"
+    if is_complete(found):
+        out += _found_heads(found)
     return out
+
+
+def _found_heads(path: Path) -> list[str]:
+    """The piece-movement-head finder's lists and each piece type's best head."""
+    with h5py.File(path, "r") as f:
+        score, control, chance = f["score"][()], f["control"][()], f["chance"][()]
+        rows = []
+        for p, piece in enumerate(_names(f["piece_names"])):
+            heads = f[f"heads/{piece}"][()]
+            lift = score[p] / chance[p]
+            best = np.unravel_index(np.nanargmax(lift), lift.shape) if np.isfinite(
+                lift).any() else None
+            rows.append([piece, " ".join(f"L{l}H{h}" for l, h in heads) or "none",
+                         f"{chance[p]:.3f}", int(f["n_queries"][p])] + (
+                [f"L{best[0]}H{best[1]}", f"{score[p][best]:.3f}", f"{lift[best]:.2f}",
+                 f"{control[p][best]:.3f}"] if best else ["n/a"] * 4))
+        intro = (f"Piece-movement heads found (`piece_heads.h5`, {f.attrs['n_positions']} "
+                 f"positions; a head is selected when its score, the attention mass from the "
+                 f"mover's piece onto that piece's move squares, is >= {f.attrs['min_lift']:g} "
+                 f"x chance):")
+    return ["", intro, ""] + _table(["piece", "selected", "chance", "queries", "best head",
+                                     "score", "score / chance", "control"], rows)
 
 
 def _probes(path: Path) -> list[str]:

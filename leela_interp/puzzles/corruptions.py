@@ -8,11 +8,12 @@ legal but makes it bad. Candidates (:func:`corruption_candidates`), in this orde
 2. for each non-pawn piece (kings included, as in the paper's code), a1..h8: move it to each
    empty square (``"move Nf3 to g5"``; the letter is upper case for both colours).
 
-Only candidates with ``board.is_valid()`` that keep ``PV[0]`` legal are returned. Side to move,
-castling rights, en-passant square and move counters are left as they were (the board's full
-state: a corrupted board is the clean board with some pieces changed, nothing else), so an edit
-that makes them inconsistent (moving a castling rook or king, removing the pawn that just moved
-two squares) gives an invalid board and is dropped, as in the paper.
+Only candidates with ``board.is_valid()`` that keep ``PV[0]`` legal (and any ``also_legal``
+moves: the branching criterion keeps the strong net's top-2 clean moves legal) are returned.
+Side to move, castling rights, en-passant square and move counters are left as they were (the
+board's full state: a corrupted board is the clean board with some pieces changed, nothing
+else), so an edit that makes them inconsistent (moving a castling rook or king, removing the
+pawn that just moved two squares) gives an invalid board and is dropped, as in the paper.
 
 A corruption is a *piece edit* (:attr:`Corruption.pieces`: the new contents of the changed
 squares). :func:`apply_corruption` applies it to a clean board *with its history*: a board
@@ -177,7 +178,8 @@ def counterfactual_pair(fen: str, moves: Sequence[str], corrupted_fen: str, *,
     return clean, corrupted
 
 
-def corruption_candidates(board: chess.Board, move: chess.Move | str) -> list[Corruption]:
+def corruption_candidates(board: chess.Board, move: chess.Move | str, *,
+                          also_legal: Sequence[chess.Move | str] = ()) -> list[Corruption]:
     """Every valid corruption of ``board`` in which ``move`` stays legal, in the order of the
     module docstring.
 
@@ -185,21 +187,25 @@ def corruption_candidates(board: chess.Board, move: chess.Move | str) -> list[Co
         board: The clean position as the networks see it: its full state is kept, and a
             candidate must be applicable to its move stack (:func:`apply_corruption`).
         move: The move that must stay legal, usually ``PV[0]``; UCI or a move.
+        also_legal: Moves that must stay legal too (the branching criterion,
+            ``puzzles.corruptions.branching``: the strong net's top-2 moves).
 
     Raises:
-        ValueError: ``move`` is not legal on ``board``.
+        ValueError: ``move`` or one of ``also_legal`` is not legal on ``board``.
     """
     base = board.copy(stack=False)
     move = chess.Move.from_uci(move) if isinstance(move, str) else move
-    if move not in base.legal_moves:
-        raise ValueError(f"move {move.uci()!r} is not legal in {base.fen()!r}")
+    required = [move] + [chess.Move.from_uci(m) if isinstance(m, str) else m for m in also_legal]
+    for m in required:
+        if m not in base.legal_moves:
+            raise ValueError(f"move {m.uci()!r} is not legal in {base.fen()!r}")
     found: list[Corruption] = []
     has_history = bool(board.move_stack)
 
     def keep(
         new: chess.Board, description: str, squares: tuple[chess.Square, ...], kind: str
     ) -> None:
-        if not (new.is_valid() and move in new.legal_moves):
+        if not (new.is_valid() and all(new.is_legal(m) for m in required)):
             return
         pieces = tuple((sq, new.piece_at(sq).symbol() if new.piece_at(sq) else "")
                        for sq in squares)
@@ -253,15 +259,18 @@ class CandidateBatch:
 
     @classmethod
     def build(
-        cls, boards: Sequence[chess.Board], moves: Sequence[chess.Move | str]
+        cls, boards: Sequence[chess.Board], moves: Sequence[chess.Move | str],
+        also_legal: Sequence[Sequence[chess.Move | str]] | None = None,
     ) -> CandidateBatch:
-        """The candidates of each (board, move) pair (see :func:`corruption_candidates`)."""
+        """The candidates of each (board, move) pair (see :func:`corruption_candidates`), with
+        each puzzle's ``also_legal`` moves (None = none)."""
         if len(boards) != len(moves):
             raise ValueError(f"{len(boards)} boards but {len(moves)} moves")
+        also_legal = [()] * len(boards) if also_legal is None else also_legal
         corruptions: list[Corruption] = []
         offsets = [0]
-        for board, move in zip(boards, moves):
-            corruptions.extend(corruption_candidates(board, move))
+        for board, move, extra in zip(boards, moves, also_legal):
+            corruptions.extend(corruption_candidates(board, move, also_legal=extra))
             offsets.append(len(corruptions))
         return cls(corruptions, np.asarray(offsets, dtype=np.int64), list(boards))
 

@@ -321,6 +321,17 @@ class Puzzle:
         targets = self.targets[:3]
         return len(targets) == 3 and len(set(targets)) == 3
 
+    def distinct_solver_targets(self, plies: int) -> bool:
+        """Whether the solver's moves among the first ``plies`` PV plies (PV[0], PV[2], ...)
+        have pairwise distinct target squares: for ``plies`` 7, the 1st, 3rd, 5th and 7th moves'.
+
+        ``False`` when the PV has fewer than ``plies`` moves.
+        """
+        if len(self.pv_moves) < plies:
+            return False
+        targets = self.targets[:plies:2]
+        return len(set(targets)) == len(targets)
+
 
 @dataclass
 class ReadCounts:

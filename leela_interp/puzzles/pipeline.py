@@ -100,6 +100,10 @@ class FilterConfig:
     min_pv_length: int = 3
     """``pv_length``: keep puzzles whose PV (solution, both sides' moves) has at least this many
     plies. The paper: > 2."""
+    distinct_targets: bool = False
+    """Part of ``pv_length``: also require the solver moves among the first ``min_pv_length``
+    plies to have distinct targets (:meth:`~leela_interp.puzzles.Puzzle.distinct_solver_targets`;
+    with ``min_pv_length`` 5 or 7, a fork's deeper look-ahead puzzle sets). Not in the paper."""
     hard_max_weak_prob: float | None = 0.05
     """``hard``: weak net's P(PV[0]) must be *below* this."""
     correct_min_strong_prob: float | None = 0.5
@@ -114,6 +118,9 @@ class FilterConfig:
         if not isinstance(self.min_pv_length, int) or self.min_pv_length < 1:
             raise ConfigError(f"filters.min_pv_length must be an integer >= 1, "
                               f"got {self.min_pv_length!r}")
+        if not isinstance(self.distinct_targets, bool):
+            raise ConfigError(f"filters.distinct_targets must be true or false, "
+                              f"got {self.distinct_targets!r}")
         for name in ("hard_max_weak_prob", "correct_min_strong_prob", "forcing_min_weak_prob"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
@@ -174,6 +181,10 @@ class PipelineConfig:
     """Keep only puzzles that got a corrupted board (the paper's patching set)."""
     thresholds: SelectionThresholds = field(default_factory=SelectionThresholds)
     """Corruption selection criteria (paper defaults)."""
+    branching: bool = False
+    """Branching corruptions: a candidate must also keep the strong net's top-2 legal moves on
+    the clean board legal (:func:`top_moves`; a fork's two-branch corruptions). Not in the
+    paper."""
 
     def __post_init__(self) -> None:
         if self.history not in HISTORIES:
@@ -196,6 +207,9 @@ class PipelineConfig:
             if self.thresholds.min_oracle_drop_cp is not None:
                 raise ConfigError("corruptions.min_oracle_drop_cp needs the oracle; set it to "
                                   "null to run with puzzles.oracle.enabled=false")
+        if not isinstance(self.branching, bool):
+            raise ConfigError(f"corruptions.branching must be true or false, "
+                              f"got {self.branching!r}")
         if self.require_corruption and not self.corruptions_enabled:
             raise ConfigError("corruptions.required=true needs corruptions.enabled=true")
 
@@ -212,6 +226,7 @@ class PipelineConfig:
             oracle_cache = oracle.pop("cache", "oracle_cache.sqlite")
             corruptions_enabled = bool(corruptions.pop("enabled", True))
             require = bool(corruptions.pop("required", False))
+            branching = corruptions.pop("branching", False)
             include = puzzles.get("include_themes")
             return cls(
                 source=str(puzzles["source"]),
@@ -239,6 +254,7 @@ class PipelineConfig:
                 corruptions_enabled=corruptions_enabled,
                 require_corruption=require,
                 thresholds=SelectionThresholds(**corruptions),
+                branching=branching,
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"invalid puzzles/model config: {exc}") from None
@@ -387,8 +403,23 @@ class CorruptionResult:
     ``strong_prob``, ``jsd`` and ``oracle_drop_cp`` (float64, NaN when none)."""
 
 
+def top_moves(net, boards: Sequence[chess.Board], k: int, batch_size: int = 256
+              ) -> list[list[chess.Move]]:
+    """Each board's ``k`` most probable legal moves under ``net`` (fewer where it has fewer
+    legal moves), best first."""
+    out: list[list[chess.Move]] = []
+    for _, log_p, _ in _log_policies(net, boards, batch_size):
+        for row in log_p:
+            board = boards[len(out)]
+            moves, index = legal_moves_and_indices(board, 0)
+            order = np.argsort(-row[torch.as_tensor(index)].numpy(), kind="stable")[:k]
+            out.append([moves[j] for j in order])
+    return out
+
+
 def choose_corruptions(boards: Sequence[chess.Board], moves: Sequence[chess.Move], *, weak,
                        strong, strong_clean_value: np.ndarray, batch_size: int = 256,
+                       also_legal: Sequence[Sequence[chess.Move]] | None = None,
                        thresholds: SelectionThresholds = SelectionThresholds(),
                        oracle: Oracle | None = None, progress: bool = False) -> CorruptionResult:
     """Score every corruption candidate of every puzzle in large batches and choose one each.
@@ -402,13 +433,15 @@ def choose_corruptions(boards: Sequence[chess.Board], moves: Sequence[chess.Move
     Args:
         boards: Clean positions (with history), one per puzzle.
         moves: The move each corruption must keep legal and make bad: ``PV[0]``.
+        also_legal: Per puzzle, moves every candidate must keep legal too (the branching
+            criterion: :func:`top_moves` of the strong net); None = none.
         weak, strong: The networks (anything :func:`load_net` returns).
         strong_clean_value: float ``[n_puzzles]``: the strong net's value of each clean board.
         thresholds: Selection criteria.
         oracle: Required when ``thresholds.min_oracle_drop_cp`` is set.
     """
     n = len(boards)
-    candidates = CandidateBatch.build(boards, moves)
+    candidates = CandidateBatch.build(boards, moves, also_legal)
     owner = candidates.puzzle_index
     total = len(candidates)
     move_index = torch.tensor([policy_index(b, m) for b, m in zip(boards, moves)], dtype=torch.long)
@@ -725,6 +758,9 @@ class _Pipeline:
             return data[name][:, k] if k < width else np.full(n, np.nan, np.float32)
 
         alive = pv_length >= filters.min_pv_length
+        if filters.distinct_targets:
+            alive &= np.array([p.distinct_solver_targets(filters.min_pv_length)
+                               for p in puzzles], bool)
         funnel["read"] += n
         funnel["pv_length"] += int(alive.sum())
         self._eval(self.weak, puzzles, boards, ((i, k) for i in np.flatnonzero(alive)
@@ -756,8 +792,11 @@ class _Pipeline:
 
         if cfg.corruptions_enabled and alive.any():
             index = np.flatnonzero(alive)
+            clean = [boards[i][0] for i in index]
             result = choose_corruptions(
-                [boards[i][0] for i in index], [puzzles[i].pv_moves[0] for i in index],
+                clean, [puzzles[i].pv_moves[0] for i in index],
+                also_legal=top_moves(self.strong, clean, 2, cfg.batch_size)
+                if cfg.branching else None,
                 weak=self.weak, strong=self.strong,
                 strong_clean_value=data["strong_value"][index].astype(np.float64),
                 batch_size=cfg.batch_size, thresholds=cfg.thresholds,

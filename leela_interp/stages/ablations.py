@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import chess
 import h5py
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import piece_heads as ph
 from leela_interp.outputs.results import (STR, is_complete, label_axes, open_partial, sha256_file,
                                          write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
@@ -56,6 +58,54 @@ def _methods(value) -> list[str]:
 def _head_lists(ac) -> dict[str, list]:
     lists = OmegaConf.to_container(ac.piece_heads.heads, resolve=True) or {}
     return {k: v or [] for k, v in lists.items()}
+
+
+def piece_head_lists(cfg: DictConfig, net, puzzles: PuzzleSet, puzzles_path: Path,
+                     out: Path) -> tuple[dict[str, list], str]:
+    """The piece-movement-head lists and where they come from.
+
+    Any list of ``ablations.piece_heads.heads`` given: those (``"config"``). All empty and
+    ``ablations.piece_heads.find.enabled``: the heads :mod:`leela_interp.experiments.piece_heads` selects
+    on the positions before each puzzle's setup move (``puzzles.h5``'s ``fen``, the first
+    ``find.max_positions``), read from ``<out>/piece_heads.h5``, which is written first unless
+    it is complete for the same network, puzzles and ``find`` config (and its figure when
+    ``ablations.figures``).
+
+    Returns:
+        ``(lists, source)``; ``source`` is ``"config"``, ``"none"`` (empty, no finder) or a
+        sentence naming ``piece_heads.h5`` and its sha256.
+
+    Raises:
+        ConfigError: a bad list, head, ``find.min_lift`` or ``find.max_positions``.
+    """
+    ac = cfg.ablations
+    lists = iv.check_head_lists(net, _head_lists(ac))
+    find = ac.piece_heads.find
+    if any(lists.values()) or not find.enabled:
+        return lists, "config" if any(lists.values()) else "none"
+    limit = find.max_positions
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"ablations.piece_heads.find.max_positions={limit!r}; give a "
+                          f"positive number of positions or null (every puzzle's)")
+    min_lift = float(find.min_lift)
+    path = out / ph.OUTPUT
+    config = {"find": OmegaConf.to_container(find, resolve=True),
+              "model": {"dtype": cfg.model.dtype}, "network_sha256": net.sha256,
+              "puzzles_sha256": sha256_file(puzzles_path)}
+    if not up_to_date(path, config, bool(cfg.force)):
+        boards = [chess.Board(fen) for fen in puzzles.fens[:limit]]
+        scores = ph.movement_scores(net, boards, batch_size=min(int(cfg.model.batch_size), 64))
+        ph.write(path, scores, ph.select_heads(scores, min_lift), min_lift=min_lift,
+                 config=config, attrs={"network_sha256": net.sha256, "network_path": net.path,
+                                       "positions": "puzzles.h5 fen (before the setup move)"})
+        log.info("wrote %s", path)
+    if ac.figures:
+        from leela_interp.outputs import figures
+
+        for fig in figures.piece_head_figures(path, out / "figures"):
+            log.info("wrote %s", fig)
+    lists = ph.read_lists(path)
+    return lists, f"found: {path.name} (sha256 {sha256_file(path)[:12]}, min_lift {min_lift:g})"
 
 
 def _choice(key: str, value, choices) -> str:
@@ -173,11 +223,13 @@ def run(cfg: DictConfig) -> Path:
     if edge_on:
         layer, head, edge_attrs = edge_head(cfg, net, patching_path)
         log.info("ablations: single-edge head L%dH%d (%s)", layer, head, edge_attrs["chosen_by"])
-    lists = iv.check_head_lists(net, _head_lists(ac))
+    lists, heads_source = piece_head_lists(cfg, net, puzzles, puzzles_path, out)
     piece_on = any(lists.values())
+    log.info("ablations: piece-movement heads %s (%s)", lists, heads_source)
     if not piece_on:
-        log.info("ablations: no piece-movement head lists configured "
-                 "(ablations.piece_heads.heads); that part is skipped")
+        log.info("ablations: no piece-movement heads (ablations.piece_heads.heads empty%s); "
+                 "that part is skipped", "" if heads_source == "none" else
+                 ", and none passes the finder's threshold")
 
     with open_partial(path, schema=SCHEMA, config=config, resume=not cfg.force) as f:
         if "done" not in f:
@@ -218,7 +270,8 @@ def run(cfg: DictConfig) -> Path:
                                   **effect_attrs(meaning="zero one pattern entry"))
             if piece_on:
                 g = f.require_group("piece_heads")
-                g.attrs.update({"heads": str(lists), "min_pv_length":
+                g.attrs.update({"heads": str(lists), "heads_source": heads_source,
+                                "min_pv_length":
                                 int(ac.piece_heads.min_pv_length), "seed": int(ac.seed),
                                 "piece_rule": piece_rule, "random_key": random_key})
                 write_strings(g, "variant_names", iv.PIECE_VARIANTS)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import attribution
+from leela_interp.experiments import head_pairs as hp
 from leela_interp.experiments import interventions as iv
 from leela_interp.network import load_network
 from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
@@ -233,6 +234,45 @@ def considered(n: int, max_puzzles) -> int:
     return min(n, int(max_puzzles))
 
 
+def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed: np.ndarray,
+                     subsets: dict[str, np.ndarray], *, batch_size: int,
+                     chunk_size: int) -> None:
+    """The ``heads/pairs`` group: joint patching of every pair of the ``top_n`` heads of
+    ``heads/summary/all/effect_mean`` (:mod:`leela_interp.experiments.head_pairs`) on the analysed puzzles,
+    its interaction with the singles, and their summaries (redone whole on a rerun).
+
+    Raises:
+        ConfigError: ``top_n`` below 2.
+    """
+    chosen = hp.top_heads(f["heads/summary/all/effect_mean"][()], top_n)
+    pairs = hp.pairs_of(chosen)
+    n = len(puzzles)
+    if "heads/pairs" in f:
+        del f["heads/pairs"]
+    g = f.create_group("heads/pairs")
+    g.attrs["chosen_by"] = (f"the top {top_n} heads of heads/summary/all/effect_mean (single-"
+                            f"head patching), every pair once")
+    label_axes(g.create_dataset("heads", data=np.array(chosen, np.int64).reshape(-1, 2)),
+               "head", "layer_head", meaning="the chosen (layer, head), best single first")
+    label_axes(g.create_dataset("pair", data=np.array(pairs, np.int64).reshape(-1, 2)),
+               "pair", "head_index", meaning="rows of heads/pairs/heads patched together")
+    joint = np.full((n, len(pairs)), np.nan, np.float32)
+    rows = np.flatnonzero(analysed)
+    for s in range(0, len(rows), chunk_size):
+        part = rows[s:s + chunk_size]
+        prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, int(i)) for i in part],
+                          batch_size=batch_size)
+        joint[part] = hp.pair_patching(prep, chosen)
+    inter = hp.interaction(joint, f["heads/effect"][()], chosen)
+    for name, values, meaning in (
+            ("joint_effect", joint, "both heads of the pair patched from the corrupted run"),
+            ("interaction", inter, "joint_effect - (single_a + single_b) of heads/effect")):
+        label_axes(g.create_dataset(name, data=values), "puzzle", "pair",
+                   **effect_attrs(meaning=meaning))
+        write_summary(g, name, values, analysed, subsets, ("pair",),
+                      **effect_attrs(meaning="over analysed puzzles"))
+
+
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
     from leela_interp.outputs import figures
@@ -249,6 +289,10 @@ def run(cfg: DictConfig) -> Path:
     if pc.overlap_rule not in iv.OVERLAP_RULES:
         raise ConfigError(f"patching.overlap_rule={pc.overlap_rule!r}; choose from "
                           f"{list(iv.OVERLAP_RULES)}")
+    top_n = pc.head_pairs.top_n
+    if not isinstance(top_n, int) or top_n == 1 or top_n < 0:
+        raise ConfigError(f"patching.head_pairs.top_n={top_n!r}; give 0 (off) or at least 2 "
+                          f"heads")
     puzzles_path = puzzles_input(cfg)
     out = run_dir(cfg)
     path = out / OUTPUT
@@ -293,8 +337,9 @@ def run(cfg: DictConfig) -> Path:
             write_strings(f, "category_names", iv.COLUMNS)
             f["category_names"].attrs["meaning"] = (
                 "square_category indexes the first five (a partition of the squares); "
-                "category_max has all six: follow_up_targets is the union of third_target and "
-                "later_targets (the paper's '3rd-move target')")
+                "category_max has all eight: follow_up_targets is the union of third_target and "
+                "later_targets (the paper's '3rd-move target'); fifth_target / seventh_target: "
+                "PV[4]'s / PV[6]'s target square where it is a later_targets square")
             float_dataset(f, "corrupted_log_odds", (n,), ("puzzle",), dtype="f8",
                           metric=iv.METRIC, units="log-odds")
             float_dataset(f, "corruption_effect", (n,), ("puzzle",),
@@ -341,7 +386,7 @@ def run(cfg: DictConfig) -> Path:
                         prep, site=site, skip_identical=pc.skip_identical)
                     put(f[f"residual/{site}/effect"], s, e, rows, eff)
                     put(f[f"residual/{site}/category_max"], s, e, rows,
-                        iv.category_max(eff, prep.categories))
+                        iv.category_max(eff, prep.categories, prep.deep_targets))
                 if heads:
                     put(f["heads/effect"], s, e, rows, est.heads if est else
                         iv.head_patching(prep, skip_identical=pc.skip_identical))
@@ -358,6 +403,9 @@ def run(cfg: DictConfig) -> Path:
         if heads:
             write_summary(f["heads"], "effect", f["heads/effect"][()], analysed, subsets,
                           ("layer", "head"), **effect_attrs(meaning="over analysed puzzles"))
+            if top_n:
+                write_head_pairs(f, net, puzzles, top_n, analysed, subsets,
+                                 batch_size=bs, chunk_size=int(pc.chunk_size))
         steps = selection_steps(f, limit, "patching", need_corruption=True,
                                 require_pv0_top=require_top,
                                 corruption_rule="a usable corrupted board (patching needs one)")
