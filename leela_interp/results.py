@@ -7,15 +7,20 @@ Every stage writes one HDF5 file in the run folder with this life cycle:
 
 So a file under its final name is always complete, and a killed run never leaves one that claims
 to be. Root attributes every result file carries: ``schema`` (file kind and version),
-``config_hash`` and ``config`` (the stage's resolved config as JSON), ``leela_interp_version``.
+``config_hash`` and ``config`` (the stage's resolved config as JSON), ``leela_interp_version``,
+``command`` (the command line, ``sys.argv``) and ``git_commit`` (:func:`git_commit`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +37,21 @@ def config_hash(config: Mapping) -> str:
     """A stable sha256 of a (JSON-serialisable) config mapping; keys are sorted."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def git_commit() -> str:
+    """The package checkout's ``git`` commit (``-dirty`` appended when tracked files differ from
+    it), or ``"unknown"`` outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        run = functools.partial(subprocess.run, cwd=here, capture_output=True, text=True,
+                                check=True, timeout=10)
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 def partial_path(path: str | Path) -> Path:
@@ -87,6 +107,8 @@ def open_partial(path: str | Path, *, schema: str, config: Mapping,
         f.attrs["config_hash"] = digest
         f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
         f.attrs["leela_interp_version"] = __version__
+        f.attrs["command"] = shlex.join(sys.argv)
+        f.attrs["git_commit"] = git_commit()
         f.attrs["complete"] = False
         yield f
         f.attrs["complete"] = True

@@ -76,3 +76,26 @@ def test_puzzle_set_round_trip(tmp_path, history):
         back.corrupted_board(0)
     with pytest.raises(ConfigError, match="run the puzzles stage first"):
         PuzzleSet.load(tmp_path / "missing.h5")
+
+
+def test_result_files_record_the_command_and_git_commit(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from leela_interp import results
+
+    monkeypatch.setattr(sys, "argv", ["leela-interp", "stage=patching", "out_dir=runs/a b"])
+    with open_partial(tmp_path / "x.h5", schema="t/1", config={"a": 1}):
+        pass
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f.attrs["command"] == "leela-interp stage=patching 'out_dir=runs/a b'"
+        commit = f.attrs["git_commit"]
+    repo = Path(results.__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        assert commit == "unknown"
+        return
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert commit in (head, head + "-dirty")
