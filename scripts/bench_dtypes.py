@@ -30,7 +30,7 @@ import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch 
 import h5py
 import numpy as np
 
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 from leela_interp.stages import run_stages
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch 
 import torch
 
 from leela_interp import load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

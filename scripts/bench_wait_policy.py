@@ -25,7 +25,7 @@ import sys, tempfile, time
 {first}
 import torch
 from leela_interp import load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 threads, batches, net = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(threads)
 if net == "maia":

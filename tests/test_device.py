@@ -11,14 +11,14 @@ import pytest
 import torch
 from tiny_run import ROWS, compose_config, write_inputs
 
-import leela_interp.model
+import leela_interp.network
 from leela_interp.errors import ConfigError
-from leela_interp.model import load_network
+from leela_interp.network import load_network
 from leela_interp.stages import activations, patching, run_stages
 
 #: Where a stage reaches ``load_network``: module attributes bound at import, and the package
 #: attribute that function-level imports (puzzles, probes) read at call time.
-HOLDERS = (leela_interp.model, activations, patching)
+HOLDERS = (leela_interp.network, activations, patching)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import torch
 from tiny_run import ROWS, compose_config, write_inputs
 
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.model import load_network
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.network import load_network
 from leela_interp.stages import run_stages
 
 N_PUZZLES = 12

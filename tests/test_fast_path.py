@@ -1,6 +1,6 @@
 """The fused attention path (``scaled_dot_product_attention``) against the hooked definition.
 
-An :class:`~leela_interp.model.transformer.Attention` layer takes the fused path unless a hook is
+An :class:`~leela_interp.network.transformer.Attention` layer takes the fused path unless a hook is
 registered on its ``hook_scores`` or ``hook_pattern``. These tests count the fused calls, so a
 wrong switch fails them as surely as a wrong result.
 """
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from leela_interp import load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 TOL = 1e-5
 SMOLGEN = dict(body="transformer", policy="attention", d_model=48, layers=3, heads=4, d_ff=64,

@@ -1,8 +1,8 @@
 """``stage=patching``: activation patching from the corrupted board (residual stream and heads).
 
 Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/patching.h5`` and PNG figures under
-``<out_dir>/figures/``. The work is :mod:`leela_interp.interventions`; the file layout, sign
-convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
+``<out_dir>/figures/``. The work is :mod:`leela_interp.experiments.interventions`; the file layout,
+sign convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
 puzzles; skipped when complete for the same network, puzzle set and ``patching`` config;
 ``force=true`` redoes it.
 """
@@ -17,13 +17,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from leela_interp import interventions as iv
-from leela_interp.encoding import TOKEN_NUMBERING
+from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.model import load_network
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import STR, label_axes, open_partial, write_strings
+from leela_interp.experiments import interventions as iv
+from leela_interp.network import load_network
+from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
@@ -229,7 +228,7 @@ def considered(n: int, max_puzzles) -> int:
 
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
-    from leela_interp import figures
+    from leela_interp.outputs import figures
 
     pc = cfg.patching
     sites = list(pc.sites) if OmegaConf.is_list(pc.sites) else [pc.sites]
