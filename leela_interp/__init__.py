@@ -19,7 +19,7 @@ import os
 # yours; importing torch before leela_interp leaves the policy torch found.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from leela_interp.errors import (ConfigError, LeelaInterpError, UnknownHookError,
+from leela_interp.errors import (ConfigError, HookError, LeelaInterpError, UnknownHookError,
                                  WeightsFormatError)
 from leela_interp.network import LeelaNet, LeelaOutput, load_network
 
@@ -37,5 +37,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'leela_interp' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "LeelaInterpError", "LeelaNet", "LeelaOutput", "UnknownHookError",
-           "WeightsFormatError", "encode", "load_network", "policy_index"]
+__all__ = ["ConfigError", "HookError", "LeelaInterpError", "LeelaNet", "LeelaOutput",
+           "UnknownHookError", "WeightsFormatError", "encode", "load_network", "policy_index"]

@@ -328,6 +328,11 @@ class Prepared:
             self._logits[which] = torch.cat(logits)
         return {n: have[n] for n in wanted}
 
+    def planes(self, which: str) -> torch.Tensor:
+        """Input planes ``[P, 112, 8, 8]`` of the ``clean`` or ``corrupted`` boards (a puzzle
+        without a usable corrupted board has its clean planes there)."""
+        return self._planes[which]
+
     def logits(self, which: str) -> torch.Tensor:
         """Policy logits ``[P, 1858]`` of the clean or corrupted boards."""
         if which not in self._logits:

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from leela_interp.errors import UnknownHookError
+from leela_interp.errors import HookError, UnknownHookError
+from leela_interp.network.cache import ActivationCache
 
-#: ``fn(tensor, hook)`` -> None (observe) or a tensor of the same shape (replace).
+#: ``fn(tensor, hook)`` -> None (observe) or a tensor of the same shape and dtype (replace);
+#: as a backward hook ``fn(grad, hook)`` likewise.
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 #: A hook name, a glob (``blocks.*.hook_resid_post``), a list of those, or a predicate on names.
 NamesFilter = Union[str, Iterable[str], Callable[[str], bool], None]
@@ -91,33 +93,52 @@ class HookedModule(nn.Module):
         return [n for n in all_names if n in selected]
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[NamesFilter, HookFn]] = ()) -> Iterator[None]:
-        """Context manager: the given forward hooks are active inside the block, removed after.
+    def hooks(self, fwd_hooks: Iterable[tuple[NamesFilter, HookFn]] = (),
+              bwd_hooks: Iterable[tuple[NamesFilter, HookFn]] = ()) -> Iterator[None]:
+        """Context manager: the given hooks are active inside the block, removed after.
 
-        Each entry is ``(names, fn)``; ``names`` as in :meth:`match_hooks`. ``fn(tensor, hook)``
-        returns None to leave the activation alone or a tensor to replace it.
+        Each entry is ``(names, fn)``; ``names`` as in :meth:`match_hooks`.
+
+        - A forward hook ``fn(tensor, hook)`` returns None to leave the activation alone or a
+          replacement of the same shape, dtype and device (else :class:`HookError`).
+        - A backward hook ``fn(grad, hook)`` gets the gradient of whatever is later
+          backpropagated with respect to the activation (same shape), and returns None or a
+          replacement gradient. It is a tensor hook on the activation, so it fires on a
+          ``backward()`` called after the block too, while the graph lives. The parameters are
+          frozen (``requires_grad=False``), so where the activation is not already tracked by
+          autograd it is replaced by an equal leaf that is: the pass needs autograd on (no
+          ``torch.no_grad()``), else :class:`HookError`.
+
+        Forward hooks on one point run in the order given, each on the previous one's result;
+        backward hooks attach to the final (maybe replaced) activation.
         """
         handles = []
         try:
             for names, fn in fwd_hooks:
                 for name in self.match_hooks(names):
-                    point = self.hook_dict[name]
-                    handles.append(point.register_forward_hook(
-                        lambda module, args, output, fn=fn: fn(output, module)))
+                    handles.append(self.hook_dict[name].register_forward_hook(
+                        lambda module, args, output, fn=fn: _checked(fn(output, module),
+                                                                     output, module, "forward")))
+            for names, fn in bwd_hooks:
+                for name in self.match_hooks(names):
+                    handles.append(self.hook_dict[name].register_forward_hook(
+                        lambda module, args, output, fn=fn: _track(output, module, fn)))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
     def run_with_hooks(self, *args, fwd_hooks: Iterable[tuple[NamesFilter, HookFn]] = (),
-                       **kwargs):
-        """``self(*args, **kwargs)`` with ``fwd_hooks`` active for this call only."""
-        with self.hooks(fwd_hooks):
+                       bwd_hooks: Iterable[tuple[NamesFilter, HookFn]] = (), **kwargs):
+        """``self(*args, **kwargs)`` with ``fwd_hooks`` and ``bwd_hooks`` active for this call
+        (see :meth:`hooks`); backward hooks fire on a later ``backward()`` of the output."""
+        with self.hooks(fwd_hooks, bwd_hooks):
             return self(*args, **kwargs)
 
     def run_with_cache(self, *args, names: NamesFilter = None, device: str | None = None,
-                       **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
-        """Run forward and return ``(output, cache)``, cache = {hook name: detached tensor}.
+                       **kwargs) -> tuple[object, ActivationCache]:
+        """Run forward and return ``(output, cache)``: an :class:`ActivationCache` of detached
+        tensors (a mapping hook name -> tensor, in forward order).
 
         Args:
             names: which hooks to cache (name, glob, list or predicate; None = every hook).
@@ -131,4 +152,31 @@ class HookedModule(nn.Module):
 
         with self.hooks([(names, store)]):
             output = self(*args, **kwargs)
-        return output, cache
+        return output, ActivationCache(cache, self)
+
+
+def _checked(result, like: torch.Tensor, point: HookPoint, kind: str):
+    """``result`` if None or a tensor that can stand for ``like``; else :class:`HookError`."""
+    if result is None:
+        return None
+    expected = (f"expected None or a tensor of shape {list(like.shape)}, dtype {like.dtype}, "
+                f"device {like.device}")
+    if not isinstance(result, torch.Tensor):
+        raise HookError(f"{kind} hook on {point.name} returned {type(result).__name__}; "
+                        f"{expected}")
+    if result.shape != like.shape or result.dtype != like.dtype or result.device != like.device:
+        raise HookError(f"{kind} hook on {point.name} returned shape {list(result.shape)}, "
+                        f"dtype {result.dtype}, device {result.device}; {expected}")
+    return result
+
+
+def _track(output: torch.Tensor, point: HookPoint, fn: HookFn) -> torch.Tensor | None:
+    """Attach backward hook ``fn`` to ``output``, first making it an autograd leaf if needed."""
+    if not torch.is_grad_enabled():
+        raise HookError(f"backward hook on {point.name} needs autograd; run the forward pass "
+                        f"outside torch.no_grad() / torch.inference_mode()")
+    leaf = None
+    if not output.requires_grad:
+        output = leaf = output.detach().requires_grad_(True)
+    output.register_hook(lambda grad: _checked(fn(grad, point), grad, point, "backward"))
+    return leaf

@@ -46,7 +46,7 @@ _FUNCTIONS = {
     SWISH: ("swish", F.silu, lambda x: F.silu(x, inplace=True)),
     RELU_2: ("relu_2", _relu2, _relu2_),
 }
-ACTIVATION_NAMES: dict[int, str] = {code: name for code, (name, *_) in _FUNCTIONS.items()}
+ACTIVATION_NAMES: dict[int, str] = {code: name for code, (name, _, _) in _FUNCTIONS.items()}
 """Code -> lc0's name (``mish``, ``relu``, ..., ``relu_2``)."""
 
 

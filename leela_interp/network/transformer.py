@@ -90,17 +90,20 @@ class Embedding(nn.Module):
 
 
 class MLP(nn.Module):
-    """Two dense layers with an activation between them. Hook: ``hook_post`` [B, 64, d_ff]."""
+    """Two dense layers with an activation between them. Hooks [B, 64, d_ff]: ``hook_pre``
+    (first dense layer's output, before the activation) and ``hook_post`` (after it)."""
 
     def __init__(self, d_model: int, d_ff: int, act: int) -> None:
         super().__init__()
         self.dense1 = nn.Linear(d_model, d_ff)
+        self.hook_pre = HookPoint()
         self.act = Activation(act)
         self.dense2 = nn.Linear(d_ff, d_model)
         self.hook_post = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense2(self.hook_post(self.act(self.dense1(x), inplace=True)))
+        pre = self.hook_pre(self.dense1(x))  # in place only when no hook may hold it
+        return self.dense2(self.hook_post(self.act(pre, inplace=not self.hook_pre.has_hooks())))
 
 
 class Smolgen(nn.Module):
@@ -134,7 +137,9 @@ class Attention(nn.Module):
     Hooks (``q``/``k``/``v``/``z`` are ``[B, H, 64, d_head]``, the others ``[B, H, 64 query,
     64 key]``): ``hook_q``, ``hook_k``, ``hook_v``, ``hook_smolgen`` (the additive bias),
     ``hook_scores`` (pre-softmax: ``q.k / sqrt(d_head)`` plus smolgen), ``hook_pattern``
-    (post-softmax), ``hook_z`` (per-head output before the output projection).
+    (post-softmax), ``hook_z`` (per-head output before the output projection), ``hook_result``
+    (``[B, H, 64, d_model]``: each head's output in residual space, ``z_h W_O,h^T``; they sum,
+    with the projection's bias, to the output).
 
     Two paths compute the same function. While a hook is registered on ``hook_scores`` or
     ``hook_pattern`` (:meth:`HookPoint.has_hooks`, asked on every forward pass),
@@ -143,6 +148,8 @@ class Attention(nn.Module):
     from ``q``, ``k``, ``v`` to ``z`` without them (equal within float32 rounding; the speed is
     in docs/benchmarks.md). ``hook_q``, ``hook_k``, ``hook_v``, ``hook_smolgen`` and ``hook_z``
     run on both paths, so hooks there see and may replace the tensors the fused call uses.
+    Likewise the output projection is one matmul unless ``hook_result`` is hooked; then the
+    per-head results are materialised and summed.
     """
 
     def __init__(self, d_model: int, d_attn: int, n_heads: int,
@@ -160,6 +167,7 @@ class Attention(nn.Module):
         if smolgen is not None:
             self.hook_smolgen = HookPoint()
         self.hook_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.hook_result = HookPoint()
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(t.shape[0], 64, self.n_heads, self.d_head).transpose(1, 2)
@@ -185,6 +193,10 @@ class Attention(nn.Module):
         else:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         z = self.hook_z(z)
+        if self.hook_result.has_hooks():
+            w_o = self.out.weight.reshape(-1, self.n_heads, self.d_head)  # [d_model, H, d_head]
+            result = self.hook_result(torch.einsum("bhqe,dhe->bhqd", z, w_o))
+            return result.sum(1) + self.out.bias
         return self.out(z.transpose(1, 2).reshape(x.shape[0], 64, -1))
 
 
