@@ -10,6 +10,15 @@ The public API:
 
 __version__ = "0.1.0"  # first: leela_interp.outputs.results reads it during the imports below
 
+import os
+
+# PyTorch's OpenMP runtime (libgomp) reads OMP_WAIT_POLICY once, when torch is first imported. Its
+# default lets idle worker threads spin, which on a machine with few, shared cores takes CPU from
+# the threads still working (native forward at 2 threads ~0.6x onnxruntime; docs/benchmarks.md).
+# PASSIVE makes them sleep. Set OMP_WAIT_POLICY=ACTIVE (or any value) in the environment to keep
+# yours; importing torch before leela_interp leaves the policy torch found.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from leela_interp.errors import (ConfigError, HookError, LeelaInterpError, UnknownHookError,
                                  WeightsFormatError)
 from leela_interp.network import LeelaNet, LeelaOutput, load_network

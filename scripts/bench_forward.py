@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from leela_interp import load_network

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from leela_interp import load_network

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import chess
+import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

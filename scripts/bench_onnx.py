@@ -1,6 +1,7 @@
 """Forward throughput: native module vs onnxruntime vs onnx2torch on the same ONNX export.
 
     python scripts/bench_onnx.py [--batch 256] [--threads 2] [--batches 4] [--rounds 3]
+                                 [--profile]
 
 CPU, fp32, ``torch.set_num_threads(threads)`` and onnxruntime ``intra_op_num_threads=threads``.
 Nets: maia-1900 (../shared/nets, skipped if absent) and a seeded random 256x6x8h PE_DENSE smolgen
@@ -9,7 +10,11 @@ same file is run by onnxruntime and converted by onnx2torch (the approach of the
 paper's code). For maia-1900 lc0's own ``leela2onnx`` export (../shared/nets/onnx) is also run.
 Positions/s is the best of ``rounds`` timings of ``batches`` batches of identical planes (board
 encoding excluded), the backends timed in turn within each round; the load average is printed
-with each net, since a busy machine slows every backend. The max |policy logit| difference from the native module is printed too.
+with each net, since a busy machine slows every backend. Also printed: the max |policy logit|
+difference from the native module, and the minor page faults per batch (fresh memory the kernel
+had to map and zero, over the timed batches). ``--profile`` then prints where each forward's
+time goes: torch.profiler's self CPU time per op for the native module, onnxruntime's kernel
+time per op type for our export.
 
 onnx2torch (``pip install --no-deps onnx2torch``) imports torchvision for its NMS and RoIAlign
 converters only; when torchvision is absent a placeholder module is installed so that the import
@@ -19,8 +24,11 @@ succeeds (lc0 graphs use neither op).
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
+import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -28,6 +36,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from leela_interp import load_network
@@ -76,9 +85,15 @@ def import_onnx2torch():
     return convert, ""
 
 
-def rates(fns: list, planes, batches: int, rounds: int, gap: float = 0.1) -> list[float]:
-    """Positions/s of each function: best of ``rounds``, the functions timed in turn each round
-    (so that a change in the machine's load affects all of them alike).
+def page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def rates(fns: list, planes, batches: int, rounds: int,
+          gap: float = 0.1) -> tuple[list[float], list[float]]:
+    """Positions/s of each function (best of ``rounds``) and its minor page faults per call
+    (mean), the functions timed in turn each round (so that a change in the machine's load
+    affects all of them alike).
 
     Each timing starts after ``gap`` seconds idle: onnxruntime's and OpenMP's worker threads
     spin for a while after a call, and without the pause they take CPU from the candidate
@@ -88,14 +103,59 @@ def rates(fns: list, planes, batches: int, rounds: int, gap: float = 0.1) -> lis
         fn(planes)
         fn(planes)
     best = [float("inf")] * len(fns)
+    faults = [0] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
             time.sleep(gap)
+            faults[i] -= page_faults()
             start = time.perf_counter()
             for _ in range(batches):
                 fn(planes)
             best[i] = min(best[i], time.perf_counter() - start)
-    return [planes.shape[0] * batches / t for t in best]
+            faults[i] += page_faults()
+    return ([planes.shape[0] * batches / t for t in best],
+            [f / (rounds * batches) for f in faults])
+
+
+def profile_native(net, planes, batches: int, top: int = 12) -> None:
+    """torch.profiler's self CPU time per op, per forward pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(batches):
+            net(planes)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"  native, torch.profiler: {total / 1e3 / batches:.1f} ms self CPU per forward")
+    for e in events[:top]:
+        print(f"    {e.key:32s} {e.self_cpu_time_total / 1e3 / batches:8.2f} ms "
+              f"{100 * e.self_cpu_time_total / total:5.1f}%  {e.count // batches:4d} calls")
+
+
+def profile_onnxruntime(onnx_path: Path, planes, threads: int, batches: int, tmp: Path,
+                        top: int = 12) -> None:
+    """onnxruntime's kernel time per op type, per run (its own profiler, a fresh session)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp / "ort_profile")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: planes.numpy()}
+    for _ in range(batches + 1):
+        session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    runs = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
+    per_op: collections.Counter = collections.Counter()
+    for e in events:  # the first run is a warm-up
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > runs[0]:
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    print(f"  onnxruntime, our export: {total / 1e3 / batches:.1f} ms kernel time per run")
+    for op, us in per_op.most_common(top):
+        print(f"    {op:32s} {us / 1e3 / batches:8.2f} ms {100 * us / total:5.1f}%")
 
 
 def bench(label: str, pb_path: Path, lc0_onnx: Path | None, args, tmp: Path, convert) -> None:
@@ -118,13 +178,16 @@ def bench(label: str, pb_path: Path, lc0_onnx: Path | None, args, tmp: Path, con
         if convert is not None:
             converted = convert(str(onnx_path)).eval()
             rows.append(("onnx2torch, our export", converted, converted(planes)[0]))
-        speeds = rates([fn for _, fn, _ in rows], planes, args.batches, args.rounds)
+        speeds, faults = rates([fn for _, fn, _ in rows], planes, args.batches, args.rounds)
         print(f"\n{label}: batch {args.batch}, {args.threads} threads, CPU fp32 "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-        for (name, _, policy), speed in zip(rows, speeds):
+        for (name, _, policy), speed, fault in zip(rows, speeds, faults):
             err = float((policy - reference).abs().max())
-            print(f"  {name:38s} {speed:9.0f} positions/s   (max |d policy| vs native "
-                  f"{err:.1e})", flush=True)
+            print(f"  {name:38s} {speed:9.0f} positions/s   {fault:7.0f} page faults/batch   "
+                  f"(max |d policy| vs native {err:.1e})", flush=True)
+        if args.profile:
+            profile_native(net, planes, args.batches)
+            profile_onnxruntime(onnx_path, planes, args.threads, args.batches, tmp)
 
 
 def main() -> None:
@@ -133,6 +196,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="print per-op profiles of the native module and onnxruntime")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import onnxruntime

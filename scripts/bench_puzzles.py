@@ -25,6 +25,7 @@ import os
 import time
 from pathlib import Path
 
+import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from leela_interp.puzzles.lichess import read_puzzles

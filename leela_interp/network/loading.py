@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leela_interp.errors import WeightsFormatError
+from leela_interp.errors import ConfigError, WeightsFormatError
 from leela_interp.network.cnn import InputConv, ResidualBlock
 from leela_interp.network.heads import (AttentionPolicyHead, ClassicalPolicyHead, ConvPolicyHead,
                                         ValueHead)
@@ -32,6 +32,8 @@ _BN_EPS = 1e-5
 POLICY_HEADS = {"vanilla": "vanilla", "optimistic": "optimistic_st", "soft": "soft",
                 "opponent": "opponent"}
 VALUE_HEADS = ("winner", "q", "st")
+#: The dtypes a network can run in (``model.dtype``), by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class _Reader:
@@ -377,12 +379,18 @@ def load_network(path: str | Path, *, policy_head: str | None = None,
         policy_head: ``vanilla`` (default), ``optimistic``, ``soft`` or ``opponent``.
         value_head: ``winner`` (default), ``q`` or ``st``.
         device: torch device; None = CPU.
-        dtype: ``torch.float32`` (default), ``float16`` or ``bfloat16`` (or their names).
+        dtype: ``torch.float32`` (default), ``bfloat16`` or ``float16`` (or their names): the
+            weights' and activations' dtype; the outputs (:class:`LeelaOutput`) are float32.
 
     Raises:
         WeightsFormatError: the file is unreadable, corrupt or unsupported (message names the
             file and the reason), or the requested head does not exist.
+        ConfigError: ``dtype`` is not one of :data:`DTYPES`.
     """
+    name = {v: k for k, v in DTYPES.items()}.get(dtype, dtype) if dtype is not None else "float32"
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
+    dtype = DTYPES[name]
     path = Path(path)
     if path.suffix == ".onnx":
         if policy_head not in (None, "vanilla") or value_head not in (None, "winner"):
@@ -393,9 +401,7 @@ def load_network(path: str | Path, *, policy_head: str | None = None,
     else:
         model = build_network(lc0w.read_net(path), path=str(path), sha256=sha256_file(path),
                               policy_head=policy_head, value_head=value_head)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    model = model.to(device=device or "cpu", dtype=dtype)
     if model.config.body == "cnn":
         # Channels-last conv weights (and inputs, see LeelaNet.forward): oneDNN runs these
         # small 8x8 convolutions about twice as fast, and token views of the maps are contiguous.

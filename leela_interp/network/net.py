@@ -15,7 +15,8 @@ from leela_interp.network.hooks import HookedModule
 
 @dataclass
 class LeelaOutput:
-    """What a forward pass returns. Every value is from the side to move's point of view."""
+    """What a forward pass returns. Every value is from the side to move's point of view, and
+    float32 whatever the net's dtype (``load_network(dtype=...)``)."""
 
     policy_logits: torch.Tensor
     """Raw policy logits ``[B, 1858]`` in lc0's move order (no mask, no temperature)."""
@@ -125,17 +126,19 @@ class LeelaNet(HookedModule):
         return self._heads(x)
 
     def _heads(self, x: torch.Tensor) -> LeelaOutput:
+        # The heads run in the net's dtype; their outputs, and the WDL softmax, in float32 (no
+        # copy for a float32 net), so that every metric taken from them is computed in float32.
         if self.config.policy == "attention":
-            policy = self.policy_head(x, self.smolgen_w)
+            policy = self.policy_head(x, self.smolgen_w).float()
         else:
-            policy = self.policy_head(x)
-        v = self.value_head(x)
+            policy = self.policy_head(x).float()
+        v = self.value_head(x).float()
         if self.config.value == "wdl":
             wdl = torch.softmax(v, dim=-1)
             value = (wdl[:, 0] - wdl[:, 2]).unsqueeze(1)
         else:
             wdl, value = None, torch.tanh(v)
-        mlh = torch.relu(self.mlh_head(x)) if self.mlh_head is not None else None
+        mlh = torch.relu(self.mlh_head(x).float()) if self.mlh_head is not None else None
         return LeelaOutput(policy_logits=policy, value=value, wdl=wdl, mlh=mlh)
 
     # --- boards in, probabilities out -------------------------------------------------------

@@ -33,6 +33,10 @@ def run_stages(cfg: DictConfig) -> None:
     """Run ``cfg.stage``: one name, a list of names (in that order), or ``all`` (the pipeline).
 
     ``cfg.threads`` (if set) is the torch thread count for the whole run.
+
+    Raises:
+        ConfigError: an unknown stage or ``force`` value, or a stage ran out of memory (the
+            message names ``model.batch_size``).
     """
     import torch
 
@@ -52,7 +56,14 @@ def run_stages(cfg: DictConfig) -> None:
         if isinstance(force, str):
             with open_dict(cfg):
                 cfg.force = name in redo
-        importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
+        try:
+            importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
+        except torch.OutOfMemoryError as exc:
+            raise ConfigError(
+                f"stage={name} ran out of memory on {cfg.model.device or 'the default device'} "
+                f"with model.batch_size={cfg.model.batch_size} positions per forward pass "
+                f"(activations.batch_size={cfg.activations.get('batch_size')}); rerun with a "
+                f"smaller model.batch_size: {exc}") from exc
     if isinstance(force, str):
         with open_dict(cfg):
             cfg.force = force

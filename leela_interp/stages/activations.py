@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError
@@ -20,7 +19,7 @@ from leela_interp.experiments.activations import cache_activations, cache_config
 from leela_interp.network import load_network
 from leela_interp.outputs.results import sha256_file
 from leela_interp.puzzles.puzzle_set import PuzzleSet
-from leela_interp.stages.common import puzzles_net, run_dir
+from leela_interp.stages.common import model_device, puzzles_net, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,9 @@ def run(cfg: DictConfig) -> Path:
                                      puzzles_sha256=puzzles_sha256, config=config):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
         return path
-    device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = load_network(cfg.model.path, policy_head=cfg.model.policy_head,
-                       value_head=cfg.model.value_head, device=device, dtype=cfg.model.dtype)
+                       value_head=cfg.model.value_head, device=model_device(cfg),
+                       dtype=cfg.model.dtype)
     a = cfg.activations
     cache_activations(net, PuzzleSet.load(puzzles_path), path, hooks=config["hooks"],
                       boards=a.boards, dtype=a.dtype, compression=a.compression,

@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 SHARED_INPUTS = ("puzzles.h5", "activations.h5", "patching.h5")
 
 
+def model_device(cfg: DictConfig) -> str:
+    """``model.device``, or (null) cuda when available, else cpu: where every stage's nets run."""
+    import torch
+
+    return cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """The run folder (``out_dir``), created if needed. Stages read and write only here.
 

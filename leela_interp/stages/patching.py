@@ -14,7 +14,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -26,7 +25,7 @@ from leela_interp.experiments import interventions as iv
 from leela_interp.network import load_network
 from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
-from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
+from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +72,9 @@ def stage_config(cfg: DictConfig, name: str, puzzles_path: Path) -> dict:
 
 def load_model(cfg: DictConfig):
     """The network of ``cfg.model`` on its device (null = cuda when available, else cpu)."""
-    device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load_network(cfg.model.path, policy_head=cfg.model.policy_head,
-                        value_head=cfg.model.value_head, device=device, dtype=cfg.model.dtype)
+                        value_head=cfg.model.value_head, device=model_device(cfg),
+                        dtype=cfg.model.dtype)
 
 
 def float_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dims: tuple[str, ...],

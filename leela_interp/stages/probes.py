@@ -35,7 +35,7 @@ from leela_interp.network.lc0.weights import net_format, read_net
 from leela_interp.outputs.results import (label_axes, open_partial, read_strings, sha256_file,
                                          write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
-from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
+from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _twin_activations(cfg: DictConfig, out: Path, hooks: list[str], dtype: str) 
     if path.exists():
         with h5py.File(path, "r") as f:
             stale = f.attrs.get("network_sha256") != sha256_file(twin)
-    net = load_network(twin, device=cfg.model.device or "cpu")
+    net = load_network(twin, device=model_device(cfg), dtype=cfg.model.dtype)
     cache_activations(net, out / "puzzles.h5", path, hooks=hooks, boards="clean", dtype=dtype,
                       batch_size=cfg.model.batch_size, overwrite=bool(cfg.force) or stale)
     return path
