@@ -20,3 +20,10 @@ class ConfigError(LeelaInterpError, ValueError):
 
 class UnknownHookError(LeelaInterpError, KeyError):
     """A hook name (or pattern) matches no hook point of the network."""
+
+
+class RunFolderInUseError(LeelaInterpError, RuntimeError):
+    """Another process is writing the run folder (``out_dir``) or has an output file open.
+
+    The message names the folder or file and, when known, the other process's PID and command.
+    """

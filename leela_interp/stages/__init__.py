@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 from omegaconf import DictConfig, open_dict
@@ -25,14 +26,24 @@ STAGES: dict[str, str] = {
 }
 #: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
 PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probes", "report"]
+#: Stages that only read (run without taking the run folder's lock).
+READ_ONLY: frozenset[str] = frozenset({"info", "inspect"})
 
 
 def run_stages(cfg: DictConfig) -> None:
     """Run ``cfg.stage``: one name, a list of names (in that order), or ``all`` (the pipeline).
 
-    ``cfg.threads`` (if set) is the torch thread count for the whole run.
+    ``cfg.threads`` (if set) is the torch thread count for the whole run. Every stage but
+    ``info`` and ``inspect`` runs holding the lock of ``out_dir``
+    (:func:`~leela_interp.stages.common.lock_run_dir`), taken once for all of them.
+
+    Raises:
+        ConfigError: an unknown stage or a bad ``force``.
+        RunFolderInUseError: another run is writing ``out_dir``.
     """
     import torch
+
+    from leela_interp.stages.common import lock_run_dir
 
     stage = cfg.stage
     names = PIPELINE if stage == "all" else [stage] if isinstance(stage, str) else list(stage)
@@ -46,11 +57,13 @@ def run_stages(cfg: DictConfig) -> None:
         if force not in PIPELINE:
             raise ConfigError(f"force={force!r}: give true, false or a stage of {PIPELINE}")
         redo = set(PIPELINE[PIPELINE.index(force):])
-    for name in names:
-        if isinstance(force, str):
-            with open_dict(cfg):
-                cfg.force = name in redo
-        importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
+    lock = contextlib.nullcontext() if READ_ONLY.issuperset(names) else lock_run_dir(cfg.out_dir)
+    with lock:
+        for name in names:
+            if isinstance(force, str):
+                with open_dict(cfg):
+                    cfg.force = name in redo
+            importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
     if isinstance(force, str):
         with open_dict(cfg):
             cfg.force = force

@@ -20,6 +20,7 @@ from leela_interp.errors import ConfigError
 from leela_interp.lc0.weights import sha256_file
 from leela_interp.model import load_network
 from leela_interp.puzzle_set import PuzzleSet
+from leela_interp.results import remove_leftovers
 from leela_interp.stages.common import run_dir
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def run(cfg: DictConfig) -> Path:
     if not cfg.force and check_cache(path, network_sha256=network_sha256,
                                      puzzles_sha256=puzzles_sha256, config=config):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
+        remove_leftovers(path)
         return path
     device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = load_network(cfg.model.path, policy_head=cfg.model.policy_head,

@@ -1,0 +1,150 @@
+"""Fault injection (issue 14): a stage killed at any write point, or at any instant, then run
+again with the same command, ends with exactly the output of an uninterrupted run; two runs on
+one folder leave one complete output and a clear error.
+
+Kills hit a forked child at every :func:`leela_interp.results.write_point` of the stage (and
+after delays spread over its run time); the rerun is the same ``run_stages(cfg)``. A few
+kills use the real ``leela-interp`` command in a subprocess (``tests/faults.py``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from hydra import compose, initialize_config_dir
+
+import faults
+from leela_interp.cli import CONFIG_PATH
+from leela_interp.errors import RunFolderInUseError
+from leela_interp.lc0.random_net import write_random_net
+from leela_interp.results import is_complete
+from leela_interp.stages import run_stages
+from leela_interp.stages.common import LOCK, lock_run_dir
+from test_activations import make_puzzle_set
+from test_probes import _write_puzzles
+
+#: Per-run measurements in probes.h5: differ between any two runs.
+RUN_SPECIFIC = ("peak_rss_mb",)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory) -> Path:
+    return write_random_net(tmp_path_factory.mktemp("net") / "net.pb.gz", seed=3, channels=8,
+                            blocks=3, se_channels=2)
+
+
+def config(out: Path, net: Path, stage: str, *extra: str):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose("config", overrides=[
+            f"stage={stage}", f"out_dir={out}", f"model.path={net}", "threads=1",
+            "activations.batch_size=3", "model.batch_size=8", "probes.seeds=[0]",
+            "probes.splits=[all]", "probes.layers=[0,2]", "probes.probes=[bilinear]",
+            "probes.bilinear.epochs=1", "probes.baselines=[majority]", "probes.threads=1",
+            "probes.targets=[{name:target,ply:2,square:to,condition:{ply:0,square:to}}]", *extra])
+
+
+def copy_inputs(template: Path, to: Path) -> Path:
+    shutil.copytree(template, to, ignore=shutil.ignore_patterns(LOCK))
+    return to
+
+
+@pytest.fixture(scope="module")
+def activations_inputs(tmp_path_factory) -> Path:
+    """A run folder holding puzzles.h5: ten puzzles, eight with a corrupted board."""
+    folder = tmp_path_factory.mktemp("activations_inputs")
+    with h5py.File(folder / "puzzles.h5", "w") as f:
+        make_puzzle_set().write(f.require_group("puzzles"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def probes_inputs(tmp_path_factory, net) -> Path:
+    """A run folder holding puzzles.h5 (20 real puzzles) and their activations.h5."""
+    folder = tmp_path_factory.mktemp("probes_inputs")
+    _write_puzzles(folder / "puzzles.h5")
+    run_stages(config(folder, net, "activations", "activations.boards=clean"))
+    return folder
+
+
+def kill_everywhere(tmp_path: Path, inputs: Path, cfg_of, outputs, *, same_bytes=(),
+                    delays=(0.2, 0.5, 0.8)) -> list[str]:
+    """Kill the stage at each of its write points, and after each fraction ``delays`` of its
+    uninterrupted run time; rerun; compare with the uninterrupted run's outputs. Every run uses
+    the same folder (``tmp_path/run``), so paths recorded in the files agree too."""
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    start = time.perf_counter()
+    run_stages(cfg_of(copy_inputs(inputs, run)))
+    duration = time.perf_counter() - start
+    run.rename(ref)
+    labels = faults.write_points(lambda: run_stages(cfg_of(copy_inputs(inputs, run))),
+                                 tmp_path / "points.log")
+    faults.assert_same_files(ref, run, outputs, same_bytes=same_bytes, ignore_attrs=RUN_SPECIFIC)
+    kills = [{"fault": f"kill:{k}"} for k in range(1, len(labels) + 1)]
+    kills += [{"kill_after_s": duration * d} for d in delays]
+    for kill in kills:
+        shutil.rmtree(run)
+        cfg = cfg_of(copy_inputs(inputs, run))
+        code = faults.in_child(lambda: run_stages(cfg), **kill)
+        assert code == -9 or "kill_after_s" in kill, (kill, code)
+        for name in outputs:  # a file under its final name is always complete
+            assert not (run / name).exists() or is_complete(run / name), (kill, name)
+        run_stages(cfg)  # the same command
+        faults.assert_same_files(ref, run, outputs, same_bytes=same_bytes,
+                                 ignore_attrs=RUN_SPECIFIC)
+    return labels
+
+
+def test_activations_killed_at_every_write_point_equals_uninterrupted(tmp_path, net,
+                                                                      activations_inputs):
+    labels = kill_everywhere(tmp_path, activations_inputs,
+                             lambda out: config(out, net, "activations"), ["activations.h5"],
+                             same_bytes=["activations.h5"])
+    # layout, then per batch of 3 rows: flush, journal written, journal renamed; then finish
+    assert labels[0] == "activations.h5.partial: layout written"
+    assert sum("flushed" in label for label in labels) == 4
+    assert labels[-3:] == ["activations.h5: written", "activations.h5: renamed",
+                           "activations.h5.partial.journal: removed"]
+
+
+def test_compressed_activations_killed_at_every_write_point(tmp_path, net, activations_inputs):
+    """lzf: chunks are allocated as written; same datasets (HDF5 may place them elsewhere)."""
+    kill_everywhere(tmp_path, activations_inputs,
+                    lambda out: config(out, net, "activations", "activations.compression=lzf"),
+                    ["activations.h5"], delays=())
+
+
+def test_exception_at_every_write_point_then_rerun(tmp_path, net, activations_inputs):
+    """An exception (not a kill) at each point: cleanup runs, the rerun still completes."""
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    cfg = config(run, net, "activations")
+    run_stages(config(copy_inputs(activations_inputs, run), net, "activations"))
+    run.rename(ref)
+    for k in range(1, 18):
+        shutil.rmtree(run, ignore_errors=True)
+        copy_inputs(activations_inputs, run)
+        assert faults.in_child(lambda: run_stages(cfg), fault=f"raise:{k}") == 1
+        run_stages(cfg)
+        faults.assert_same_files(ref, run, ["activations.h5"], same_bytes=["activations.h5"])
+
+
+def test_probes_killed_at_every_write_point_equals_uninterrupted(tmp_path, net, probes_inputs):
+    outputs = ["probes.h5", "random_twin_activations.h5"]
+    labels = kill_everywhere(tmp_path, probes_inputs, lambda out: config(out, net, "probes"),
+                             outputs, same_bytes=["random_twin_activations.h5"],
+                             delays=(0.5,))
+    twin = [label for label in labels if label.startswith("random_twin")]
+    own = [label for label in labels if label.startswith("probes.h5")]
+    assert len(twin) == 3 + 3 * 3 + 3  # layout and journal, 3 batches of 8, finish
+    # manifest, 2 nets x 2 layers committed, the file written and renamed, the chunks removed
+    assert own == ["probes.h5.partial.d/manifest.json: written",
+                   "probes.h5.partial.d/manifest.json: renamed",
+                   *[f"probes.h5 chunk {k}: {step}" for k in range(4)
+                     for step in ("written", "renamed")],
+                   "probes.h5: written", "probes.h5: renamed", "probes.h5: chunks removed"]
