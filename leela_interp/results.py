@@ -62,8 +62,9 @@ STR = h5py.string_dtype(encoding="utf-8")
 FAULT_ENV = "LEELA_INTERP_FAULT"
 #: A file to which every :func:`write_point` reached appends its label, one per line.
 FAULT_LOG_ENV = "LEELA_INTERP_FAULT_LOG"
-#: Attributes of HDF5's dimension scales: object references, not compared by :func:`diff_files`.
-_SCALE_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST")
+#: Attributes of HDF5's dimension scales that :func:`diff_files` leaves out: object references
+#: (file addresses), and the axis labels it compares as ``#dims``.
+_SCALE_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST", "DIMENSION_LABELS")
 
 
 def config_hash(config: Mapping) -> str:

@@ -73,14 +73,23 @@ def write_points(fn: Callable[[], object], log: Path) -> list[str]:
     return log.read_text().splitlines()
 
 
-def cli(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``leela-interp ARGS`` with this checkout's package, Hydra's folder under ``cwd``."""
+def start_cli(args: Sequence[str], *, cwd: Path,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``leela-interp ARGS`` (this checkout's package; Hydra's folder under ``cwd``);
+    stdout and stderr are pipes."""
     full_env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, FAULT_LOG_ENV)}
     full_env.update(PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "leela_interp.cli", *args,
-                           f"hydra.run.dir={cwd / 'hydra'}"], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen([sys.executable, "-m", "leela_interp.cli", *args,
+                             f"hydra.run.dir={cwd / 'hydra'}"], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cli(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``leela-interp ARGS`` to the end (see :func:`start_cli`)."""
+    proc = start_cli(args, cwd=cwd, env=env)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def sha256(path: Path) -> str:

@@ -9,10 +9,9 @@ kills use the real ``leela-interp`` command in a subprocess (``tests/faults.py``
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import faults
 from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import RunFolderInUseError
 from leela_interp.lc0.random_net import write_random_net
-from leela_interp.results import is_complete
+from leela_interp.results import FAULT_ENV, is_complete
 from leela_interp.stages import run_stages
 from leela_interp.stages.common import LOCK, lock_run_dir
 from test_activations import make_puzzle_set
@@ -148,3 +147,87 @@ def test_probes_killed_at_every_write_point_equals_uninterrupted(tmp_path, net, 
                    *[f"probes.h5 chunk {k}: {step}" for k in range(4)
                      for step in ("written", "renamed")],
                    "probes.h5: written", "probes.h5: renamed", "probes.h5: chunks removed"]
+
+
+def cli_args(out: Path, net: Path, stage: str) -> list[str]:
+    return [f"stage={stage}", f"out_dir={out}", f"model.path={net}", "threads=1",
+            "activations.batch_size=3"]
+
+
+def test_cli_killed_then_the_same_command_equals_uninterrupted(tmp_path, net, activations_inputs):
+    """The real ``leela-interp``, SIGKILLed mid-run (after the 2nd batch's journal is written)."""
+    ref = copy_inputs(activations_inputs, tmp_path / "reference")
+    run_stages(config(ref, net, "activations"))
+    run = copy_inputs(activations_inputs, tmp_path / "run")
+    killed = faults.cli(cli_args(run, net, "activations"), cwd=tmp_path,
+                        env={FAULT_ENV: "kill:8"})
+    assert killed.returncode == -9, killed.stderr
+    assert (run / "activations.h5.partial").exists() and not (run / "activations.h5").exists()
+    again = faults.cli(cli_args(run, net, "activations"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout + again.stderr
+    faults.assert_same_files(ref, run, ["activations.h5"], same_bytes=["activations.h5"])
+
+
+def wait_for_lock(folder: Path, pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((folder / LOCK).read_text()).get("pid") == pid:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"PID {pid} never took the lock of {folder}")
+
+
+def test_two_runs_on_one_folder_one_completes_the_other_stops_clearly(tmp_path, net,
+                                                                      activations_inputs):
+    ref = copy_inputs(activations_inputs, tmp_path / "reference")
+    run_stages(config(ref, net, "activations"))
+    run = copy_inputs(activations_inputs, tmp_path / "run")
+    first = faults.start_cli(cli_args(run, net, "activations"), cwd=tmp_path)
+    try:
+        wait_for_lock(run, first.pid)
+        first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock taken
+        before = sorted(p.name for p in run.iterdir())
+        second = faults.cli(cli_args(run, net, "activations"), cwd=tmp_path)
+        assert second.returncode == 1
+        assert f"leela_interp.errors.RunFolderInUseError: out_dir '{run}' is in use by PID " \
+               f"{first.pid} (command " in second.stderr
+        assert sorted(p.name for p in run.iterdir()) == before  # it touched nothing
+        # reading stages do not need the lock
+        look = faults.cli(["stage=inspect", f"++path={run / 'puzzles.h5'}"], cwd=tmp_path)
+        assert look.returncode == 0 and "puzzles/fen" in look.stdout, look.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    faults.assert_same_files(ref, run, ["activations.h5"], same_bytes=["activations.h5"])
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, net, activations_inputs):
+    ref = copy_inputs(activations_inputs, tmp_path / "reference")
+    run_stages(config(ref, net, "activations"))
+    run = copy_inputs(activations_inputs, tmp_path / "run")
+    first = faults.start_cli(cli_args(run, net, "activations"), cwd=tmp_path)
+    wait_for_lock(run, first.pid)
+    first.kill()
+    first.communicate()
+    second = faults.cli(cli_args(run, net, "activations"), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"taking over the lock left by PID {first.pid}" in second.stdout + second.stderr
+    faults.assert_same_files(ref, run, ["activations.h5"], same_bytes=["activations.h5"])
+    assert (run / LOCK).read_text() == ""  # released cleanly
+
+
+def test_lock_is_per_folder_and_released(tmp_path):
+    with lock_run_dir(tmp_path / "a"):
+        with lock_run_dir(tmp_path / "b"):
+            pass
+        code = faults.in_child(lambda: lock_run_dir(tmp_path / "a").__enter__())
+        assert code == 1  # RunFolderInUseError in the other process
+    assert faults.in_child(lambda: lock_run_dir(tmp_path / "a").__enter__()) == 0
+    with pytest.raises(RunFolderInUseError, match="in use by PID"):
+        with lock_run_dir(tmp_path / "a"), lock_run_dir(tmp_path / "a"):
+            pass
