@@ -20,7 +20,11 @@ File layout (schema ``leela_interp.activations/1``)::
 Every activation dataset labels its axes (``puzzle``, ``square``, ``d_model``, ``head``,
 ``query``, ``key``, ...) and carries ``pov = "side_to_move"`` and ``square_order = "rank*8+file
 in the side-to-move frame"``: token ``t`` is ``rank * 8 + file`` seen from the side to move, as
-everywhere in this package (``leela_interp.encoding.square_to_token`` converts).
+everywhere in this package (``leela_interp.encoding.square_to_token`` converts). A dataset with
+a ``square``, ``query`` or ``key`` axis also carries ``numbering =
+leela_interp.encoding.TOKEN_NUMBERING``. Each board is encoded in its own frame: a corrupted
+board's tokens are the clean board's squares whenever both have the same side to move and
+canonical transform (the puzzles patching uses; the others are ``ok = false`` there).
 
 Read one hook for some puzzles with :func:`load_activation`, stream it with
 :func:`iter_activation`, or open the file once with :class:`ActivationFile`.
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from leela_interp.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
 from leela_interp.lc0.weights import sha256_file
 from leela_interp.puzzle_set import PuzzleSet
@@ -52,6 +57,8 @@ SCHEMA = "leela_interp.activations/1"
 POV = "side_to_move"
 #: Token order of every ``square`` / ``query`` / ``key`` axis.
 SQUARE_ORDER = "rank*8+file in the side-to-move frame"
+#: Axes indexed by tokens; a dataset with one carries ``numbering = TOKEN_NUMBERING``.
+SQUARE_AXES = frozenset({"square", "query", "key"})
 #: ``boards`` choices and the groups each one writes.
 BOARDS = {"clean": ("clean",), "corrupted": ("corrupted",), "both": ("clean", "corrupted")}
 #: ``dtype`` choices.
@@ -203,8 +210,11 @@ def _create_layout(part: RowsFile, *, ids: Sequence[str], shapes: Mapping[str, t
             ds = part.create_dataset(g, hook, shape=(n, *shape), dtype=np_dtype,
                                      chunks=(rows, *shape),
                                      compression=None if compression == "none" else compression)
-            label_axes(ds, "puzzle", *axis_names(hook, shape), pov=POV, square_order=SQUARE_ORDER,
+            axes = axis_names(hook, shape)
+            label_axes(ds, "puzzle", *axes, pov=POV, square_order=SQUARE_ORDER,
                        hook=hook, board=group_name)
+            if SQUARE_AXES & set(axes):
+                ds.attrs["numbering"] = TOKEN_NUMBERING
         if group_name == "corrupted":
             label_axes(g.create_dataset("valid", data=valid), "puzzle")
 
@@ -219,7 +229,8 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
                       hooks: str | Sequence[str] = "blocks.*.hook_resid_post",
                       boards: str = "both", dtype: str = "float32", compression: str = "none",
                       batch_size: int = 256, puzzles_sha256: str | None = None,
-                      config: Mapping | None = None, overwrite: bool = False, progress: bool = True,
+                      config: Mapping | None = None, attrs: Mapping | None = None,
+                      overwrite: bool = False, progress: bool = True,
                       after_batch: Callable[[int], None] | None = None) -> Path:
     """Run ``net`` over every puzzle and write the chosen hooks' activations to ``path``.
 
@@ -243,6 +254,8 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
             ``puzzles`` is a path, else :func:`puzzle_set_sha256`.
         config: what the file records and hashes; default :func:`cache_config` of the arguments
             plus the net's dtype and head choice.
+        attrs: extra root attributes to record (not hashed), e.g. the stage's
+            ``puzzles_net`` check (:func:`leela_interp.stages.common.puzzles_net`).
         overwrite: rebuild even if a complete or partial cache exists (also one made with
             another network or puzzle set).
         progress: show a tqdm progress bar.
@@ -289,13 +302,13 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
         check_cache(partial_path(path), network_sha256=network_sha256,
                     puzzles_sha256=puzzles_sha256)
     np_dtype = np.dtype(DTYPES[dtype])
-    attrs = {"network_sha256": network_sha256, "puzzles_sha256": puzzles_sha256,
-             "network_path": str(getattr(net, "path", "") or ""),
-             "hooks": json.dumps(list(shapes)), "boards": json.dumps(list(groups))}
+    root = {"network_sha256": network_sha256, "puzzles_sha256": puzzles_sha256,
+            "network_path": str(getattr(net, "path", "") or ""), **dict(attrs or {}),
+            "hooks": json.dumps(list(shapes)), "boards": json.dumps(list(groups))}
 
     def layout(part: RowsFile) -> None:
         _create_layout(part, ids=puzzles.ids, shapes=shapes, groups=groups, valid=valid,
-                       dtype=dtype, compression=compression, batch_size=batch_size, attrs=attrs)
+                       dtype=dtype, compression=compression, batch_size=batch_size, attrs=root)
 
     with RowsFile(path, schema=SCHEMA, config=config, rows=n, create=layout,
                   resume=not overwrite) as part:

@@ -9,10 +9,18 @@ legal but makes it bad. Candidates (:func:`corruption_candidates`), in this orde
    empty square (``"move Nf3 to g5"``; the letter is upper case for both colours).
 
 Only candidates with ``board.is_valid()`` that keep ``PV[0]`` legal are returned. Side to move,
-castling rights, en-passant square and move counters are left as they were, so an edit that
-makes them inconsistent (moving a castling rook or king, removing the pawn that just moved two
-squares) gives an invalid board and is dropped, as in the paper. The corrupted board has no
-move history.
+castling rights, en-passant square and move counters are left as they were (the board's full
+state: a corrupted board is the clean board with some pieces changed, nothing else), so an edit
+that makes them inconsistent (moving a castling rook or king, removing the pawn that just moved
+two squares) gives an invalid board and is dropped, as in the paper.
+
+A corruption is a *piece edit* (:attr:`Corruption.pieces`: the new contents of the changed
+squares). :func:`apply_corruption` applies it to a clean board *with its history*: a board
+without a move stack is edited in place of a copy; a board with one (``puzzles.history=setup``)
+gets the edit in its root position and its moves replayed, so every history position carries
+the corruption. :func:`counterfactual_pair` is the one function that builds a puzzle's (clean,
+corrupted) pair from what ``puzzles.h5`` stores; the two boards' input planes differ only in the
+piece planes of the changed squares.
 
 :func:`select_corruption` then applies the paper's criteria to per-candidate network numbers
 (plain arrays, so any network can supply them; :func:`score_candidates` computes them from
@@ -30,8 +38,8 @@ weak net's clean and corrupted policies, if that is at most 0.2.
 >>> candidates = corruption_candidates(board, "d1d8")
 >>> [c.description for c in candidates[:3]]
 ['add white pawn a2', 'add black pawn a2', 'add white pawn b2']
->>> [(c.description, c.squares) for c in candidates if c.kind == "move_piece"][0]
-('move Kg1 to a1', (6, 0))
+>>> [(c.description, c.squares, c.pieces) for c in candidates if c.kind == "move_piece"][0]
+('move Kg1 to a1', (6, 0), ((6, ''), (0, 'K')))
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import numpy as np
 import torch
 
 from leela_interp.errors import ConfigError
+from leela_interp.puzzles import Puzzle
 
 #: Kinds of corruption (:attr:`Corruption.kind`).
 KINDS: tuple[str, ...] = ("remove_pawn", "add_pawn", "move_piece")
@@ -54,17 +63,118 @@ class Corruption:
     """One candidate corrupted board."""
 
     fen: str
-    """The corrupted position (same side to move, castling, en passant and counters)."""
+    """The corrupted position, with the clean board's side to move, castling rights, en-passant
+    square and counters, written with ``en_passant="fen"`` so that ``chess.Board(fen)`` restores
+    the en-passant square even when no capture is legal."""
     description: str
     """What changed: ``"remove d5"``, ``"add black pawn e4"`` or ``"move Nf3 to g5"``."""
     squares: tuple[chess.Square, ...]
-    """The changed squares (a1 = 0): the removed or added pawn's, or (from, to) of a move."""
+    """The changed squares (python-chess numbering, a1 = 0): the removed or added pawn's, or
+    (from, to) of a move."""
     kind: str
     """One of :data:`KINDS`."""
+    pieces: tuple[tuple[chess.Square, str], ...] = ()
+    """The edit: ``(square, symbol)`` for each changed square, ``symbol`` the new piece
+    (``"P"``, ``"n"``, ...) or ``""`` for an emptied square."""
 
-    def board(self) -> chess.Board:
-        """The corrupted position as a board without history."""
-        return chess.Board(self.fen)
+    def apply(self, board: chess.Board) -> chess.Board:
+        """This corruption applied to the clean ``board`` and its history
+        (:func:`apply_corruption`).
+
+        Raises:
+            ValueError: the edit cannot be applied to that board's history.
+        """
+        corrupted = apply_corruption(board, self.pieces)
+        if corrupted is None:
+            raise ValueError(f"corruption {self.description!r} cannot be applied to the history "
+                             f"of {board.fen()!r}")
+        return corrupted
+
+
+def piece_edit(clean: chess.Board, corrupted: chess.Board) -> tuple[tuple[chess.Square, str], ...]:
+    """The edit that turns ``clean``'s pieces into ``corrupted``'s (:attr:`Corruption.pieces`)."""
+    edit = []
+    for square in chess.SQUARES:
+        before, after = clean.piece_at(square), corrupted.piece_at(square)
+        if before != after:
+            edit.append((square, after.symbol() if after else ""))
+    return tuple(edit)
+
+
+def _set_pieces(board: chess.Board, pieces: Sequence[tuple[chess.Square, str]]) -> None:
+    for square, symbol in pieces:
+        if symbol:
+            board.set_piece_at(square, chess.Piece.from_symbol(symbol))
+        else:
+            board.remove_piece_at(square)
+
+
+def apply_corruption(board: chess.Board,
+                     pieces: Sequence[tuple[chess.Square, str]]) -> chess.Board | None:
+    """The corrupted board of ``board`` for the edit ``pieces``, with the same history.
+
+    - ``board`` without a move stack: a copy with the pieces changed and everything else (side
+      to move, castling rights, en-passant square, counters) kept.
+    - ``board`` with a move stack: the edit is applied to its root position and the moves are
+      replayed, so that every history position carries the corruption. ``None`` when that is
+      impossible: a move becomes illegal, the replay does not end on the edited position, the
+      edited root is invalid, or the edit changes whether an en-passant capture is legal now
+      (lc0's encoder derives that flag from the history, so the planes would differ by more
+      than the pieces).
+
+    >>> board = chess.Board("6k1/5ppp/8/8/8/8/5PPP/3R2K1 w - - 0 1")
+    >>> apply_corruption(board, [(chess.F7, "")]).fen()
+    '6k1/6pp/8/8/8/8/5PPP/3R2K1 w - - 0 1'
+    """
+    if not board.move_stack:
+        new = board.copy(stack=False)
+        _set_pieces(new, pieces)
+        return new
+    root = board.root()
+    _set_pieces(root, pieces)
+    if not root.is_valid():
+        return None
+    for move in board.move_stack:
+        if not root.is_legal(move):
+            return None
+        root.push(move)
+    target = board.copy(stack=False)
+    _set_pieces(target, pieces)
+    if root.board_fen() != target.board_fen():
+        return None
+    if root.has_legal_en_passant() != board.has_legal_en_passant():
+        return None
+    return root
+
+
+def counterfactual_pair(fen: str, moves: Sequence[str], corrupted_fen: str, *,
+                        history: str) -> tuple[chess.Board, chess.Board | None]:
+    """The (clean, corrupted) boards of a puzzle, as every stage feeds them to a network.
+
+    The one place that builds a puzzle's pair. ``clean`` is the position after the setup move
+    ``moves[0]`` with the ``history`` of :data:`leela_interp.puzzles.HISTORIES`; ``corrupted``
+    is ``clean`` with the pieces changed to those of ``corrupted_fen`` (which only says *which*
+    pieces: every other part of the state, and the history, comes from ``clean``), or ``None``
+    when ``corrupted_fen`` is empty.
+
+    Args:
+        fen: the Lichess FEN (before the setup move).
+        moves: the Lichess moves (setup move, then the PV), UCI.
+        corrupted_fen: the corrupted position (``puzzles.h5``'s ``corrupted_fen``), or ``""``.
+        history: ``"none"`` or ``"setup"``.
+
+    Raises:
+        ValueError: the corruption cannot be applied to the clean board's history.
+    """
+    clean = Puzzle(id="", fen=fen, moves=list(moves)).board(history=history)
+    if not corrupted_fen:
+        return clean, None
+    edit = piece_edit(clean, chess.Board(corrupted_fen))
+    corrupted = apply_corruption(clean, edit)
+    if corrupted is None:
+        raise ValueError(f"the corrupted board {corrupted_fen!r} cannot be built with history "
+                         f"{history!r} from {fen!r} + {moves[0]!r}")
+    return clean, corrupted
 
 
 def corruption_candidates(board: chess.Board, move: chess.Move | str) -> list[Corruption]:
@@ -72,23 +182,30 @@ def corruption_candidates(board: chess.Board, move: chess.Move | str) -> list[Co
     module docstring.
 
     Args:
-        board: The clean position (its move stack is ignored).
+        board: The clean position as the networks see it: its full state is kept, and a
+            candidate must be applicable to its move stack (:func:`apply_corruption`).
         move: The move that must stay legal, usually ``PV[0]``; UCI or a move.
 
     Raises:
         ValueError: ``move`` is not legal on ``board``.
     """
-    base = chess.Board(board.fen())
+    base = board.copy(stack=False)
     move = chess.Move.from_uci(move) if isinstance(move, str) else move
     if move not in base.legal_moves:
         raise ValueError(f"move {move.uci()!r} is not legal in {base.fen()!r}")
     found: list[Corruption] = []
+    has_history = bool(board.move_stack)
 
     def keep(
         new: chess.Board, description: str, squares: tuple[chess.Square, ...], kind: str
     ) -> None:
-        if new.is_valid() and move in new.legal_moves:
-            found.append(Corruption(new.fen(), description, squares, kind))
+        if not (new.is_valid() and move in new.legal_moves):
+            return
+        pieces = tuple((sq, new.piece_at(sq).symbol() if new.piece_at(sq) else "")
+                       for sq in squares)
+        if has_history and apply_corruption(board, pieces) is None:
+            return
+        found.append(Corruption(new.fen(en_passant="fen"), description, squares, kind, pieces))
 
     back_ranks = chess.BB_RANK_1 | chess.BB_RANK_8
     for square in chess.SQUARES:
@@ -123,13 +240,16 @@ def corruption_candidates(board: chess.Board, move: chess.Move | str) -> list[Co
 class CandidateBatch:
     """The candidates of many puzzles in one flat list, for batched network passes.
 
-    Puzzle ``i``'s candidates are ``corruptions[offsets[i]:offsets[i + 1]]``.
+    Puzzle ``i``'s candidates are ``corruptions[offsets[i]:offsets[i + 1]]``; its clean board
+    (with history) is ``clean[i]``.
     """
 
     corruptions: list[Corruption]
     """All candidates, puzzle by puzzle."""
     offsets: np.ndarray
     """``int64 [n_puzzles + 1]``: where each puzzle's candidates start; the last is the total."""
+    clean: list[chess.Board]
+    """The clean boards the candidates edit, one per puzzle."""
 
     @classmethod
     def build(
@@ -143,7 +263,7 @@ class CandidateBatch:
         for board, move in zip(boards, moves):
             corruptions.extend(corruption_candidates(board, move))
             offsets.append(len(corruptions))
-        return cls(corruptions, np.asarray(offsets, dtype=np.int64))
+        return cls(corruptions, np.asarray(offsets, dtype=np.int64), list(boards))
 
     def __len__(self) -> int:
         return len(self.corruptions)
@@ -153,9 +273,14 @@ class CandidateBatch:
         """``int64 [n_candidates]``: the puzzle each candidate belongs to."""
         return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
 
+    def board(self, k: int) -> chess.Board:
+        """Candidate ``k``'s corrupted board, with its puzzle's history."""
+        return self.corruptions[k].apply(self.clean[int(self.puzzle_index[k])])
+
     def boards(self) -> list[chess.Board]:
-        """Every candidate's corrupted board, in order."""
-        return [corruption.board() for corruption in self.corruptions]
+        """Every candidate's corrupted board (with its puzzle's history), in order."""
+        owner = self.puzzle_index
+        return [c.apply(self.clean[int(i)]) for c, i in zip(self.corruptions, owner)]
 
 
 @dataclass(frozen=True)
@@ -212,14 +337,31 @@ class CandidateScores:
     """Jensen-Shannon divergence (nats) between the weak net's clean and corrupted policies."""
 
 
-def log_odds(p: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
-    """``log(p / (1 - p))`` elementwise, in float64, with ``p`` clamped to ``[eps, 1 - eps]``.
+def log_odds(p: torch.Tensor) -> torch.Tensor:
+    """``log(p / (1 - p))`` elementwise, in float64, without a clamp: ``p = 0`` gives ``-inf``
+    and ``p = 1`` gives ``+inf``.
 
-    The clamp keeps log-odds finite when a float32 probability rounds to exactly 0 or 1 (the
-    paper's code has no clamp and then gets infinities or NaN).
+    Probabilities lose the tails (a float32 ``p`` below ~1e-45 is 0); where the log-probability
+    is at hand use :func:`log_odds_from_log_prob`, which is exact there too. (The paper's code
+    computes the same quantity from probabilities; an earlier version of this project clamped
+    ``p`` to ``[1e-6, 1 - 1e-6]``, which made the log-odds of two tiny probabilities equal.)
+
+    >>> log_odds(torch.tensor([0.5, 0.0])).tolist()
+    [0.0, -inf]
     """
-    p = torch.as_tensor(p, dtype=torch.float64).clamp(eps, 1 - eps)
+    p = torch.as_tensor(p, dtype=torch.float64)
     return torch.log(p) - torch.log1p(-p)
+
+
+def log_odds_from_log_prob(log_p: torch.Tensor) -> torch.Tensor:
+    """``log(p / (1 - p))`` from ``log p`` (float64), stable at both ends:
+    ``log p - log(-expm1(log p))``. ``log p = 0`` (a single legal move) gives ``+inf``.
+
+    >>> round(float(log_odds_from_log_prob(torch.tensor(-800.0))), 3)  # p = e^-800
+    -800.0
+    """
+    log_p = torch.as_tensor(log_p, dtype=torch.float64)
+    return log_p - torch.log(-torch.expm1(log_p))
 
 
 def jensen_shannon(p: torch.Tensor, q: torch.Tensor, *, dim: int = -1) -> torch.Tensor:

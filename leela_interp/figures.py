@@ -11,6 +11,9 @@ reduced the log-odds of the clean top move PV[0].
   ``ablations_edge.png`` (percentile curves of the single-edge ablation vs its control) and
   ``ablations_piece_heads.png`` (percentile curves of the piece-movement-head ablation vs its
   two controls).
+
+Layer axes have integer ticks; a panel without data says so ("no data") instead of staying
+empty.
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ from matplotlib.figure import Figure  # noqa: E402
 from leela_interp.results import read_strings  # noqa: E402
 
 EFFECT_LABEL = "effect (log-odds reduction of PV[0];\npositive = intervention reduced it)"
+NO_DATA = "no data: no analysed puzzle (see the file's funnel)"
+CATEGORY_LABELS = {"first_target": "1st-move target",
+                   "follow_up_targets": "follow-up targets PV[2:] (the paper's 3rd-move target)",
+                   "third_target": "PV[2]'s target only", "later_targets": "targets of PV[3:]",
+                   "corrupted": "corrupted squares", "other": "other squares"}
+"""Legend labels of the residual-patching categories (``category_max`` columns)."""
+
+
+def no_data(ax, text: str = NO_DATA) -> None:
+    """Mark an empty panel: ``text`` in its middle instead of empty axes."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+            color="grey")
 
 
 def category_by_layer(mean: np.ndarray, err: np.ndarray, categories: list[str], path: Path, *,
@@ -40,15 +55,19 @@ def category_by_layer(mean: np.ndarray, err: np.ndarray, categories: list[str], 
     for c, name in enumerate(categories):
         if not np.isfinite(mean[:, c]).any():
             continue
-        label = name.replace("_", " ") + (f" (n={int(np.max(n[..., c]))})" if n is not None else "")
+        label = CATEGORY_LABELS.get(name, name) + (f" (n={int(np.max(n[..., c]))})"
+                                                   if n is not None else "")
         ax.errorbar(layers, mean[:, c], yerr=np.nan_to_num(err[:, c]), marker="o", ms=3,
                     capsize=3, label=label)
-    ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("layer")
     ax.set_xticks(layers)
     ax.set_ylabel(EFFECT_LABEL)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    if np.isfinite(mean).any():
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=8)
+    else:
+        no_data(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -63,6 +82,8 @@ def layer_head_heatmap(mean: np.ndarray, path: Path, *, title: str) -> Path:
     vmax = float(np.abs(finite).max()) if finite.size else 1.0
     im = ax.imshow(mean, cmap="RdBu_r", vmin=-vmax or -1, vmax=vmax or 1, aspect="auto",
                    origin="lower")
+    if not finite.size:
+        no_data(ax)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(np.arange(mean.shape[1]))
@@ -90,6 +111,7 @@ def percentile_curves(series: Mapping[str, np.ndarray], path: Path, *, title: st
         for ax in axes:
             ax.plot(pct, v, label=f"{name} (n={v.size})")
     axes[1].set_xlim(zoom, 100)
+    empty = not any(np.isfinite(np.asarray(v, dtype=np.float64)).any() for v in series.values())
     top = [np.sort(v[np.isfinite(v)])[int(np.floor(zoom / 100 * np.isfinite(v).sum())):]
            for v in map(np.asarray, series.values())]
     top = np.concatenate([t for t in top if t.size] or [np.zeros(1)])
@@ -99,8 +121,11 @@ def percentile_curves(series: Mapping[str, np.ndarray], path: Path, *, title: st
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("percentile of puzzles")
         ax.set_title(sub, fontsize=9)
+        if empty:
+            no_data(ax)
     axes[0].set_ylabel(EFFECT_LABEL)
-    axes[0].legend(fontsize=8)
+    if not empty:
+        axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

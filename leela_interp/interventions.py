@@ -23,7 +23,6 @@ whose patched activation equals the clean one exactly are skipped and recorded a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,11 +30,9 @@ import chess
 import numpy as np
 import torch
 
-from leela_interp.encoding import square_to_token, transform_for
+from leela_interp.encoding import square_to_token, squares_to_tokens, transform_for
 from leela_interp.errors import ConfigError
 from leela_interp.policy import legal_mask, policy_index
-
-log = logging.getLogger(__name__)
 
 METRIC = ("log-odds of the clean top move PV[0] under a softmax over legal moves: "
           "log p - log(1 - p)")
@@ -46,7 +43,8 @@ SIGN = ("effect = log-odds(clean) - log-odds(intervened); positive = the interve
 
 CATEGORIES: tuple[str, ...] = ("first_target", "third_target", "later_targets", "corrupted",
                                "other")
-"""Square categories of residual patching, in their storage order:
+"""Square categories of residual patching (a partition of the 64 squares), in their storage
+order:
 
 - ``first_target``: target square of PV[0] (the move being scored);
 - ``third_target``: target square of PV[2] exactly (the player's next move);
@@ -55,12 +53,26 @@ CATEGORIES: tuple[str, ...] = ("first_target", "third_target", "later_targets", 
 - ``other``: every remaining square.
 
 A square belongs to one category, the first that applies in the order first_target,
-third_target, corrupted, later_targets, other. Puzzles whose corrupted squares include the 1st or
-3rd target, or whose 1st and 3rd targets coincide, are flagged ``overlap`` and left out of the
-category means (as the paper does).
+third_target, corrupted, later_targets, other. Which puzzles are left out of the category means
+is the overlap rule's (:data:`OVERLAP_RULES`).
 """
 CATEGORY_PRIORITY: tuple[str, ...] = ("first_target", "third_target", "corrupted",
                                       "later_targets", "other")
+FOLLOW_UP = "follow_up_targets"
+"""The paper's "3rd-move target" category: the targets of PV[2:] (its code counts every later
+PV move's target as a follow-up square). Not part of the partition: it is the union of
+``third_target`` and ``later_targets``, equal to the squares of PV[2:]'s targets on every puzzle
+the paper's overlap rule keeps."""
+COLUMNS: tuple[str, ...] = CATEGORIES + (FOLLOW_UP,)
+"""Columns of :func:`category_max`: the five categories, then :data:`FOLLOW_UP`."""
+OVERLAP_RULES: tuple[str, ...] = ("paper", "third_only")
+"""Which puzzles are flagged ``overlap`` (left out of the category means):
+
+- ``paper`` (the paper's notebook, ``other_figures.ipynb`` cell 23): the corrupted squares touch
+  the 1st-move target or a target of PV[2:], or the 1st-move target is among PV[2:]'s targets;
+- ``third_only``: the corrupted squares touch the 1st or the 3rd move's target (PV[2] only), or
+  those two targets coincide.
+"""
 
 RESIDUAL_SITES: tuple[str, ...] = ("resid_post", "resid_mid", "resid_pre")
 """Residual-stream hook sites residual patching can patch (``resid_mid``: transformers only)."""
@@ -75,6 +87,12 @@ PIECE_VARIANTS: tuple[str, ...] = ("main", "other_types", "random_square")
 """Piece-movement-head ablation and its two controls (see :func:`piece_head_ablation`)."""
 PIECE_TYPES: dict[str, int] = {"knight": chess.KNIGHT, "bishop": chess.BISHOP,
                                "rook": chess.ROOK}
+PIECE_RULES: tuple[str, ...] = ("initial", "moved")
+"""Where :func:`moving_piece` reads the piece that plays PV[2]: in the puzzle position
+(``initial``, the paper's) or after PV[0] and PV[1] (``moved``)."""
+RANDOM_KEY_RULES: tuple[str, ...] = ("any", "exclude_third_move")
+"""The ``random_square`` control's key square: any of the 64 tokens (``any``, the paper's), or
+never the 3rd move's target or source (``exclude_third_move``)."""
 
 
 # --------------------------------------------------------------------------- puzzles
@@ -112,13 +130,25 @@ def corrupted_squares(clean: chess.Board, corrupted: chess.Board) -> list[chess.
     return [sq for sq in chess.SQUARES if clean.piece_at(sq) != corrupted.piece_at(sq)]
 
 
-def square_categories(puzzle: Puzzle, input_format: int = 1) -> tuple[np.ndarray, bool]:
+def square_categories(puzzle: Puzzle, input_format: int = 1, *,
+                      overlap_rule: str = "paper") -> tuple[np.ndarray, bool]:
     """Each token's category index (into :data:`CATEGORIES`) and the puzzle's ``overlap`` flag.
 
+    Args:
+        puzzle: the puzzle (its corrupted board, if any, gives the ``corrupted`` squares).
+        input_format: the network's input format (canonical transforms of formats >= 3).
+        overlap_rule: ``paper`` or ``third_only`` (:data:`OVERLAP_RULES`).
+
     Returns:
-        ``(categories, overlap)``: ``int8 [64]`` indexed by token, and True when the corrupted
-        squares include the 1st or 3rd move's target or those two targets coincide.
+        ``(categories, overlap)``: ``int8 [64]`` indexed by token, and whether the puzzle is
+        left out of the category means under ``overlap_rule``.
+
+    Raises:
+        ConfigError: an unknown ``overlap_rule``.
     """
+    if overlap_rule not in OVERLAP_RULES:
+        raise ConfigError(f"unknown overlap rule {overlap_rule!r}; choose from "
+                          f"{list(OVERLAP_RULES)}")
     board = puzzle.clean
     tf = transform_for(board, input_format)
 
@@ -140,7 +170,11 @@ def square_categories(puzzle: Puzzle, input_format: int = 1) -> tuple[np.ndarray
     for name in reversed(CATEGORY_PRIORITY[:-1]):  # higher priority written last
         for t in members[name]:
             cats[t] = CATEGORIES.index(name)
-    overlap = first in corrupt or (third is not None and (third in corrupt or third == first))
+    if overlap_rule == "paper":
+        follow_up = members["third_target"] | members["later_targets"]
+        overlap = bool(corrupt & ({first} | follow_up)) or first in follow_up
+    else:
+        overlap = first in corrupt or (third is not None and (third in corrupt or third == first))
     return cats, overlap
 
 
@@ -152,13 +186,19 @@ def category_max(effects: np.ndarray, categories: np.ndarray) -> np.ndarray:
         categories: ``[puzzle, square]`` category indices (:func:`square_categories`).
 
     Returns:
-        ``[puzzle, layer, category]`` float32; NaN where a category has no square (e.g. no PV[3:])
-        or the puzzle's effects are NaN.
+        ``[puzzle, layer, column]`` float32 in :data:`COLUMNS` order: the five categories, then
+        ``follow_up_targets`` (the max over the ``third_target`` and ``later_targets``
+        squares); NaN where a column has no square (e.g. no PV[3:]) or the puzzle's effects are
+        NaN.
     """
     effects = np.asarray(effects, dtype=np.float64)
-    out = np.full(effects.shape[:2] + (len(CATEGORIES),), np.nan)
-    for c in range(len(CATEGORIES)):
-        mask = (np.asarray(categories) == c)[:, None, :]
+    categories = np.asarray(categories)
+    follow_up = np.isin(categories, [CATEGORIES.index("third_target"),
+                                     CATEGORIES.index("later_targets")])
+    masks = [categories == c for c in range(len(CATEGORIES))] + [follow_up]
+    out = np.full(effects.shape[:2] + (len(COLUMNS),), np.nan)
+    for c, mask in enumerate(masks):
+        mask = mask[:, None, :]
         has = mask.any(axis=2)
         vals = np.where(mask, effects, -np.inf).max(axis=2)
         out[..., c] = np.where(has & np.isfinite(vals), vals, np.nan)
@@ -212,14 +252,16 @@ class Prepared:
         legal: legal-move mask ``[P, 1858]``.
         first, third, source3: tokens of PV[0]'s target, PV[2]'s target and PV[2]'s source
             (-1 where the PV is shorter than 3 moves) ``[P]``.
-        categories: ``int8 [P, 64]`` square categories; ``overlap``: bool ``[P]``.
+        categories: ``int8 [P, 64]`` square categories; ``overlap``: bool ``[P]`` under the
+            overlap rule the chunk was prepared with (:data:`OVERLAP_RULES`).
         corrupted_ok: bool ``[P]``: the puzzle has a usable corrupted board;
         skip_reason: why not ("" when usable).
         clean_log_odds, corrupted_log_odds: float64 ``[P]`` (NaN without a corrupted board).
         clean_top_is_pv0: bool ``[P]``: the network's own argmax (legal moves) is PV[0].
     """
 
-    def __init__(self, net, puzzles: Sequence[Puzzle], batch_size: int) -> None:
+    def __init__(self, net, puzzles: Sequence[Puzzle], batch_size: int, *,
+                 overlap_rule: str = "paper") -> None:
         self.net = net
         self.puzzles = list(puzzles)
         self.batch_size = int(batch_size)
@@ -234,19 +276,18 @@ class Prepared:
             bad = [p.pv[0].uci() for p, ok in zip(
                 self.puzzles, self.legal[torch.arange(self.n), self.move]) if not ok]
             raise ValueError(f"PV[0] is illegal on its clean board: {bad!r}")
-        self.first = np.full(self.n, -1, np.int64)
-        self.third = np.full(self.n, -1, np.int64)
-        self.source3 = np.full(self.n, -1, np.int64)
+        squares = np.array([[p.pv[0].to_square] + ([p.pv[2].to_square, p.pv[2].from_square]
+                                                   if len(p.pv) > 2 else [-1, -1])
+                            for p in self.puzzles], np.int64).reshape(self.n, 3)
+        self.first, self.third, self.source3 = squares_to_tokens(
+            squares, [p.clean.turn for p in self.puzzles], self.transforms).T.copy()
         self.categories = np.zeros((self.n, 64), np.int8)
         self.overlap = np.zeros(self.n, bool)
         self.corrupted_ok = np.zeros(self.n, bool)
         self.skip_reason = [""] * self.n
         for i, (p, tf) in enumerate(zip(self.puzzles, self.transforms)):
-            self.first[i] = square_to_token(p.pv[0].to_square, p.clean.turn, tf)
-            if len(p.pv) > 2:
-                self.third[i] = square_to_token(p.pv[2].to_square, p.clean.turn, tf)
-                self.source3[i] = square_to_token(p.pv[2].from_square, p.clean.turn, tf)
-            self.categories[i], self.overlap[i] = square_categories(p, fmt)
+            self.categories[i], self.overlap[i] = square_categories(p, fmt,
+                                                                    overlap_rule=overlap_rule)
             if p.corrupted is None:
                 self.skip_reason[i] = "no corrupted board"
             elif p.corrupted.turn != p.clean.turn:
@@ -322,10 +363,11 @@ class Prepared:
 
 
 def prepare(net, puzzles: Sequence[Puzzle], *, batch_size: int = 256,
-            clean_hooks: Iterable[str] = (), corrupted_hooks: Iterable[str] = ()) -> Prepared:
+            clean_hooks: Iterable[str] = (), corrupted_hooks: Iterable[str] = (),
+            overlap_rule: str = "paper") -> Prepared:
     """A :class:`Prepared` chunk, with ``clean_hooks`` / ``corrupted_hooks`` cached up front
-    (one forward pass each)."""
-    prep = Prepared(net, puzzles, batch_size)
+    (one forward pass each) and ``overlap`` flagged by ``overlap_rule``."""
+    prep = Prepared(net, puzzles, batch_size, overlap_rule=overlap_rule)
     prep.cache("clean", list(clean_hooks))
     corrupted_hooks = list(corrupted_hooks)
     if corrupted_hooks and any(prep.corrupted_ok):
@@ -581,29 +623,19 @@ def head_ablation(prep: Prepared, method: str, *, mean_z: torch.Tensor | None = 
 # --------------------------------------------------------------------------- single edge
 
 
-def resolve_head(net, layer: int, head: int, *, clamp: bool = False) -> tuple[int, int]:
-    """Check ``(layer, head)`` against the network's sizes.
-
-    Args:
-        clamp: out-of-range indices become the last layer / head (logged as a warning) instead
-            of raising.
+def resolve_head(net, layer: int, head: int) -> tuple[int, int]:
+    """Check ``(layer, head)`` against the network's sizes; returns it as plain ints.
 
     Raises:
-        ConfigError: the net has no heads, an index is negative, or (without ``clamp``) too big.
+        ConfigError: the net has no heads, or an index is negative or past the net's last
+            layer / head.
     """
     _require_heads(net)
     n_layers, n_heads = net.config.n_layers, net.config.n_heads
-    if layer < 0 or head < 0:
-        raise ConfigError(f"layer and head must be >= 0, got layer={layer!r} head={head!r}")
-    if layer < n_layers and head < n_heads:
-        return int(layer), int(head)
-    if not clamp:
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
         raise ConfigError(f"(layer {layer!r}, head {head!r}) is outside this net: layers "
-                          f"0..{n_layers - 1}, heads 0..{n_heads - 1} (or set clamp=true)")
-    new = (min(layer, n_layers - 1), min(head, n_heads - 1))
-    log.warning("(layer %d, head %d) is outside this net (%d layers, %d heads); using "
-                "(layer %d, head %d)", layer, head, n_layers, n_heads, *new)
-    return new
+                          f"0..{n_layers - 1}, heads 0..{n_heads - 1}")
+    return int(layer), int(head)
 
 
 @dataclass
@@ -713,18 +745,34 @@ def edge_ablation(prep: Prepared, layer: int, head: int, *, full_sweep: bool = F
 # --------------------------------------------------------------------------- piece heads
 
 
-def moving_piece(puzzle: Puzzle) -> str:
-    """Name (``knight``/``bishop``/``rook``) of the piece that plays PV[2], else ``""``.
+def moving_piece(puzzle: Puzzle, rule: str = "initial") -> str:
+    """Name (``knight``/``bishop``/``rook``) of the piece type that plays PV[2], else ``""``.
 
-    The piece is read on the board *after* PV[0] and PV[1] (the piece that actually moves; the
-    paper's code looked at PV[2]'s source square in the initial position, which names the wrong
-    piece when it moved there during PV[0]).
+    Args:
+        puzzle: the puzzle.
+        rule: where the piece is read (:data:`PIECE_RULES`). ``initial`` (the paper's): on
+            PV[2]'s source square in the puzzle position, before PV[0]. ``moved``: on that
+            square after PV[0] and PV[1].
+
+    The two rules never name different pieces: a piece of the side to move on PV[2]'s source
+    square in the puzzle position is the piece that plays PV[2] (the opponent's PV[1] cannot put
+    one there, and if PV[0] moved it away, PV[2] could not move from that square). They differ
+    on puzzles whose PV[2] piece *arrived* on its source square with PV[0] (including a
+    castling rook and a promoted piece): PV[0] moves onto an empty or an enemy square, so
+    ``initial`` finds no piece of the side to move there and leaves the puzzle out; ``moved``
+    keeps it.
+
+    Raises:
+        ConfigError: an unknown ``rule``.
     """
+    if rule not in PIECE_RULES:
+        raise ConfigError(f"unknown piece rule {rule!r}; choose from {list(PIECE_RULES)}")
     if len(puzzle.pv) < 3:
         return ""
     board = puzzle.clean.copy(stack=False)
-    board.push(puzzle.pv[0])
-    board.push(puzzle.pv[1])
+    if rule == "moved":
+        board.push(puzzle.pv[0])
+        board.push(puzzle.pv[1])
     piece = board.piece_at(puzzle.pv[2].from_square)
     if piece is None or piece.color != puzzle.clean.turn:
         return ""
@@ -772,34 +820,55 @@ class PieceHeadResult:
     random_key: np.ndarray
 
 
+def random_key_token(rule: str, seed: int, index: int, third: int, source: int) -> int:
+    """The ``random_square`` control's key token for puzzle ``index`` (seeded by ``seed`` and
+    ``index``): any of the 64 tokens (``rule="any"``) or any but the 3rd move's target ``third``
+    and source ``source`` (``"exclude_third_move"``).
+
+    Raises:
+        ConfigError: an unknown ``rule`` (:data:`RANDOM_KEY_RULES`).
+    """
+    if rule not in RANDOM_KEY_RULES:
+        raise ConfigError(f"unknown random_key rule {rule!r}; choose from "
+                          f"{list(RANDOM_KEY_RULES)}")
+    choices = [t for t in range(64) if rule == "any" or t not in (third, source)]
+    rng = np.random.default_rng([seed, index])
+    return choices[int(rng.integers(len(choices)))]
+
+
 def piece_head_ablation(prep: Prepared, head_lists: Mapping[str, Sequence[Sequence[int]]], *,
-                        seed: int = 0, min_pv_length: int = 5) -> PieceHeadResult:
+                        seed: int = 0, min_pv_length: int = 5, piece_rule: str = "initial",
+                        random_key: str = "any") -> PieceHeadResult:
     """Ablate attention *into* the 3rd move's target square in the heads of the moving piece.
 
     Subset: PV length >= ``min_pv_length`` and PV[2] is played by a knight, bishop or rook
-    (:func:`moving_piece`). For each of the piece type's heads, in every layer they are in,
-    ``pattern[query, key = 3rd-move target]`` is zeroed for every query except the 3rd move's
-    source square (no renormalisation). Controls (the paper's): ``other_types`` ablates the same
-    entries in the other two piece types' heads; ``random_square`` ablates the piece's own heads
-    with a random key square (seeded by ``seed`` and the puzzle's index; never the 3rd move's
-    target or source).
+    (:func:`moving_piece` with ``piece_rule``). For each of the piece type's heads, in every
+    layer they are in, ``pattern[query, key = 3rd-move target]`` is zeroed for every query
+    except the 3rd move's source square (no renormalisation). Controls (the paper's):
+    ``other_types`` ablates the same entries in the other two piece types' heads;
+    ``random_square`` ablates the piece's own heads with a random key square
+    (:func:`random_key_token` with ``random_key``, seeded by ``seed`` and the puzzle's index).
+
+    Raises:
+        ConfigError: an unknown piece type, a head outside the net, or an unknown
+            ``piece_rule`` / ``random_key``.
     """
     net = prep.net
     lists = check_head_lists(net, head_lists)
     n_layers, n_heads = net.config.n_layers, net.config.n_heads
     effects = np.full((prep.n, len(PIECE_VARIANTS)), np.nan, np.float32)
-    pieces = [moving_piece(p) if len(p.pv) >= min_pv_length else "" for p in prep.puzzles]
-    random_key = np.full(prep.n, -1, np.int64)
+    pieces = [moving_piece(p, piece_rule) if len(p.pv) >= min_pv_length else ""
+              for p in prep.puzzles]
+    random_keys = np.full(prep.n, -1, np.int64)
     rows_p, rows_key, rows_mask, rows_v = [], [], [], []
     for i, piece in enumerate(pieces):
         if not piece:
             continue
-        rng = np.random.default_rng([seed, prep.puzzles[i].index])
-        choices = [t for t in range(64) if t not in (prep.third[i], prep.source3[i])]
-        random_key[i] = choices[int(rng.integers(len(choices)))]
+        random_keys[i] = random_key_token(random_key, seed, prep.puzzles[i].index,
+                                          prep.third[i], prep.source3[i])
         others = [pair for name, pairs in lists.items() if name != piece for pair in pairs]
         for v, (heads, key) in enumerate([(lists[piece], prep.third[i]), (others, prep.third[i]),
-                                          (lists[piece], random_key[i])]):
+                                          (lists[piece], random_keys[i])]):
             if not heads:
                 continue
             mask = np.zeros((n_layers, n_heads), bool)
@@ -810,7 +879,7 @@ def piece_head_ablation(prep: Prepared, head_lists: Mapping[str, Sequence[Sequen
             rows_mask.append(mask)
             rows_v.append(v)
     if not rows_p:
-        return PieceHeadResult(effects, pieces, random_key)
+        return PieceHeadResult(effects, pieces, random_keys)
     rp = np.array(rows_p)
     rk = torch.as_tensor(np.array(rows_key))
     rm = torch.as_tensor(np.stack(rows_mask))  # [R, L, H]
@@ -838,4 +907,4 @@ def piece_head_ablation(prep: Prepared, head_lists: Mapping[str, Sequence[Sequen
     logits = run_rows(net, start_layer, len(rp), lambda rows: start[rp[rows]], edits=edits,
                       batch_size=prep.batch_size)
     effects[rp, np.array(rows_v)] = _effects(prep, rp, logits)
-    return PieceHeadResult(effects, pieces, random_key)
+    return PieceHeadResult(effects, pieces, random_keys)

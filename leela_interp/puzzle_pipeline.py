@@ -55,25 +55,26 @@ from leela_interp.corruptions import (
     SelectionThresholds,
     candidate_mask,
     jensen_shannon,
-    log_odds,
+    log_odds_from_log_prob,
     select_corruptions,
 )
-from leela_interp.encoding import encode_bitboards, planes_from_bitboards
+from leela_interp.encoding import (CHESS_NUMBERING, TOKEN_NUMBERING, encode_bitboards,
+                                   planes_from_bitboards, squares_to_tokens, transform_for)
 from leela_interp.errors import ConfigError
 from leela_interp.lc0.weights import sha256_file
 from leela_interp.oracle import Oracle, OracleConfig, PuzzleVerdict, find_stockfish
 from leela_interp.policy import NUM_MOVES, legal_mask, legal_moves_and_indices, policy_index, \
     policy_move
 from leela_interp.puzzle_set import GROUP, PuzzleSet
-from leela_interp.puzzles import FILTER_REASONS, READ_ERRORS, REJECT_REASONS, Puzzle, \
-    PuzzleReader
+from leela_interp.puzzles import FILTER_REASONS, HISTORIES, READ_ERRORS, REJECT_REASONS, \
+    Puzzle, PuzzleReader
 from leela_interp.results import STR, config_hash, is_complete, label_axes, open_partial, \
     partial_path, read_strings
 
 log = logging.getLogger(__name__)
 
 #: ``schema`` attribute of ``puzzles.h5``.
-SCHEMA = "leela_interp.puzzles/1"
+SCHEMA = "leela_interp.puzzles/2"
 #: Backends that can run the networks.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 #: The filter funnel, in order: ``read`` is every puzzle the reader kept; each later entry counts
@@ -111,7 +112,7 @@ class FilterConfig:
     """``correct``: strong net's P(PV[i]) must be *above* this at every solver ply (0, 2, ...)."""
     forcing_min_weak_prob: float | None = 0.7
     """``forcing``: weak net's P(PV[1]) (the opponent's reply) must be *above* this."""
-    unique: bool = True
+    unique: bool = False
     """``unique``: every solver move is Stockfish's best and beats the second by the oracle's
     ``margin_cp`` (needs the oracle)."""
 
@@ -149,6 +150,11 @@ class PipelineConfig:
     """float32, float16 or bfloat16 (native modules)."""
     batch_size: int = 256
     """Positions per forward pass."""
+    history: str = "none"
+    """What history the networks see for a puzzle (:data:`~leela_interp.puzzles.HISTORIES`):
+    ``none`` (the bare position after the setup move; the paper's) or ``setup`` (the setup move
+    and the PV moves so far as history; corruptions then edit every history position). Used for
+    every network pass of this stage and recorded in ``puzzles.h5`` for the later stages."""
     threads: int | None = None
     """CPU threads of the network passes (torch intra-op, or onnxruntime's); None = leave
     torch's setting / onnxruntime's default. On a busy machine 1 can be much faster."""
@@ -162,7 +168,7 @@ class PipelineConfig:
     chunk_size: int = 1000
     """Valid puzzles per chunk: the unit of work and of resumption."""
     filters: FilterConfig = field(default_factory=FilterConfig)
-    oracle_enabled: bool = True
+    oracle_enabled: bool = False
     """Run Stockfish on puzzles that pass the network filters (evaluations are stored)."""
     oracle: OracleConfig = field(default_factory=OracleConfig)
     oracle_cache: str | None = "oracle_cache.sqlite"
@@ -175,6 +181,9 @@ class PipelineConfig:
     """Corruption selection criteria (paper defaults)."""
 
     def __post_init__(self) -> None:
+        if self.history not in HISTORIES:
+            raise ConfigError(f"puzzles.history must be one of {list(HISTORIES)}, "
+                              f"got {self.history!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"puzzles.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
@@ -204,7 +213,7 @@ class PipelineConfig:
             filters = dict(puzzles.get("filters") or {})
             oracle = dict(puzzles.get("oracle") or {})
             corruptions = dict(puzzles.get("corruptions") or {})
-            oracle_enabled = bool(oracle.pop("enabled", True))
+            oracle_enabled = bool(oracle.pop("enabled", False))
             oracle_cache = oracle.pop("cache", "oracle_cache.sqlite")
             corruptions_enabled = bool(corruptions.pop("enabled", True))
             require = bool(corruptions.pop("required", False))
@@ -218,6 +227,7 @@ class PipelineConfig:
                 device=model.get("device"),
                 dtype=model.get("dtype", "float32"),
                 batch_size=int(model.get("batch_size", 256)),
+                history=puzzles.get("history", "none"),
                 threads=puzzles.get("threads"),
                 limit=puzzles.get("limit"),
                 min_rating=puzzles.get("min_rating"),
@@ -342,25 +352,28 @@ def evaluate_moves(net, boards: Sequence[chess.Board], moves: Sequence[chess.Mov
     return result
 
 
-def _untransformed(probs: torch.Tensor, batch: _Batch) -> torch.Tensor:
-    """``probs`` ``[b, 1858]`` re-indexed from each board's canonical frame to transform 0."""
+def _untransformed(values: torch.Tensor, batch: _Batch, fill: float) -> torch.Tensor:
+    """``values`` ``[b, 1858]`` re-indexed from each board's canonical frame to transform 0;
+    indices of no legal move get ``fill``."""
     if not np.any(batch.transforms):
-        return probs
-    out = probs.clone()
+        return values
+    out = values.clone()
     for j, (board, transform) in enumerate(zip(batch.boards, batch.transforms)):
         if transform:
             _, transformed = legal_moves_and_indices(board, int(transform))
             _, plain = legal_moves_and_indices(board, 0)
-            out[j] = 0
-            out[j, torch.from_numpy(plain)] = probs[j, torch.from_numpy(transformed)]
+            out[j] = fill
+            out[j, torch.from_numpy(plain)] = values[j, torch.from_numpy(transformed)]
     return out
 
 
-def _policies(net, boards: Sequence[chess.Board], batch_size: int) -> Iterator[
+def _log_policies(net, boards: Sequence[chess.Board], batch_size: int) -> Iterator[
         tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yields (start, legal-masked policy ``[b, 1858]`` in the transform-0 frame, value ``[b]``)."""
+    """Yields (start, float64 log-probabilities ``[b, 1858]`` of the legal-masked policy in the
+    transform-0 frame (``-inf`` off the legal moves), value ``[b]``)."""
     for start, batch in _forward(net, boards, batch_size):
-        yield start, _untransformed(torch.softmax(batch.logits, dim=-1), batch), batch.value
+        log_p = torch.log_softmax(batch.logits.double(), dim=-1)
+        yield start, _untransformed(log_p, batch, -math.inf), batch.value
 
 
 # ============================================================================ corruptions
@@ -404,10 +417,13 @@ def choose_corruptions(boards: Sequence[chess.Board], moves: Sequence[chess.Move
     owner = candidates.puzzle_index
     total = len(candidates)
     move_index = torch.tensor([policy_index(b, m) for b, m in zip(boards, moves)], dtype=torch.long)
-    clean = torch.zeros((n, NUM_MOVES), dtype=torch.float32)
-    for start, probs, _ in _policies(weak, boards, batch_size):
-        clean[start:start + len(probs)] = probs
-    clean_log_odds = log_odds(clean[torch.arange(n), move_index])
+    # Log-probabilities throughout: the weak net's log-odds are exact even where P(PV[0]) is
+    # tiny on both boards (a clamp would make them equal and pass the criterion).
+    clean_log_p = torch.full((n, NUM_MOVES), -math.inf, dtype=torch.float64)
+    for start, log_p, _ in _log_policies(weak, boards, batch_size):
+        clean_log_p[start:start + len(log_p)] = log_p
+    clean = clean_log_p.exp()
+    clean_log_odds = log_odds_from_log_prob(clean_log_p[torch.arange(n), move_index])
 
     # The strong criteria are the most selective, so the strong net sees every candidate and the
     # weak net only those the strong criteria leave choosable.
@@ -416,26 +432,24 @@ def choose_corruptions(boards: Sequence[chess.Board], moves: Sequence[chess.Move
     clean_value = torch.as_tensor(np.asarray(strong_clean_value, dtype=np.float64))
     bar = tqdm(total=total, unit="board", desc="corruptions", leave=False,
                disable=not progress or None)
-    for start, probs, value in _policies(strong, _LazyBoards(candidates.corruptions),
-                                         batch_size):
-        rows = torch.from_numpy(owner[start:start + len(probs)])
-        stop = start + len(probs)
-        strong_prob[start:stop] = probs[torch.arange(len(probs)), move_index[rows]].double().numpy()
+    for start, log_p, value in _log_policies(strong, _LazyBoards(candidates), batch_size):
+        rows = torch.from_numpy(owner[start:start + len(log_p)])
+        stop = start + len(log_p)
+        strong_prob[start:stop] = log_p[torch.arange(len(log_p)), move_index[rows]].exp().numpy()
         value_drop[start:stop] = (clean_value[rows] - value.double()).numpy()
-        bar.update(len(probs))
+        bar.update(len(log_p))
     choosable = np.flatnonzero((value_drop > thresholds.min_strong_value_drop)
                                & (strong_prob < thresholds.max_strong_prob))
     bar.total = total + len(choosable)
     weak_drop = np.full(total, np.nan)
     jsd = np.full(total, np.nan)
-    sub = _LazyBoards([candidates.corruptions[i] for i in choosable])
-    for start, probs, _ in _policies(weak, sub, batch_size):
-        index = choosable[start:start + len(probs)]
+    for start, log_p, _ in _log_policies(weak, _LazyBoards(candidates, choosable), batch_size):
+        index = choosable[start:start + len(log_p)]
         rows = torch.from_numpy(owner[index])
-        p_move = probs[torch.arange(len(probs)), move_index[rows]]
-        weak_drop[index] = (clean_log_odds[rows] - log_odds(p_move)).numpy()
-        jsd[index] = jensen_shannon(clean[rows].double(), probs.double()).numpy()
-        bar.update(len(probs))
+        lo_move = log_odds_from_log_prob(log_p[torch.arange(len(log_p)), move_index[rows]])
+        weak_drop[index] = (clean_log_odds[rows] - lo_move).numpy()
+        jsd[index] = jensen_shannon(clean[rows], log_p.exp()).numpy()
+        bar.update(len(log_p))
     bar.close()
 
     oracle_drop = None
@@ -452,7 +466,7 @@ def choose_corruptions(boards: Sequence[chess.Board], moves: Sequence[chess.Move
             for i in network_ok:
                 k = owner[i]
                 pairs.append((boards[k].fen(), moves[k]))
-                pairs.append((candidates.corruptions[i].fen, moves[k]))
+                pairs.append((candidates.board(int(i)).fen(), moves[k]))
             scores = np.asarray(oracle.score_moves(pairs), dtype=np.float64).reshape(-1, 2)
             oracle_drop[network_ok] = scores[:, 0] - scores[:, 1]
 
@@ -469,18 +483,20 @@ def choose_corruptions(boards: Sequence[chess.Board], moves: Sequence[chess.Move
 
 
 class _LazyBoards(Sequence):
-    """The boards of a list of corruptions, built when sliced (keeps memory flat)."""
+    """The corrupted boards of a :class:`CandidateBatch` (or of the candidates ``index`` of
+    it), built when sliced (keeps memory flat)."""
 
-    def __init__(self, corruptions: Sequence[Corruption]) -> None:
-        self._corruptions = corruptions
+    def __init__(self, candidates: CandidateBatch, index: np.ndarray | None = None) -> None:
+        self._candidates = candidates
+        self._index = np.arange(len(candidates)) if index is None else np.asarray(index)
 
     def __len__(self) -> int:
-        return len(self._corruptions)
+        return len(self._index)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [c.board() for c in self._corruptions[index]]
-        return self._corruptions[index].board()
+            return [self._candidates.board(int(k)) for k in self._index[index]]
+        return self._candidates.board(int(self._index[index]))
 
 
 # ============================================================================ output layout
@@ -504,6 +520,8 @@ _P = ("puzzle",)
 _PP = ("puzzle", "ply")
 _NAN = np.nan
 _STM = {"pov": "side_to_move"}
+_TOK = {"numbering": TOKEN_NUMBERING}
+_SQ = {"numbering": CHESS_NUMBERING}
 _CP = {"pov": "side_to_move", "units": "centipawns",
        "mate": "mate in n for the side to move = 100000 - n; being mated in n = -(100000 - n)"}
 
@@ -515,7 +533,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("fen", STR, None, "", _P, "Lichess FEN: the position before the setup move"),
     Column("moves", STR, None, "", _P,
            "Lichess Moves: setup move then the PV, UCI, space-separated"),
-    Column("corrupted_fen", STR, None, "", _P, "chosen corrupted board (no history); '' if none"),
+    Column("corrupted_fen", STR, None, "", _P,
+           "chosen corrupted position (the clean position with some pieces changed; FEN with "
+           "en_passant='fen'); the networks' board is built from it and the history setting by "
+           "corruptions.counterfactual_pair; '' if none"),
     Column("different_targets", bool, None, False, _P,
            "targets of PV[0], PV[1], PV[2] are three distinct squares"),
     Column("source_row", np.int64, None, -1, _P,
@@ -523,6 +544,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("rating", np.int32, None, -1, _P, "Lichess puzzle rating; -1 if unknown"),
     Column("themes", STR, None, "", _P, "Lichess themes, space-separated"),
     Column("pv_length", np.int32, None, 0, _P, "plies in the PV (valid columns of [puzzle, ply])"),
+    Column("white_to_move", bool, None, False, _P, "side to move of the clean board (the solver)"),
+    Column("transform", np.int8, None, 0, _P,
+           "canonical transform of the clean board in the strong net's input format (0 = none; "
+           "encoding.transform_for): with white_to_move it maps squares to tokens"),
+    Column("pv_targets", np.int8, 0, -1, _PP,
+           "target square of PV[ply] as a token of the clean board; -1 past pv_length", _TOK),
+    Column("pv_sources", np.int8, 0, -1, _PP,
+           "source square of PV[ply] as a token of the clean board; -1 past pv_length", _TOK),
     Column("strong_pv_prob", np.float32, 0, _NAN, _PP,
            "strong net: P(PV[ply]), legal-masked softmax, temperature 1; NaN past pv_length"),
     Column("weak_pv_prob", np.float32, 0, _NAN, _PP,
@@ -551,8 +580,10 @@ COLUMNS: tuple[Column, ...] = (
            "'remove d5', 'add black pawn e4' or 'move Nf3 to g5'; '' if none"),
     Column("corruption_kind", STR, None, "", _P, "remove_pawn, add_pawn or move_piece; ''"),
     Column("corruption_squares", np.int16, 2, -1, ("puzzle", "changed_square"),
-           "changed squares, python-chess numbering (a1 = 0, h8 = 63): the pawn's square and -1, "
-           "or a move's (from, to); -1 if none"),
+           "changed squares as tokens of the clean board (the numbering of every square axis "
+           "of every file): the pawn's square and -1, or a move's (from, to); -1 if none", _TOK),
+    Column("corruption_squares_chess", np.int16, 2, -1, ("puzzle", "changed_square"),
+           "corruption_squares in python-chess numbering (a1 = 0, h8 = 63); -1 if none", _SQ),
     Column("corruption_candidates", np.int32, None, -1, _P,
            "valid corruption candidates of the puzzle; -1 if not searched"),
     Column("corruption_weak_log_odds_drop", np.float64, None, _NAN, _P,
@@ -690,7 +721,7 @@ class _Pipeline:
         n = len(puzzles)
         width = max((len(p.pv) for p in puzzles), default=0)
         data = {c.name: _block(c, n, width) for c in COLUMNS}
-        boards = [p.boards() for p in puzzles]
+        boards = [p.boards(history=cfg.history) for p in puzzles]
         pv_length = np.array([len(p.pv) for p in puzzles], dtype=np.int32)
         data["pv_length"] = pv_length
 
@@ -742,6 +773,7 @@ class _Pipeline:
                 alive &= data["has_corruption"]
 
         data["source_row"] = np.array([row for row, _ in numbered], dtype=np.int64)
+        _store_tokens(data, boards, puzzles, self.strong.config.input_format)
         for i, puzzle in enumerate(puzzles):
             data["id"][i] = puzzle.id
             data["fen"][i] = puzzle.fen
@@ -768,6 +800,24 @@ def _store_verdict(data: dict[str, np.ndarray], i: int, verdict: PuzzleVerdict) 
     data["unique"][i] = verdict.solver_unique
 
 
+def _store_tokens(data: dict[str, np.ndarray], boards: Sequence[list[chess.Board]],
+                  puzzles: Sequence[Puzzle], input_format: int) -> None:
+    """Side to move, canonical transform and the PV's squares as tokens of the clean board;
+    the corruption's squares as tokens (after :func:`_store_corruptions`)."""
+    for i, (puzzle, plies) in enumerate(zip(puzzles, boards)):
+        clean = plies[0]
+        transform = transform_for(clean, input_format)
+        data["white_to_move"][i] = clean.turn
+        data["transform"][i] = transform
+        moves = puzzle.pv_moves
+        data["pv_targets"][i, :len(moves)] = squares_to_tokens(
+            [[m.to_square for m in moves]], [clean.turn], transform)[0]
+        data["pv_sources"][i, :len(moves)] = squares_to_tokens(
+            [[m.from_square for m in moves]], [clean.turn], transform)[0]
+    data["corruption_squares"][:] = squares_to_tokens(
+        data["corruption_squares_chess"], data["white_to_move"], data["transform"])
+
+
 def _store_corruptions(data: dict[str, np.ndarray], index: np.ndarray,
                        result: CorruptionResult) -> None:
     data["corruption_candidates"][index] = result.n_candidates
@@ -781,7 +831,7 @@ def _store_corruptions(data: dict[str, np.ndarray], index: np.ndarray,
         data["corruption_description"][i] = chosen.description
         data["corruption_kind"][i] = chosen.kind
         squares = list(chosen.squares) + [-1] * (2 - len(chosen.squares))
-        data["corruption_squares"][i] = squares
+        data["corruption_squares_chess"][i] = squares
 
 
 # ============================================================================ the stage
@@ -891,7 +941,8 @@ def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool =
                     after_chunk(index)
             bar.close()
             engine = pipeline.oracle.engine_name if config.oracle_enabled else None
-            _finish(f, group, config, hashed["inputs"], reader, progress, engine)
+            _finish(f, group, config, hashed["inputs"], reader, progress, engine,
+                    strong.config.input_format)
     finally:
         torch.set_num_threads(torch_threads)
         pipeline.close()
@@ -901,12 +952,14 @@ def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool =
 
 
 def _finish(f: h5py.File, group: h5py.Group, config: PipelineConfig, inputs: dict[str, str],
-            reader: PuzzleReader, progress: _Progress, engine: str | None) -> None:
+            reader: PuzzleReader, progress: _Progress, engine: str | None,
+            input_format: int) -> None:
     """Rewrite the PuzzleSet datasets, write the counts and attributes, drop the progress."""
     PuzzleSet(ids=read_strings(group["id"]), fens=read_strings(group["fen"]),
               moves=[m.split() for m in read_strings(group["moves"])],
               corrupted_fens=read_strings(group["corrupted_fen"]),
-              different_targets=group["different_targets"][()].astype(bool)).write(group)
+              different_targets=group["different_targets"][()].astype(bool),
+              history=config.history).write(group)
     for column in COLUMNS:
         if column.name in _PUZZLE_SET_COLUMNS:
             label_axes(group[column.name], *column.axes, description=column.description)
@@ -925,6 +978,7 @@ def _finish(f: h5py.File, group: h5py.Group, config: PipelineConfig, inputs: dic
             sub.attrs[key] = int(table.get(key, 0))
     top.attrs["examples"] = json.dumps(counts.examples, sort_keys=True)
     f.attrs.update({"source": str(config.source), **inputs,
-                    "oracle_engine": engine or ""})
+                    "oracle_engine": engine or "", "history": config.history,
+                    "token_input_format": int(input_format)})
     if "progress" in f.attrs:
         del f.attrs["progress"]

@@ -7,11 +7,13 @@ read it through :class:`PuzzleSet`. Required datasets (one row per kept puzzle):
 - ``fen``: the Lichess FEN, i.e. the position *before* the opponent's setup move.
 - ``moves``: the Lichess ``Moves`` field, space-separated UCI; ``moves[0]`` is the setup move,
   the principal variation (PV) is ``moves[1:]``.
-- ``corrupted_fen``: the counterfactual board (empty string when the puzzle has none).
+- ``corrupted_fen``: the counterfactual position (empty string when the puzzle has none).
 - ``different_targets``: bool, targets of PV[0], PV[1], PV[2] all distinct.
 
-The clean board is ``fen`` with the setup move pushed (so the network sees that move as
-history, as lc0 would); the corrupted board is ``corrupted_fen`` with no history.
+and the group attribute ``history`` (:data:`leela_interp.puzzles.HISTORIES`): what history the
+networks see. Every stage builds a puzzle's boards with :meth:`PuzzleSet.pair` (that is,
+:func:`leela_interp.corruptions.counterfactual_pair`), so the clean and corrupted inputs of
+every network pass differ only by the corruption.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import chess
 import h5py
 import numpy as np
 
+from leela_interp.corruptions import counterfactual_pair
 from leela_interp.errors import ConfigError
+from leela_interp.puzzles import HISTORIES
 from leela_interp.results import read_strings, write_strings
 
 GROUP = "puzzles"
@@ -38,6 +42,13 @@ class PuzzleSet:
     moves: list[list[str]]
     corrupted_fens: list[str]
     different_targets: np.ndarray
+    history: str = "none"
+    """What history the networks see (:data:`leela_interp.puzzles.HISTORIES`)."""
+
+    def __post_init__(self) -> None:
+        if self.history not in HISTORIES:
+            raise ConfigError(f"unknown history {self.history!r}; choose one of "
+                              f"{list(HISTORIES)}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,17 +57,27 @@ class PuzzleSet:
         """The principal variation (solution line, both sides' moves) in UCI."""
         return self.moves[i][1:]
 
+    def pair(self, i: int) -> tuple[chess.Board, chess.Board | None]:
+        """Puzzle ``i``'s (clean, corrupted) boards as the networks see them, with this set's
+        :attr:`history` (:func:`~leela_interp.corruptions.counterfactual_pair`); the corrupted
+        board is ``None`` when the puzzle has none."""
+        return counterfactual_pair(self.fens[i], self.moves[i], self.corrupted_fens[i],
+                                   history=self.history)
+
     def clean_board(self, i: int) -> chess.Board:
-        """The puzzle position: ``fen`` with the setup move pushed (one move of history)."""
-        board = chess.Board(self.fens[i])
-        board.push_uci(self.moves[i][0])
-        return board
+        """The puzzle position (after the setup move) with this set's :attr:`history`."""
+        return self.pair(i)[0]
 
     def corrupted_board(self, i: int) -> chess.Board:
-        """The counterfactual board (no history). Raises ``ValueError`` if there is none."""
-        if not self.corrupted_fens[i]:
+        """The counterfactual board (same history as :meth:`clean_board`).
+
+        Raises:
+            ValueError: the puzzle has no corrupted board.
+        """
+        corrupted = self.pair(i)[1]
+        if corrupted is None:
             raise ValueError(f"puzzle {self.ids[i]!r} has no corrupted board")
-        return chess.Board(self.corrupted_fens[i])
+        return corrupted
 
     def clean_boards(self) -> list[chess.Board]:
         return [self.clean_board(i) for i in range(len(self))]
@@ -79,10 +100,16 @@ class PuzzleSet:
             if GROUP not in f:
                 raise ConfigError(f"{path} has no /{GROUP} group; is it a puzzles.h5?")
             g = f[GROUP]
+            if "history" not in g.attrs:
+                raise ConfigError(f"{path} was written by an older leela-interp (no "
+                                  f"/{GROUP} history attribute): rerun the puzzles stage "
+                                  f"(leela-interp stage=puzzles force=true "
+                                  f"out_dir={path.parent})")
             return cls(ids=read_strings(g["id"]), fens=read_strings(g["fen"]),
                        moves=[m.split() for m in read_strings(g["moves"])],
                        corrupted_fens=read_strings(g["corrupted_fen"]),
-                       different_targets=g["different_targets"][()].astype(bool))
+                       different_targets=g["different_targets"][()].astype(bool),
+                       history=str(g.attrs["history"]))
 
     def write(self, group: h5py.Group) -> None:
         """Write the required datasets into ``group`` (normally ``f.require_group("puzzles")``)."""
@@ -93,3 +120,4 @@ class PuzzleSet:
         if "different_targets" in group:
             del group["different_targets"]
         group.create_dataset("different_targets", data=np.asarray(self.different_targets, bool))
+        group.attrs["history"] = self.history

@@ -15,7 +15,9 @@ python-chess; a row that fails is counted under one reason in :class:`ReadCounts
 never raised and never dropped silently. A truncated or damaged ``.zst`` stops the read with a
 count under ``ReadCounts.read_errors``; the rows before the damage are kept, except those in the
 damaged zstd block (zstd decodes whole blocks of up to 128 KiB of text; the stream is fed to the
-decoder block by block).
+decoder block by block). Damage that still decodes is caught only by the frame's checksum (the
+``zstd`` command writes one) at the frame's end: the rows are then read and validated as they
+decoded, and the mismatch is counted under ``corrupt_input``.
 
 >>> puzzle = Puzzle(id="0000D", fen="5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27",
 ...                 moves=["d3d6", "f8d8", "d6d8", "f6d8"])
@@ -103,6 +105,15 @@ DEFAULT_EXCLUDE_THEMES: tuple[str, ...] = ("mateIn1",)
 #: The longest line read as a row (bytes); Lichess rows are under 1 KiB.
 MAX_LINE_BYTES = 1 << 16
 
+#: What history the networks see for a puzzle (the ``puzzles.history`` setting, recorded in
+#: ``puzzles.h5``):
+#:
+#: - ``"none"``: the bare position after the setup move, as its FEN (lc0's ``fen_only`` fill
+#:   repeats it in the history planes). What the paper's weak net saw; the default.
+#: - ``"setup"``: the setup move (and, before later PV plies, the PV moves so far) as history;
+#:   a corrupted board then gets its corruption in every history position too.
+HISTORIES: tuple[str, ...] = ("none", "setup")
+
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BOM = b"\xef\xbb\xbf"
 _CHUNK_BYTES = 1 << 20
@@ -114,6 +125,28 @@ _NUMERIC_COLUMNS = {
 }
 # How many example messages ReadCounts keeps per reason.
 _MAX_EXAMPLES = 5
+
+
+def without_history(board: chess.Board) -> chess.Board:
+    """The position of ``board`` with an empty move stack, as its FEN describes it.
+
+    Built from ``board.fen()``, so an en-passant square is kept only when an en-passant capture
+    is legal (python-chess, Lichess and lc0 write FENs that way), and lc0's encoder, which trusts
+    a FEN's en-passant square, sees what it would see for that FEN.
+
+    >>> board = chess.Board()
+    >>> _ = board.push_uci("e2e4")
+    >>> bare = without_history(board)
+    >>> bare.move_stack, bare.ep_square, board.ep_square == chess.E3
+    ([], None, True)
+    """
+    return chess.Board(board.fen())
+
+
+def _check_history(history: str) -> str:
+    if history not in HISTORIES:
+        raise ConfigError(f"unknown history {history!r}; choose one of {list(HISTORIES)}")
+    return history
 
 
 class InvalidPuzzleError(LeelaInterpError, ValueError):
@@ -244,15 +277,17 @@ class Puzzle:
         """The position of ``fen``, before the setup move."""
         return chess.Board(self.fen)
 
-    def board(self) -> chess.Board:
+    def board(self, *, history: str = "setup") -> chess.Board:
         """The puzzle position: after the setup move ``moves[0]``, the solver to move.
 
-        The returned board has the setup move on its move stack (``board.peek()``); use
-        ``chess.Board(board.fen())`` for a board without history.
+        Args:
+            history: what history the board carries (:data:`HISTORIES`): ``"setup"`` (the
+                default here) keeps the setup move on the move stack (``board.peek()``);
+                ``"none"`` gives the bare position (:func:`without_history`).
         """
         board = self.initial_board()
         board.push_uci(self.moves[0])
-        return board
+        return without_history(board) if _check_history(history) == "none" else board
 
     @property
     def pv(self) -> list[str]:
@@ -264,15 +299,18 @@ class Puzzle:
         """:attr:`pv` as :class:`chess.Move` objects."""
         return [chess.Move.from_uci(uci) for uci in self.pv]
 
-    def boards(self) -> list[chess.Board]:
+    def boards(self, *, history: str = "setup") -> list[chess.Board]:
         """The position before each PV ply: ``boards()[i]`` is where ``pv[i]`` is played.
 
-        ``boards()[0]`` equals :meth:`board`. Each board carries the moves before it on its stack.
+        ``boards(history=h)[0]`` equals :meth:`board` with the same ``history``. With
+        ``"setup"`` each board carries the setup move and the PV moves before it on its stack;
+        with ``"none"`` each is the bare position (:func:`without_history`).
         """
+        none = _check_history(history) == "none"
         board = self.board()
         boards = []
         for move in self.pv_moves:
-            boards.append(board.copy())
+            boards.append(without_history(board) if none else board.copy())
             board.push(move)
         return boards
 

@@ -26,7 +26,8 @@ is never trusted and never crashes the rerun. ``docs/reliability.md`` has the ar
 kill at any instant is safe, and how a stage writes its file.
 
 Root attributes every result file carries: ``schema`` (file kind and version), ``config_hash``
-and ``config`` (the stage's resolved config as JSON), ``leela_interp_version``, ``complete``.
+and ``config`` (the stage's resolved config as JSON), ``leela_interp_version``, ``command`` (the
+command line, ``sys.argv``), ``git_commit`` (:func:`git_commit`), ``complete``.
 
 For tests, :func:`write_point` marks every step of the life cycle at which a kill is
 interesting; the environment variable :data:`FAULT_ENV` kills (or raises in) the process at the
@@ -37,12 +38,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -71,6 +76,21 @@ def config_hash(config: Mapping) -> str:
     """A stable sha256 of a (JSON-serialisable) config mapping; keys are sorted."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def git_commit() -> str:
+    """The package checkout's ``git`` commit (``-dirty`` appended when tracked files differ from
+    it), or ``"unknown"`` outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        run = functools.partial(subprocess.run, cwd=here, capture_output=True, text=True,
+                                check=True, timeout=10)
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 # --------------------------------------------------------------------------- fault points
@@ -146,6 +166,8 @@ def _root_attrs(f: h5py.File, schema: str, config: Mapping, digest: str) -> None
     f.attrs["config_hash"] = digest
     f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
     f.attrs["leela_interp_version"] = __version__
+    f.attrs["command"] = shlex.join(sys.argv)
+    f.attrs["git_commit"] = git_commit()
     f.attrs["complete"] = False
 
 
@@ -339,8 +361,10 @@ class ChunkedOutput:
     def _load(self, file: Path) -> Chunk:
         with h5py.File(file, "r") as f:
             meta = str(f.attrs["meta"])
-            arrays = {name: _normalise(ds.asstr()[()] if h5py.check_string_dtype(ds.dtype)
-                                       else ds[()]) for name, ds in f.items()}
+            arrays: dict[str, np.ndarray] = {}
+            f.visititems(lambda name, ds: arrays.__setitem__(name, _normalise(
+                ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]))
+                if isinstance(ds, h5py.Dataset) else None)
             if f.attrs["config_hash"] != self.digest:
                 raise ValueError("it was made under another config")
             if f.attrs["sha256"] != _digest(arrays, meta):
@@ -353,7 +377,8 @@ class ChunkedOutput:
         Args:
             key: a non-negative int; chunks are assembled in key order. Committing a key again
                 replaces that chunk.
-            arrays: name -> numeric array, or sequence of ``str``.
+            arrays: name -> numeric array, or sequence of ``str``; a name may hold slashes
+                (``"residual/resid_post/effect"``).
             meta: JSON-able values kept with the chunk (counts, progress markers).
         """
         key = int(key)
@@ -386,8 +411,10 @@ class ChunkedOutput:
             yield self.read(key)
 
     def concat(self, name: str) -> np.ndarray:
-        """Array ``name`` of every committed chunk, concatenated along axis 0 in key order."""
-        return np.concatenate([chunk.arrays[name] for chunk in self.chunks()])
+        """Array ``name`` of every committed chunk that has one, concatenated along axis 0 in
+        key order (so per-row chunks and a chunk of other arrays can share an output)."""
+        return np.concatenate([chunk.arrays[name] for chunk in self.chunks()
+                               if name in chunk.arrays])
 
     def finish(self, write: Callable[[h5py.File], None]) -> Path:
         """Write the final file: root attributes, then ``write(f)`` (datasets, attributes, from
@@ -660,11 +687,7 @@ def open_partial(path: str | Path, *, schema: str, config: Mapping,
     path.parent.mkdir(parents=True, exist_ok=True)
     f = _open_h5(tmp, "a")
     try:
-        f.attrs["schema"] = schema
-        f.attrs["config_hash"] = digest
-        f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
-        f.attrs["leela_interp_version"] = __version__
-        f.attrs["complete"] = False
+        _root_attrs(f, schema, config, digest)
         yield f
         f.attrs["complete"] = True
     finally:

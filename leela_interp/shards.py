@@ -56,6 +56,7 @@ def merge_puzzles(paths: list[str | Path], out: str | Path) -> Path:
                 if key not in ("complete", "config", "config_hash"):
                     dst.attrs[key] = value
             group = dst.create_group(GROUP)
+            group.attrs.update(dict(files[0][GROUP].attrs))
             for name, first in files[0][GROUP].items():
                 parts = [_read(f[GROUP][name]) for f in files]
                 if first.ndim == 2 and first.maxshape[1] is None:  # per-ply: pad to widest

@@ -20,6 +20,7 @@ from leela_interp.corruptions import (
     corruption_candidates,
     jensen_shannon,
     log_odds,
+    log_odds_from_log_prob,
     score_candidates,
     select_corruption,
     select_corruptions,
@@ -41,6 +42,16 @@ DESCRIPTION = re.compile(
 )
 
 
+def _history(board: chess.Board) -> list[chess.Board]:
+    """Every position of ``board``'s game, the root first."""
+    b = board.root()
+    out = [b.copy(stack=False)]
+    for move in board.move_stack:
+        b.push(move)
+        out.append(b.copy(stack=False))
+    return out
+
+
 def changed_squares(before: chess.Board, after: chess.Board) -> set[chess.Square]:
     a, b = before.piece_map(), after.piece_map()
     return {square for square in chess.SQUARES if a.get(square) != b.get(square)}
@@ -53,11 +64,20 @@ def check_candidates(board: chess.Board, move: chess.Move, candidates: list[Corr
     first_move = kinds.index("move_piece") if "move_piece" in kinds else len(kinds)
     assert all(kind == "move_piece" for kind in kinds[first_move:])  # pawn edits come first
     for candidate in candidates:
-        corrupted = candidate.board()
+        corrupted = candidate.apply(board)
         assert corrupted.is_valid() and move in corrupted.legal_moves
-        assert corrupted.move_stack == []
+        assert corrupted.move_stack == board.move_stack  # same history, same moves
         assert DESCRIPTION.fullmatch(candidate.description), candidate.description
         assert changed_squares(board, corrupted) == set(candidate.squares)
+        assert {sq for sq, _ in candidate.pieces} == set(candidate.squares)
+        # Nothing but pieces changes: side to move, castling, en passant, counters.
+        assert (corrupted.turn, corrupted.clean_castling_rights(), corrupted.ep_square,
+                corrupted.halfmove_clock, corrupted.fullmove_number) == (
+            board.turn, board.clean_castling_rights(), board.ep_square, board.halfmove_clock,
+            board.fullmove_number)
+        assert chess.Board(candidate.fen).board_fen() == corrupted.board_fen()
+        for before, after in zip(_history(board), _history(corrupted)):  # every position
+            assert changed_squares(before, after) <= set(candidate.squares)
         assert corrupted.turn == board.turn and corrupted.castling_rights == board.castling_rights
         names = [chess.square_name(s) for s in candidate.squares]
         if candidate.kind == "remove_pawn":
@@ -110,13 +130,37 @@ def test_moving_a_castling_rook_or_king_is_dropped_as_invalid():
     assert "move Ra1 to b1" in descriptions
 
 
-def test_history_is_ignored():
+def test_a_board_with_history_gets_the_corruption_in_every_position():
     board = chess.Board()
     for uci in ("e2e4", "e7e5", "g1f3"):
         board.push_uci(uci)
     candidates = corruption_candidates(board, "b8c6")
-    assert candidates and all(c.board().move_stack == [] for c in candidates)
     check_candidates(board, chess.Move.from_uci("b8c6"), candidates)
+    descriptions = {c.description for c in candidates}
+    # The knight that just moved cannot be moved back in history; e4/e5/f3 edits break the replay.
+    assert "move Nf3 to h4" not in descriptions and "remove e4" not in descriptions
+    assert "remove a2" in descriptions and "remove a7" in descriptions
+    bare = chess.Board(board.fen())  # the same position without history: more candidates
+    assert descriptions < {c.description for c in corruption_candidates(bare, "b8c6")}
+
+
+def test_en_passant_square_survives_the_corruption():
+    # After d7d5, white's e5 pawn may capture en passant: the FEN keeps "d6".
+    board = chess.Board("4k3/3p4/8/4P3/8/8/8/4K3 b - - 0 1")
+    board.push_uci("d7d5")
+    bare = chess.Board(board.fen())
+    assert bare.ep_square == chess.D6
+    added = next(c for c in corruption_candidates(bare, "e5d6")
+                 if c.description == "add black pawn a6")
+    assert added.apply(bare).ep_square == chess.D6
+    # Removing the capturer keeps the (now uncapturable) square: lc0 trusts a FEN's square, so
+    # the corrupted input still has the same en-passant history as the clean one.
+    rook = chess.Board("4k3/3p4/8/4P3/8/8/8/R3K3 b - - 0 1")
+    rook.push_uci("d7d5")
+    bare = chess.Board(rook.fen())
+    moved = [c for c in corruption_candidates(bare, "a1a8") if c.squares == (chess.E5,)]
+    assert moved and all(c.apply(bare).ep_square == chess.D6 for c in moved)
+    assert all(chess.Board(c.fen).ep_square == chess.D6 for c in moved)
 
 
 def test_candidate_batch_offsets():
@@ -127,7 +171,8 @@ def test_candidate_batch_offsets():
     assert batch.corruptions == first + second
     assert batch.offsets.tolist() == [0, len(first), len(first) + len(second)]
     assert batch.puzzle_index.tolist() == [0] * len(first) + [1] * len(second)
-    assert [b.fen() for b in batch.boards()] == [c.fen for c in batch.corruptions]
+    assert [b.fen(en_passant="fen") for b in batch.boards()] == [c.fen for c in batch.corruptions]
+    assert batch.board(len(first)).fen(en_passant="fen") == second[0].fen
     empty = CandidateBatch.build([], [])
     assert len(empty) == 0 and empty.offsets.tolist() == [0]
     with pytest.raises(ValueError):
@@ -167,12 +212,24 @@ def test_jensen_shannon_matches_the_definition():
     assert torch.allclose(jensen_shannon(p.T, q.T, dim=0), got)
 
 
-def test_log_odds_is_finite_at_zero_and_one():
-    p = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0])
+def test_log_odds_has_no_clamp():
+    p = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0, 1e-9, 1e-12])
     got = log_odds(p)
-    assert torch.isfinite(got).all() and got.dtype == torch.float64
+    assert got.dtype == torch.float64
     assert got[1:4].tolist() == pytest.approx([math.log(0.25 / 0.75), 0.0, math.log(0.9 / 0.1)])
-    assert got[0].item() == pytest.approx(-got[4].item())
+    assert got[0].item() == -math.inf and got[4].item() == math.inf
+    # Two tiny probabilities keep their difference (a clamp at 1e-6 made it 0).
+    assert (got[5] - got[6]).item() == pytest.approx(math.log(1000), rel=1e-6)
+
+
+def test_log_odds_from_log_prob_is_exact_in_the_tails():
+    log_p = torch.tensor([-1e-15, math.log(0.5), -50.0, -800.0, 0.0], dtype=torch.float64)
+    got = log_odds_from_log_prob(log_p)
+    assert got[0].item() == pytest.approx(math.log(1 / 1e-15), rel=1e-9)
+    assert got[1].item() == pytest.approx(0.0, abs=1e-12)
+    assert got[2].item() == pytest.approx(-50.0, abs=1e-12)
+    assert got[3].item() == -800.0  # p = e^-800 underflows as a probability
+    assert got[4].item() == math.inf
 
 
 # --- selection ----------------------------------------------------------------------------------
@@ -268,9 +325,7 @@ def test_score_candidates_from_network_outputs():
         strong_corrupted_policy=strong_corrupted,
     )
     assert scores.weak_log_odds_drop[[0, 1, 3]] == pytest.approx([0.0, math.log(0.8 / 0.2), 0.0])
-    assert scores.weak_log_odds_drop[2] == pytest.approx(
-        -log_odds(torch.tensor(0.0)).item()
-    )  # clamped
+    assert scores.weak_log_odds_drop[2] == math.inf  # P falls to 0: no clamp
     assert scores.strong_value_drop == pytest.approx([0.0, 0.6, 1.8, 1.0])
     assert scores.strong_prob == pytest.approx([0.9, 0.05, 0.0, 0.05])
     assert scores.jsd == pytest.approx(
@@ -306,10 +361,11 @@ def sample_puzzles():
     return puzzles[:20]
 
 
-def test_real_puzzles_have_sound_candidates(sample_puzzles):
-    batch = CandidateBatch.build(
-        [p.board() for p in sample_puzzles], [p.pv[0] for p in sample_puzzles]
-    )
+@pytest.mark.parametrize("history", ["none", "setup"])
+def test_real_puzzles_have_sound_candidates(sample_puzzles, history):
+    boards = [p.board(history=history) for p in sample_puzzles]
+    batch = CandidateBatch.build(boards, [p.pv[0] for p in sample_puzzles])
     assert all(np.diff(batch.offsets) > 0)  # every real puzzle has some candidates
-    for puzzle, start, stop in zip(sample_puzzles, batch.offsets[:-1], batch.offsets[1:]):
-        check_candidates(puzzle.board(), puzzle.pv_moves[0], batch.corruptions[start:stop])
+    for board, puzzle, start, stop in zip(boards, sample_puzzles, batch.offsets[:-1],
+                                          batch.offsets[1:]):
+        check_candidates(board, puzzle.pv_moves[0], batch.corruptions[start:stop])

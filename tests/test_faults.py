@@ -154,11 +154,21 @@ def cli_args(out: Path, net: Path, stage: str) -> list[str]:
             "activations.batch_size=3"]
 
 
+def cli_reference(tmp_path: Path, net: Path, inputs: Path) -> tuple[Path, Path]:
+    """An uninterrupted ``leela-interp stage=activations`` in ``tmp_path/run``, moved to
+    ``tmp_path/reference``; then ``run`` holds the inputs again. Same folder, same command: the
+    files' ``command`` attributes agree."""
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    done = faults.cli(cli_args(copy_inputs(inputs, run), net, "activations"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run.rename(ref)
+    return ref, copy_inputs(inputs, run)
+
+
 def test_cli_killed_then_the_same_command_equals_uninterrupted(tmp_path, net, activations_inputs):
-    """The real ``leela-interp``, SIGKILLed mid-run (after the 2nd batch's journal is written)."""
-    ref = copy_inputs(activations_inputs, tmp_path / "reference")
-    run_stages(config(ref, net, "activations"))
-    run = copy_inputs(activations_inputs, tmp_path / "run")
+    """The real ``leela-interp``, SIGKILLed mid-run: point 8, the 2nd batch's journal written to
+    its temporary name but not yet renamed (the rerun resumes after the 1st batch)."""
+    ref, run = cli_reference(tmp_path, net, activations_inputs)
     killed = faults.cli(cli_args(run, net, "activations"), cwd=tmp_path,
                         env={FAULT_ENV: "kill:8"})
     assert killed.returncode == -9, killed.stderr
@@ -183,9 +193,7 @@ def wait_for_lock(folder: Path, pid: int, timeout: float = 60) -> None:
 
 def test_two_runs_on_one_folder_one_completes_the_other_stops_clearly(tmp_path, net,
                                                                       activations_inputs):
-    ref = copy_inputs(activations_inputs, tmp_path / "reference")
-    run_stages(config(ref, net, "activations"))
-    run = copy_inputs(activations_inputs, tmp_path / "run")
+    ref, run = cli_reference(tmp_path, net, activations_inputs)
     first = faults.start_cli(cli_args(run, net, "activations"), cwd=tmp_path)
     try:
         wait_for_lock(run, first.pid)
@@ -207,9 +215,7 @@ def test_two_runs_on_one_folder_one_completes_the_other_stops_clearly(tmp_path, 
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, net, activations_inputs):
-    ref = copy_inputs(activations_inputs, tmp_path / "reference")
-    run_stages(config(ref, net, "activations"))
-    run = copy_inputs(activations_inputs, tmp_path / "run")
+    ref, run = cli_reference(tmp_path, net, activations_inputs)
     first = faults.start_cli(cli_args(run, net, "activations"), cwd=tmp_path)
     wait_for_lock(run, first.pid)
     first.kill()

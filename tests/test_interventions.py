@@ -27,6 +27,7 @@ from leela_interp.cli import CONFIG_PATH
 from leela_interp.encoding import square_to_token, transform_for
 from leela_interp.errors import ConfigError
 from leela_interp.lc0.random_net import write_random_net
+from leela_interp.lc0.weights import sha256_file
 from leela_interp.policy import legal_moves_and_indices
 from leela_interp.puzzle_set import PuzzleSet
 from leela_interp.results import is_complete, read_strings
@@ -98,8 +99,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# The random nets rarely rank PV[0] first: these runs analyse every puzzle with a corruption.
+ALL_PUZZLES = ("patching.require_pv0_top=false", "ablations.require_pv0_top=false")
 STAGE_OVERRIDES = ("patching.sites=[resid_post,resid_pre,resid_mid]", "patching.chunk_size=4",
-                   "ablations.chunk_size=4", "ablations.edge.layer=12", "ablations.edge.head=1",
+                   "ablations.chunk_size=4", *ALL_PUZZLES,
                    "ablations.piece_heads.min_pv_length=3",
                    *(f"ablations.piece_heads.heads.{piece}={json.dumps(heads).replace(' ', '')}"
                      for piece, heads in PIECE_HEADS.items()))
@@ -120,7 +123,7 @@ def cnn_run(tmp_path_factory):
     net_path = write_random_net(tmp / "c.pb.gz", seed=4, **CNN)
     puzzles = write_fixture(tmp / "run" / "puzzles.h5")
     run_stages(tmp / "run", net_path, "patching.sites=[resid_post,resid_pre]",
-               "patching.chunk_size=4")
+               "patching.chunk_size=4", *ALL_PUZZLES)
     return tmp / "run", load_network(net_path), puzzles
 
 
@@ -258,7 +261,11 @@ def test_edge_ablation_matches_plain_hooks(transformer_run):
         layer, head = int(g.attrs["layer"]), int(g.attrs["head"])
         eff, weight = g["effect"][()], g["weight"][()]
         assert "sweep" not in g  # full_sweep is off by default
-    assert (layer, head) == (net.config.n_layers - 1, 1)  # layer 12 clamped to this net
+        assert g.attrs["choice"] == "patching"
+    # edge.layer/head null: the head this net's own head patching ranks first
+    with h5py.File(run_dir / "patching.h5", "r") as f:
+        ranked = f["heads/summary/different_targets/effect_mean"][()]
+    assert (layer, head) == np.unravel_index(np.nanargmax(ranked), ranked.shape)
     name = f"blocks.{layer}.attn.hook_pattern"
     for p, v in pick(eff):
         clean, _, pv = puzzle_at(puzzles, p)
@@ -276,13 +283,15 @@ def test_edge_full_sweep_matches_plain_hooks(tmp_path):
     ablations.run(make_cfg(tmp_path / "run", net_path, "ablations.max_puzzles=1",
                            "ablations.method=zero", "ablations.edge.layer=1",
                            "ablations.edge.head=3", "ablations.edge.full_sweep=true",
-                           "ablations.figures=false"))
+                           "ablations.figures=false", *ALL_PUZZLES))
     net = load_network(net_path)
     with h5py.File(tmp_path / "run" / "ablations.h5", "r") as f:
         sweep = f["edge/sweep"][()]
         assert [d.label for d in f["edge/sweep"].dims] == ["puzzle", "query", "key"]
         assert f["edge/sweep"].attrs["sign"] == iv.SIGN
-    assert sweep.shape == (1, 64, 64) and np.isfinite(sweep).all()
+    # one row per puzzles.h5 row; only the first (max_puzzles=1) is computed
+    assert sweep.shape == (len(puzzles), 64, 64)
+    assert np.isfinite(sweep[0]).all() and np.isnan(sweep[1:]).all()
     clean, _, pv = puzzle_at(puzzles, 0)
     for p, q, k in pick(sweep):
         fn = pattern_edit(3, q, k, "edge")
@@ -425,8 +434,8 @@ def test_transformer_stage_outputs(transformer_run):
             assert d.attrs["sign"] == iv.SIGN
             c = f[f"residual/{site}/category_max"]
             assert [dim.label for dim in c.dims] == ["puzzle", "layer", "category"]
-            assert list(c.attrs["categories"]) == list(iv.CATEGORIES)
-            assert f[f"residual/{site}/summary/all/category_max_mean"].shape == (L, 5)
+            assert list(c.attrs["categories"]) == list(iv.COLUMNS)
+            assert f[f"residual/{site}/summary/all/category_max_mean"].shape == (L, 6)
         # resid_post at layer l is resid_pre at layer l + 1 (post-LN blocks)
         post, pre = f["residual/resid_post/effect"][()], f["residual/resid_pre/effect"][()]
         np.testing.assert_allclose(post[:, :-1], pre[:, 1:], atol=1e-4)
@@ -451,7 +460,8 @@ def test_transformer_stage_outputs(transformer_run):
             assert f[f"heads/{m}/effect"].attrs["sign"] == iv.SIGN
             assert np.isfinite(f[f"heads/{m}/effect"][()]).all()
         assert f["edge/effect"].shape == (n, 4)
-        assert f["edge"].attrs["requested_layer"] == 12
+        assert f["edge"].attrs["source_sha256"] == sha256_file(run_dir / "patching.h5")
+        assert "different_targets/effect_mean" in f["edge"].attrs["chosen_by"]
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     assert {"patching_resid_post.png", "patching_resid_pre.png", "patching_resid_mid.png",
             "patching_heads.png", "ablations_heads_zero.png", "ablations_heads_mean.png",
@@ -476,7 +486,8 @@ def test_stages_skip_when_complete_and_resume_by_chunks(tmp_path, monkeypatch):
 
     net_path = write_random_net(tmp_path / "c.pb.gz", seed=4, **CNN)
     write_fixture(tmp_path / "run" / "puzzles.h5")
-    cfg = make_cfg(tmp_path / "run", net_path, "patching.chunk_size=2", "patching.figures=false")
+    cfg = make_cfg(tmp_path / "run", net_path, "patching.chunk_size=2", "patching.figures=false",
+                   *ALL_PUZZLES)
     calls = []
     real = iv.residual_patching
 
@@ -495,7 +506,7 @@ def test_stages_skip_when_complete_and_resume_by_chunks(tmp_path, monkeypatch):
     patching.run(cfg)  # complete for this config: nothing runs
     assert calls == [0, 2, 2, 4]
     patching.run(make_cfg(tmp_path / "run", net_path, "patching.chunk_size=2",
-                          "patching.figures=false", "force=true"))
+                          "patching.figures=false", "force=true", *ALL_PUZZLES))
     assert calls == [0, 2, 2, 4, 0, 2, 4]
 
 
@@ -544,9 +555,10 @@ def test_category_max_and_mean_err():
 
 def test_head_choice_is_checked_against_the_net(tmp_path):
     net = load_network(write_random_net(tmp_path / "t.pb.gz", seed=3, **TRANSFORMER))
-    assert iv.resolve_head(net, 12, 12, clamp=True) == (2, 3)
-    with pytest.raises(ConfigError, match=r"layers 0\.\.2, heads 0\.\.3"):
-        iv.resolve_head(net, 12, 12)
+    assert iv.resolve_head(net, 2, 3) == (2, 3)
+    for layer, head in ((12, 12), (3, 0), (0, 4), (-1, 0)):  # no clamping to the last head
+        with pytest.raises(ConfigError, match=r"outside this net: layers 0\.\.2, heads 0\.\.3"):
+            iv.resolve_head(net, layer, head)
     with pytest.raises(ConfigError, match="unknown piece type 'queen'"):
         iv.check_head_lists(net, {"queen": [[0, 0]]})
     with pytest.raises(ConfigError, match="outside this net"):
@@ -554,3 +566,187 @@ def test_head_choice_is_checked_against_the_net(tmp_path):
     cnn = load_network(write_random_net(tmp_path / "c.pb.gz", seed=4, **CNN))
     with pytest.raises(ConfigError, match="no attention heads"):
         iv.resolve_head(cnn, 0, 0)
+
+
+def test_edge_head_errors_name_what_to_run_or_set(tmp_path):
+    from leela_interp.stages import ablations, patching
+
+    net_path = write_random_net(tmp_path / "t.pb.gz", seed=3, **TRANSFORMER)
+    run = tmp_path / "run"
+    write_fixture(run / "puzzles.h5")
+    quick = ("ablations.method=zero", "ablations.figures=false", "patching.figures=false",
+             "patching.max_puzzles=1", *ALL_PUZZLES)
+    with pytest.raises(ConfigError, match=r"ablations\.edge: \(layer 12, head 12\) is outside "
+                                          r"this net: layers 0\.\.2, heads 0\.\.3"):
+        ablations.run(make_cfg(run, net_path, "ablations.edge.layer=12",
+                               "ablations.edge.head=12", *quick))
+    with pytest.raises(ConfigError, match="give both"):
+        ablations.run(make_cfg(run, net_path, "ablations.edge.layer=1", *quick))
+    with pytest.raises(ConfigError, match=r"patching\.h5.*missing.*stage=patching.*"
+                                          r"ablations\.edge\.layer=L"):
+        ablations.run(make_cfg(run, net_path, *quick))
+    patching.run(make_cfg(run, net_path, "patching.heads=false", *quick))
+    with pytest.raises(ConfigError, match=r"no heads/summary/different_targets/effect_mean.*"
+                                          r"patching\.heads=true"):
+        ablations.run(make_cfg(run, net_path, *quick))
+    other = write_random_net(tmp_path / "other.pb.gz", seed=9, **TRANSFORMER)
+    with pytest.raises(ConfigError, match="computed with another network"):
+        ablations.run(make_cfg(run, other, *quick))
+
+
+# --------------------------------------------------------------------------- the paper's rules
+
+
+def test_overlap_rule_paper_looks_at_every_follow_up_target():
+    """The paper skips a puzzle when its corruption touches the target of PV[2] *or any later
+    move*, or the 1st-move target recurs among them; third_only looks at PV[2] alone."""
+    board = chess.Board("6k1/5ppp/8/8/8/8/5PPP/R5K1 b - - 0 1")
+    pv = tuple(chess.Move.from_uci(m) for m in ("g8f8", "a1a8", "f8e7", "a8a7", "e7d6"))
+    later_corrupted = board.copy()
+    later_corrupted.set_piece_at(chess.A7, chess.Piece(chess.PAWN, chess.BLACK))  # PV[3]'s target
+    puzzle = iv.Puzzle(board, pv, later_corrupted)
+    assert iv.square_categories(puzzle, overlap_rule="paper")[1]
+    assert not iv.square_categories(puzzle, overlap_rule="third_only")[1]
+    # PV[4] returns to the 1st move's target f8 (the corruption, h7, touches no target)
+    back = pv[:4] + (chess.Move.from_uci("e7f8"),)
+    elsewhere = board.copy()
+    elsewhere.remove_piece_at(chess.H7)
+    puzzle = iv.Puzzle(board, back, elsewhere)
+    assert iv.square_categories(puzzle, overlap_rule="paper")[1]
+    assert not iv.square_categories(puzzle, overlap_rule="third_only")[1]
+    assert not iv.square_categories(iv.Puzzle(board, pv, elsewhere), overlap_rule="paper")[1]
+    with pytest.raises(ConfigError, match="unknown overlap rule 'both'.*paper.*third_only"):
+        iv.square_categories(puzzle, overlap_rule="both")
+
+
+def test_follow_up_targets_is_the_max_over_pv2_and_later_targets():
+    board = chess.Board("6k1/5ppp/8/8/8/8/5PPP/R5K1 b - - 0 1")
+    pv = tuple(chess.Move.from_uci(m) for m in ("g8f8", "a1a8", "f8e7", "a8a7", "e7d6"))
+    corrupted = board.copy()
+    corrupted.remove_piece_at(chess.H7)
+    cats, _ = iv.square_categories(iv.Puzzle(board, pv, corrupted))
+    tok = lambda sq: square_to_token(sq, chess.BLACK)  # noqa: E731
+    effects = np.zeros((1, 1, 64))
+    effects[0, 0, tok(chess.E7)] = 1.0   # PV[2]'s target
+    effects[0, 0, tok(chess.D6)] = 3.0   # PV[4]'s target
+    effects[0, 0, tok(chess.F8)] = 9.0   # PV[0]'s target: not a follow-up square
+    out = iv.category_max(effects, cats[None])[0, 0]
+    col = {name: out[i] for i, name in enumerate(iv.COLUMNS)}
+    assert col["third_target"] == 1.0 and col["later_targets"] == 3.0
+    assert col["follow_up_targets"] == 3.0 and col["first_target"] == 9.0
+    effects[0, 0, tok(chess.D6)] = -2.0
+    assert iv.category_max(effects, cats[None])[0, 0, iv.COLUMNS.index("follow_up_targets")] == 1
+
+
+def test_piece_rule_initial_leaves_out_a_piece_that_arrives_with_pv0():
+    """The paper reads the piece on PV[2]'s source square before PV[0]: a piece that gets
+    there with PV[0] (here a knight, and a pawn promoting to one) is not in its subset."""
+    arrives = iv.Puzzle(chess.Board("4k3/8/8/8/8/8/8/4K1N1 w - - 0 1"),
+                        tuple(chess.Move.from_uci(m) for m in ("g1f3", "e8d8", "f3e5")))
+    assert iv.moving_piece(arrives, "initial") == ""
+    assert iv.moving_piece(arrives, "moved") == "knight"
+    promotes = iv.Puzzle(chess.Board("4k3/P7/8/8/8/8/8/4K3 w - - 0 1"),
+                         tuple(chess.Move.from_uci(m) for m in ("a7a8n", "e8d8", "a8b6")))
+    assert (iv.moving_piece(promotes, "initial"), iv.moving_piece(promotes, "moved")) == \
+        ("", "knight")
+    stays = iv.Puzzle(chess.Board("4k3/8/8/8/8/8/8/2B1K3 w - - 0 1"),
+                      tuple(chess.Move.from_uci(m) for m in ("e1e2", "e8d8", "c1g5")))
+    assert iv.moving_piece(stays, "initial") == iv.moving_piece(stays, "moved") == "bishop"
+    with pytest.raises(ConfigError, match="unknown piece rule 'after'"):
+        iv.moving_piece(stays, "after")
+
+
+def test_random_key_any_draws_every_square_exclude_never_the_third_move():
+    """The paper's control draws any of the 64 squares (the 3rd move's own squares too)."""
+    third, source = 20, 5
+    anywhere = {iv.random_key_token("any", 0, i, third, source) for i in range(2000)}
+    assert anywhere == set(range(64))
+    excluded = {iv.random_key_token("exclude_third_move", 0, i, third, source)
+                for i in range(2000)}
+    assert excluded == set(range(64)) - {third, source}
+    assert iv.random_key_token("any", 3, 7, third, source) == \
+        iv.random_key_token("any", 3, 7, third, source)  # seeded by (seed, puzzle index)
+    with pytest.raises(ConfigError, match="unknown random_key rule"):
+        iv.random_key_token("uniform", 0, 0, third, source)
+
+
+def test_ablations_default_to_the_puzzles_with_a_corruption(tmp_path):
+    """The paper ablated its puzzles with a corrupted board; ablations.puzzles=all adds the
+    others. Either way ablations.h5 has one row per puzzles.h5 row."""
+    from leela_interp.stages import ablations
+
+    net_path = write_random_net(tmp_path / "t.pb.gz", seed=3, **TRANSFORMER)
+    puzzles = write_fixture(tmp_path / "run" / "puzzles.h5")
+    puzzles.corrupted_fens[2] = ""
+    with h5py.File(tmp_path / "run" / "puzzles.h5", "w") as f:
+        puzzles.write(f.require_group("puzzles"))
+    quick = ("ablations.method=zero", "ablations.edge.layer=1", "ablations.edge.head=0",
+             "ablations.figures=false", *ALL_PUZZLES)
+    ablations.run(make_cfg(tmp_path / "run", net_path, *quick))
+    with h5py.File(tmp_path / "run" / "ablations.h5", "r") as f:
+        analysed = f["analysed"][()]
+        zero = f["heads/zero/effect"][()]
+        edge = f["edge/effect"][()]
+        funnel = dict(zip(read_strings(f["funnel/step"]), f["funnel/count"][()]))
+        n = f["heads/zero/summary/all/effect_n"][()]
+    assert analysed.tolist() == [True, True, False, True, True, True]
+    assert np.isnan(zero[2]).all() and np.isnan(edge[2]).all()
+    assert np.isfinite(zero[analysed]).all()
+    assert funnel["puzzles"] == 6 and funnel["usable_corruption"] == 5 == funnel["analysed"]
+    assert (n == 5).all()
+    ablations.run(make_cfg(tmp_path / "run", net_path, *quick, "ablations.puzzles=all"))
+    with h5py.File(tmp_path / "run" / "ablations.h5", "r") as f:
+        assert f["analysed"][()].all() and np.isfinite(f["heads/zero/effect"][2]).all()
+        assert f["funnel/rule"].asstr()[2] == "not required (ablations.puzzles=all)"
+    with pytest.raises(ConfigError, match=r"ablations\.puzzles='some'.*corrupted.*all"):
+        ablations.run(make_cfg(tmp_path / "run", net_path, *quick, "ablations.puzzles=some"))
+
+
+def test_puzzles_whose_pv0_is_not_the_top_move_are_left_out_and_counted(tmp_path):
+    """Effects measure PV[0]'s log-odds; by default only puzzles on which PV[0] is the net's
+    own top legal move are analysed (patching.require_pv0_top=false analyses every one)."""
+    from leela_interp.stages import patching
+
+    net_path = write_random_net(tmp_path / "t.pb.gz", seed=3, **TRANSFORMER)
+    net = load_network(net_path)
+    puzzles = write_fixture(tmp_path / "run" / "puzzles.h5")
+    # Puzzle 0's PV[0] becomes the net's own top move (PV[1:] any legal continuation).
+    board = puzzles.clean_board(0)
+    with torch.no_grad():
+        logits = net(net.encode([board])).policy_logits[0]
+    moves, index = legal_moves_and_indices(board, transform_for(board, 1))
+    pv = [moves[int(torch.argmax(logits[torch.as_tensor(index)]))]]
+    for _ in range(2):
+        board.push(pv[-1])
+        pv.append(next(iter(board.legal_moves)))
+    puzzles.moves[0] = puzzles.moves[0][:1] + [m.uci() for m in pv]
+    with h5py.File(tmp_path / "run" / "puzzles.h5", "w") as f:
+        puzzles.write(f.require_group("puzzles"))
+    top = []
+    for i in range(len(puzzles)):  # the net's own top legal move, computed here
+        b, first = puzzles.clean_board(i), chess.Move.from_uci(puzzles.pv(i)[0])
+        with torch.no_grad():
+            x = net(net.encode([b])).policy_logits[0]
+        ms, idx = legal_moves_and_indices(b, transform_for(b, 1))
+        top.append(ms[int(torch.argmax(x[torch.as_tensor(idx)]))] == first)
+    top = np.array(top)
+    assert top[0] and not top.all()
+
+    quick = ("patching.figures=false", "patching.heads=false")
+    patching.run(make_cfg(tmp_path / "run", net_path, *quick))
+    with h5py.File(tmp_path / "run" / "patching.h5", "r") as f:
+        assert f["clean_top_is_pv0"][()].tolist() == top.tolist()
+        assert f["analysed"][()].tolist() == top.tolist()
+        eff = f["residual/resid_post/effect"][()]
+        funnel = dict(zip(read_strings(f["funnel/step"]), f["funnel/count"][()]))
+        n = f["residual/resid_post/summary/all/category_max_n"][()]
+        no_overlap = int((top & ~f["overlap"][()]).sum())
+    assert np.isnan(eff[~top]).all() and np.isfinite(eff[top]).all()
+    assert funnel["usable_corruption"] == 6 and funnel["pv0_is_top"] == top.sum()
+    assert funnel["no_overlap"] == no_overlap == n[:, iv.COLUMNS.index("first_target")].max()
+    patching.run(make_cfg(tmp_path / "run", net_path, *quick, "patching.require_pv0_top=false"))
+    with h5py.File(tmp_path / "run" / "patching.h5", "r") as f:
+        assert f["analysed"][()].all()
+        assert np.isfinite(f["residual/resid_post/effect"][()]).all()
+        funnel = dict(zip(read_strings(f["funnel/step"]), f["funnel/count"][()]))
+    assert funnel["pv0_is_top"] == 6

@@ -8,6 +8,7 @@ from test_puzzle_pipeline import OPEN, PERMISSIVE, config, nets, repeated, write
 
 from leela_interp.errors import ConfigError
 from leela_interp.puzzle_pipeline import build_puzzles
+from leela_interp.puzzle_set import PuzzleSet
 from leela_interp.shards import merge_puzzles
 
 
@@ -19,6 +20,9 @@ def _contents(path):
         for sub in f["counts"]:
             out[f"counts/{sub}"] = dict(f["counts"][sub].attrs)
         out["counts"] = {k: v for k, v in f["counts"].attrs.items() if k != "other_shard"}
+        out["puzzles@attrs"] = dict(f["puzzles"].attrs)
+        out["@attrs"] = {k: v for k, v in f.attrs.items() if k in ("history",
+                                                                    "token_input_format")}
     return out
 
 
@@ -40,5 +44,6 @@ def test_two_shards_merged_equal_the_unsharded_run(nets, tmp_path):  # noqa: F81
         else:
             assert np.array_equal(x, y), key
     assert len(a["id"]) > 4
+    assert PuzzleSet.load(merged).history == "none"
     with pytest.raises(ConfigError, match="repeat"):
         merge_puzzles([shards[0], shards[0]], tmp_path / "bad.h5")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 from hydra import compose, initialize_config_dir
 
+from leela_interp.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
 from leela_interp.lc0.random_net import write_random_net
+from leela_interp.lc0.weights import sha256_file
 from leela_interp.puzzles import COLUMNS
 from leela_interp.stages import PIPELINE, run_stages
 
@@ -51,9 +59,41 @@ def config(setup, out_dir, *extra):
         "puzzles.corruptions.min_strong_value_drop=0.0", "puzzles.corruptions.max_strong_prob=1.0",
         "puzzles.corruptions.max_jsd=5.0", "ablations.method=[zero]", "probes.seeds=[0]",
         "probes.splits=[all]", "probes.bilinear.epochs=1", "patching.figures=false",
-        "ablations.figures=false", *extra]
+        "ablations.figures=false",
+        # a random strong net rarely ranks PV[0] first: analyse every puzzle
+        "patching.require_pv0_top=false", "ablations.require_pv0_top=false", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def assert_one_square_numbering(out: Path) -> list[str]:
+    """Every square-valued dataset of the stage files says how its squares are numbered: a
+    square / query / key axis or token values (``random_key``, the probes' ``target`` axis) carry
+    ``numbering = TOKEN_NUMBERING``; python-chess squares (``*_chess``) ``CHESS_NUMBERING``."""
+    checked = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        leaf = name.rsplit("/", 1)[-1]
+        numbering = obj.attrs.get("numbering")
+        if leaf.endswith("_chess"):
+            assert numbering == CHESS_NUMBERING, (path.name, name)
+        elif {d.label for d in obj.dims} & {"square", "query", "key"} or \
+                leaf == "random_key" or (path.name == "probes.h5" and name == "target"):
+            assert numbering == TOKEN_NUMBERING, (path.name, name)
+            checked.append(f"{path.name}:{name}")
+        else:
+            assert numbering in (None, TOKEN_NUMBERING, CHESS_NUMBERING), (path.name, name)
+
+    for file in ("activations.h5", "patching.h5", "ablations.h5", "probes.h5"):
+        path = out / file
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    assert any(c.startswith("activations.h5:clean/") for c in checked)
+    assert {"patching.h5:square_category", "patching.h5:residual/resid_post/effect",
+            "probes.h5:target"} <= set(checked)
+    return checked
 
 
 def mtimes(out: Path) -> dict[str, float]:
@@ -67,6 +107,10 @@ def test_full_pipeline_then_rerun_does_no_work_then_force_one_stage(setup, tmp_p
     first = time.perf_counter() - start
     before = mtimes(out)
     assert set(before) == set(OUTPUTS) and list(OUTPUTS)[:-1] == PIPELINE[:-1]
+    assert_one_square_numbering(out)
+    for name in ("activations.h5", "patching.h5", "ablations.h5", "probes.h5"):
+        with h5py.File(out / name, "r") as f:  # the net under study filtered these puzzles
+            assert f.attrs["puzzles_net"] == "same", name
 
     start = time.perf_counter()
     run_stages(config(setup, out))
@@ -83,6 +127,35 @@ def test_full_pipeline_then_rerun_does_no_work_then_force_one_stage(setup, tmp_p
         assert forced[stage] == after[stage], stage
     for stage in ("patching", "ablations", "probes", "report"):
         assert forced[stage] > after[stage], stage
+
+
+def test_a_net_that_did_not_filter_the_puzzles_is_warned_about_and_recorded(setup, tmp_path,
+                                                                           caplog):
+    root, csv, strong, weak = setup
+    run_stages(config(setup, tmp_path / "first", "stage=puzzles"))
+    other = write_random_net(root / "other.pb.gz", body="transformer", policy="attention",
+                             d_model=32, layers=2, heads=4, d_ff=32, seed=7)
+    out = tmp_path / "other"
+    out.mkdir()
+    shutil.copy(tmp_path / "first" / "puzzles.h5", out / "puzzles.h5")
+    with caplog.at_level(logging.WARNING, logger="leela_interp"):
+        run_stages(config(setup, out, "stage=[activations,patching,ablations,probes,report]",
+                          f"model.path={other}", "ablations.method=[zero,mean]",
+                          "ablations.max_puzzles=2", "ablations.edge.full_sweep=true",
+                          "ablations.piece_heads.min_pv_length=3",
+                          "ablations.piece_heads.heads.knight=[[0,1]]",
+                          "ablations.piece_heads.heads.bishop=[[1,2]]",
+                          "ablations.piece_heads.heads.rook=[[1,3]]"))
+    warned = [r for r in caplog.records if "is not the strong net that filtered" in r.message]
+    assert len(warned) == 4  # activations, patching, ablations, probes
+    for name in ("activations.h5", "patching.h5", "ablations.h5", "probes.h5"):
+        with h5py.File(out / name, "r") as f:
+            assert f.attrs["puzzles_net"] == "different", name
+            assert f.attrs["puzzles_strong_sha256"] == sha256_file(strong), name
+    checked = assert_one_square_numbering(out)
+    assert {"ablations.h5:edge/sweep", "ablations.h5:heads/mean_z",
+            "ablations.h5:piece_heads/random_key"} <= set(checked)
+    assert (out / "report.md").read_text().count("**Warning:** the network under study") == 4
 
 
 def test_missing_input_names_the_stage_to_run(setup, tmp_path):
@@ -119,3 +192,52 @@ def test_defaults_run_the_pipeline_on_the_shipped_nets_and_puzzles():
     assert cfg.puzzles.filters.hard_max_weak_prob > 0.05
     with pytest.raises(Exception, match="source"):
         str(paper.puzzles.source)
+
+
+def leela_interp(cwd: Path, *args: str) -> None:
+    """Run the ``leela-interp`` command (this checkout's package) in ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(CONF.parent)}
+    subprocess.run([sys.executable, "-m", "leela_interp.cli", *args], cwd=cwd, env=env,
+                   check=True, capture_output=True, timeout=300)
+
+
+def test_hydra_writes_its_files_into_the_run_folder(tmp_path):
+    """.hydra/ (and Hydra's log) land in out_dir, single runs and each job of a multirun; no
+    ./outputs or ./multirun in the directory the command runs in, which stays the directory
+    relative paths are resolved from (hydra.job.chdir=false)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["out_dir=runs/x"], return_hydra_config=True)
+    assert cfg.hydra.run.dir == "runs/x" and cfg.hydra.job.chdir is False
+
+    leela_interp(tmp_path, "stage=report", "out_dir=runs/one")
+    one = tmp_path / "runs" / "one"
+    assert (one / ".hydra" / "config.yaml").is_file() and (one / "report.md").is_file()
+    assert "out_dir=runs/one" in (one / ".hydra" / "overrides.yaml").read_text()
+
+    # each job's own out_dir (named here by its threads, not by Hydra's job number)
+    leela_interp(tmp_path, "-m", "stage=report", "out_dir=runs/sweep/threads${threads}",
+                 "threads=1,2")
+    sweep = tmp_path / "runs" / "sweep"
+    for threads in (1, 2):
+        job = sweep / f"threads{threads}"
+        assert (job / "report.md").is_file()
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        assert f"threads={threads}" in overrides, overrides
+    assert (sweep / "multirun.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "sweep"]
+
+
+def test_inputs_dir_shares_the_earlier_stages_outputs(setup, tmp_path):
+    """A sweep job reads puzzles.h5, activations.h5 and patching.h5 (the ablations stage's
+    default edge head) from inputs_dir through symlinks in its own out_dir."""
+    from leela_interp.stages.common import run_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("puzzles.h5", "activations.h5", "patching.h5", "probes.h5"):
+        (shared / name).write_text(name)
+    out = run_dir(config(setup, tmp_path / "job", f"inputs_dir={shared}"))
+    linked = sorted(p.name for p in out.iterdir() if p.is_symlink())
+    assert linked == ["activations.h5", "patching.h5", "puzzles.h5"]
+    assert (out / "patching.h5").read_text() == "patching.h5"

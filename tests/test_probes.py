@@ -326,7 +326,7 @@ def test_stage_end_to_end(run_folder):
     out, net_path = run_folder
     run_stages(_compose(out, net_path, "probes.layers=[0,2]"))
     path = out / "probes.h5"
-    assert (out / "probes.png").stat().st_size > 0
+    assert (out / "figures" / "probes.png").stat().st_size > 0
     assert (out / stage.TWIN_ACTIVATIONS).exists()
     with h5py.File(path, "r") as f:
         assert f.attrs["complete"] and f.attrs["schema"] == stage.SCHEMA

@@ -6,6 +6,8 @@ for them); Stockfish runs at a low depth and is skipped with a reason when absen
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import chess
@@ -24,6 +26,7 @@ from leela_interp.corruptions import (
     select_corruption,
 )
 from leela_interp.errors import ConfigError
+from leela_interp.encoding import square_to_token, transform_for
 from leela_interp.lc0.random_net import write_random_net
 from leela_interp.oracle import MATE_CP, OracleConfig, StockfishNotFoundError
 from leela_interp.policy import NUM_MOVES, policy_index
@@ -161,10 +164,11 @@ def direct_verdict(engine, board: chess.Board, move: str, margin_cp: int):
 
 
 @pytest.mark.shared
-def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir):
+@pytest.mark.parametrize("history", ["none", "setup"])
+def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history):
     source = shared_dir / "data" / "puzzles" / "lichess_sample.csv"
-    oracle = Path(STOCKFISH).is_file()
-    cfg = config(source, nets, limit=80, chunk_size=32, oracle_enabled=oracle,
+    oracle = Path(STOCKFISH).is_file() and history == "none"
+    cfg = config(source, nets, limit=80, chunk_size=32, oracle_enabled=oracle, history=history,
                  filters=FilterConfig(hard_max_weak_prob=0.2, correct_min_strong_prob=0.0,
                                       forcing_min_weak_prob=0.0, unique=oracle))
     summary = build_puzzles(cfg, tmp_path / "puzzles.h5")
@@ -189,7 +193,17 @@ def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir):
             assert rows["moves"][i] == " ".join(puzzle.moves)
             assert rows["pv_length"][i] == len(puzzle.pv)
             assert np.isnan(rows["strong_pv_prob"][i, len(puzzle.pv):]).all()
-            for ply, board in enumerate(puzzle.boards()):  # one puzzle, one ply at a time
+            boards = puzzle.boards(history=history)
+            assert all(len(b.move_stack) == (0 if history == "none" else ply + 1)
+                       for ply, b in enumerate(boards))
+            clean = boards[0]
+            transform = transform_for(clean, strong.config.input_format)
+            assert rows["white_to_move"][i] == clean.turn and rows["transform"][i] == transform
+            assert rows["pv_targets"][i, :len(puzzle.pv)].tolist() == [
+                square_to_token(m.to_square, clean.turn, transform) for m in puzzle.pv_moves]
+            assert rows["pv_sources"][i, :len(puzzle.pv)].tolist() == [
+                square_to_token(m.from_square, clean.turn, transform) for m in puzzle.pv_moves]
+            for ply, board in enumerate(boards):  # one puzzle, one ply at a time
                 move = puzzle.pv[ply]
                 for name, net in (("strong", strong), ("weak", weak)):
                     probs = net.move_probabilities([board])[0]
@@ -206,7 +220,7 @@ def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir):
                     assert rows["oracle_unique"][i, ply] == unique
             for name, net in (("strong", strong), ("weak", weak)):
                 with torch.no_grad():
-                    out = net(net.encode([puzzle.board()]))
+                    out = net(net.encode([puzzle.board(history=history)]))
                 np.testing.assert_allclose(rows[f"{name}_wdl"][i], out.wdl[0].numpy(), atol=1e-5)
                 assert rows[f"{name}_value"][i] == pytest.approx(float(out.value[0]), abs=1e-5)
             # The filters hold for every kept row.
@@ -226,12 +240,13 @@ def as_vector(probs: dict[str, float], board: chess.Board) -> torch.Tensor:
     return vector
 
 
+@pytest.mark.parametrize("history", ["none", "setup"])
 @pytest.mark.parametrize("thresholds", [PERMISSIVE, SelectionThresholds(
     max_weak_log_odds_drop=0.5, min_strong_value_drop=0.0, max_strong_prob=0.05, max_jsd=0.05)])
-def test_batched_corruption_choice_equals_per_puzzle_selection(nets, thresholds):
+def test_batched_corruption_choice_equals_per_puzzle_selection(nets, thresholds, history):
     puzzles = parse(GOOD[1:3])
     strong, weak = load_network(nets[0]), load_network(nets[1])
-    boards = [p.board() for p in puzzles]
+    boards = [p.board(history=history) for p in puzzles]
     moves = [p.pv_moves[0] for p in puzzles]
     clean_values = np.array([float(strong(strong.encode([b])).value[0]) for b in boards])
     result = choose_corruptions(boards, moves, weak=weak, strong=strong,
@@ -240,7 +255,7 @@ def test_batched_corruption_choice_equals_per_puzzle_selection(nets, thresholds)
     for k, (board, move) in enumerate(zip(boards, moves)):
         candidates = corruption_candidates(board, move)
         assert result.n_candidates[k] == len(candidates)
-        corrupted = [c.board() for c in candidates]
+        corrupted = [c.apply(board) for c in candidates]
         weak_policy = torch.stack([as_vector(p, b) for p, b in
                                    zip(weak.move_probabilities(corrupted), corrupted)])
         strong_policy = torch.stack([as_vector(p, b) for p, b in
@@ -435,18 +450,41 @@ def test_the_stage_runs_from_the_hydra_config(tmp_path, nets):
         assert f.attrs["weak_sha256"] and f.attrs["source_sha256"]
 
 
-def test_default_yaml_builds_a_valid_config(nets):
+def _preset(name: str, nets) -> PipelineConfig:
+    """``puzzles=NAME`` composed by Hydra, as the CLI does, built into a PipelineConfig."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from leela_interp.cli import CONFIG_PATH
 
-    puzzles = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_PATH) / "puzzles" / "paper.yaml"))
-    puzzles["source"] = "x.csv"
-    puzzles["weak_model"]["path"] = nets[1]
-    cfg = PipelineConfig.from_sections({"path": nets[0], "dtype": "float32", "batch_size": 8},
-                                       puzzles)
-    assert cfg.filters == FilterConfig() and cfg.thresholds == SelectionThresholds()
-    assert cfg.oracle == OracleConfig() and cfg.exclude_themes == ("mateIn1",)
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("config", overrides=[f"puzzles={name}", "puzzles.source=x.csv",
+                                           f"puzzles.weak_model.path={nets[1]}",
+                                           f"model.path={nets[0]}"])
+    return PipelineConfig.from_sections(OmegaConf.to_container(cfg.model, resolve=True),
+                                        OmegaConf.to_container(cfg.puzzles, resolve=True))
+
+
+def test_the_paper_preset_is_exactly_the_papers_puzzle_set(nets):
+    paper = _preset("paper", nets)
+    # scripts/make_puzzles.py: pd.read_csv(nrows=1_000_000), mateIn1 dropped, PV length > 2,
+    # hard < 0.05, correct > 0.5 at every solver move, forcing > 0.7, no engine; its corruption
+    # criteria; the nets see each position without history.
+    assert paper.limit == 1_000_000 and paper.exclude_themes == ("mateIn1",)
+    assert paper.include_themes is None and paper.min_rating is None and paper.max_rating is None
+    assert paper.filters == FilterConfig(min_pv_length=3, hard_max_weak_prob=0.05,
+                                         correct_min_strong_prob=0.5, forcing_min_weak_prob=0.7,
+                                         unique=False)
+    assert paper.filters == FilterConfig()  # the dataclass defaults are the paper's too
+    assert not paper.oracle_enabled and paper.thresholds == SelectionThresholds()
+    assert paper.history == "none" and paper.corruptions_enabled and not paper.require_corruption
+    strict = _preset("strict", nets)
+    assert strict.limit is None and strict.oracle_enabled and strict.filters.unique
+    assert dataclasses.replace(strict, limit=paper.limit, oracle_enabled=False,
+                               filters=paper.filters) == paper
+    project = _preset("project", nets)
+    assert project.oracle_enabled and project.filters.unique and project.limit is None
+    assert project.filters.hard_max_weak_prob > paper.filters.hard_max_weak_prob
 
 
 def test_config_errors_name_the_bad_value(nets):

@@ -6,26 +6,79 @@ import numpy as np
 from leela_interp.report import write_report
 from leela_interp.results import label_axes, open_partial, write_strings
 
+COLUMNS = ["first_target", "third_target", "later_targets", "corrupted", "other",
+           "follow_up_targets"]
 
-def test_report_lists_missing_stages_and_summarises_present_ones(tmp_path):
-    with open_partial(tmp_path / "patching.h5", schema="leela_interp.patching/1",
-                      config={"a": 1}) as f:
+
+def write_patching(path):
+    with open_partial(path, schema="leela_interp.patching/1", config={"patching": 1}) as f:
         f.attrs["metric"] = "log-odds of PV[0]"
         f.attrs["sign"] = "positive = reduction"
-        write_strings(f, "category_names", ["first_target", "third_target", "later_targets",
-                                             "corrupted", "other"])
+        write_strings(f, "category_names", COLUMNS)
         base = "residual/resid_post/summary/all"
-        mean = np.array([[0.1, 0.5, np.nan, 0.9, 0.2], [0.3, 1.9, np.nan, 0.1, 0.55]])
+        mean = np.array([[0.1, 0.5, 0.7, 0.9, 0.2, 0.7], [0.3, 1.9, 0.2, 0.1, 0.55, 2.1]])
         label_axes(f.create_dataset(f"{base}/category_max_mean", data=mean), "layer", "category")
         f.create_dataset(f"{base}/category_max_err2sigma", data=np.full_like(mean, 0.04))
-        f.create_dataset(f"{base}/category_max_n", data=np.full(mean.shape, 7))
+        n = np.full(mean.shape, 7)
+        n[:, COLUMNS.index("later_targets")] = 1  # one puzzle has a PV[3:]
+        f.create_dataset(f"{base}/category_max_n", data=n)
+        g = f.create_group("funnel")
+        write_strings(g, "step", ["puzzles", "pv0_is_top"])
+        write_strings(g, "rule", ["rows of puzzles.h5", "PV[0] is the top move"])
+        g.create_dataset("count", data=[9, 7])
+
+
+def write_probes(path):
+    """Two splits, two targets, 2 layers; test sets of 2 and 3 puzzles."""
+    with open_partial(path, schema="leela_interp.probes/1", config={"probes": 2}) as f:
+        for name, values in (("net", ["model"]), ("split", ["all", "different_targets"]),
+                             ("probe", ["bilinear"]), ("target", ["target", "move"]),
+                             ("baseline", ["majority"])):
+            write_strings(f, name, values)
+        f["layer"] = np.array([0, 1])
+        f["accuracy_mean"] = np.arange(8, dtype=float).reshape(1, 2, 1, 2, 2) / 10
+        f["accuracy_err"] = np.full((1, 2, 1, 2, 2), 0.01)
+        f["accuracy_err"].attrs["formula"] = "2*sqrt(...)"
+        f["n_test"] = np.array([[[2, 2], [2, 2]], [[3, 3], [3, 3]]])  # split, target, seed
+        f["baseline_mean"] = np.full((2, 1, 2), 0.2)
+        f["baseline_err"] = np.full((2, 1, 2), 0.1)
+
+
+def test_report_lists_missing_stages_and_summarises_present_ones(tmp_path):
+    write_patching(tmp_path / "patching.h5")
+    write_probes(tmp_path / "probes.h5")
     (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "patching_resid_post.png").write_bytes(b"png")
+    for name in ("patching_resid_post.png", "probes.png"):
+        (tmp_path / "figures" / name).write_bytes(b"png")
     text = write_report(tmp_path).read_text()
     assert "## puzzles.h5" in text and "Not run" in text
-    assert "Largest 3rd-move-target effect at layer 1: 1.900 ± 0.040 vs other squares " \
-           "0.550 ± 0.040" in text
     assert "positive = reduction" in text
+    # the paper's 3rd-move target (follow-up targets) leads, PV[2]'s own target beside it
+    assert "`all`: largest follow-up-target effect (the paper's 3rd-move target) at layer 1: " \
+           "2.100 ± 0.040 vs other squares 0.550 ± 0.040; PV[2]'s target alone 1.900 ± 0.040 " \
+           "(n = 7 puzzles)." in text
+    header = next(line for line in text.splitlines() if line.startswith("| layer | first"))
+    assert header == "| layer | first_target | follow_up_targets | corrupted | other | " \
+                     "third_target | later_targets |"
+    # every category has its own n; a mean of one puzzle says so instead of showing no bar
+    assert "| n | 7 | 7 | 7 | 7 | 7 | 1 |" in text
+    assert "0.700 (n=1, no error bar)" in text
+    assert "| pv0_is_top | PV[0] is the top move | 7 |" in text
+    # every probe split, each test-set size, and the figure under figures/
+    for split, n in (("all", 2), ("different_targets", 3)):
+        for target in ("target", "move"):
+            assert f"Target `{target}`, split `{split}` (test puzzles per seed: {n}):" in text
+        assert f"No-activation baselines, split `{split}`:" in text
+    assert "| 1 | 0.700 ± 0.010 |" in text  # move, different_targets, layer 1
+    assert "![probes](figures/probes.png)" in text
     assert "![patching_resid_post](figures/patching_resid_post.png)" in text
+    # provenance of every file: schema, version, commit, command line, config
+    provenance = text[text.index("## Provenance"):]
+    for name, schema, config in (("patching.h5", "leela_interp.patching/1", '"patching": 1'),
+                                 ("probes.h5", "leela_interp.probes/1", '"probes": 2')):
+        part = provenance[provenance.index(f"### `{name}`"):]
+        assert f"- schema: `{schema}`" in part and config in part
+        for key in ("leela_interp_version", "git_commit", "command"):
+            assert f"- {key}: `" in part and f"- {key}: `not recorded`" not in part
     with h5py.File(tmp_path / "patching.h5") as f:
         assert f.attrs["complete"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import chess
 import h5py
 import numpy as np
 import pytest
@@ -54,20 +55,33 @@ def test_strings_and_axes(tmp_path):
         assert f["x"].attrs["sign"] == "positive = reduction"
 
 
-def test_puzzle_set_round_trip(tmp_path):
+@pytest.mark.parametrize("history", ["none", "setup"])
+def test_puzzle_set_round_trip(tmp_path, history):
+    fen = "5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27"
+    after_setup = chess.Board(fen)
+    after_setup.push_uci("d3d6")
+    after_setup.remove_piece_at(chess.F3)  # the corruption: remove the f3 knight
     ps = PuzzleSet(ids=["a1", "b2"],
-                   fens=["r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24",
-                         "5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27"],
+                   fens=["r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24", fen],
                    moves=[["f2g3", "e6e7", "b2b1", "b3c1"], ["d3d6", "f8d8", "d6d8", "f6d8"]],
-                   corrupted_fens=["", "5rk1/1p3ppp/pq3b2/8/8/1P1Q4/P4PPP/3R2K1 b - - 0 1"],
-                   different_targets=np.array([True, False]))
+                   corrupted_fens=["", after_setup.fen()],
+                   different_targets=np.array([True, False]), history=history)
     with h5py.File(tmp_path / "puzzles.h5", "w") as f:
         ps.write(f.require_group("puzzles"))
     back = PuzzleSet.load(tmp_path / "puzzles.h5")
+    assert back.history == history
     assert back.ids == ps.ids and back.moves == ps.moves and back.pv(0) == ["e6e7", "b2b1", "b3c1"]
     board = back.clean_board(0)
-    assert board.move_stack[0].uci() == "f2g3" and board.turn  # white to move after setup
-    assert back.corrupted_board(1).fen().startswith("5rk1/1p3ppp/pq3b2/8/8/1P1Q4")
+    assert board.turn  # white to move after the setup move
+    if history == "setup":
+        assert [m.uci() for m in board.move_stack] == ["f2g3"]
+    else:
+        assert board.move_stack == []
+    clean, corrupted = back.pair(1)
+    assert corrupted.move_stack == clean.move_stack
+    assert corrupted.board_fen() == after_setup.board_fen()
+    assert {sq for sq in chess.SQUARES if clean.piece_at(sq) != corrupted.piece_at(sq)} == {
+        chess.F3}
     with pytest.raises(ValueError, match="no corrupted board"):
         back.corrupted_board(0)
     with pytest.raises(ConfigError, match="run the puzzles stage first"):
@@ -85,7 +99,7 @@ def _assemble(out):
     def write(f):
         f.create_dataset("x", data=out.concat("x"))
         write_strings(f, "name", list(out.concat("name")))
-        f.attrs["total"] = sum(chunk.meta["n"] for chunk in out.chunks())
+        f.attrs["total"] = sum(chunk.meta.get("n", 0) for chunk in out.chunks())
     return out.finish(write)
 
 
@@ -98,6 +112,8 @@ def test_chunked_output_resumes_verified_chunks_and_finishes_atomically(tmp_path
     again = _chunked(path)  # a new process: the committed chunks are there
     assert again.keys == [0, 2] and again.read(2).meta == {"n": 2}
     again.commit(1, {"x": np.full(2, 1.0), "name": ["c", "d"]}, {"n": 1})
+    again.commit(9, {"g/mean": np.eye(2)})  # a chunk of other arrays, nested names
+    assert again.read(9).arrays["g/mean"].tolist() == [[1, 0], [0, 1]]
     _assemble(again)
     assert not chunks_dir(path).exists() and is_complete(path)
     with h5py.File(path) as f:
@@ -105,6 +121,7 @@ def test_chunked_output_resumes_verified_chunks_and_finishes_atomically(tmp_path
         assert read_strings(f["name"]) == ["ü0", "b", "c", "d", "ü2", "b"]
     # an uninterrupted run, chunks committed in another order: the same bytes
     other = _chunked(tmp_path / "y.h5")
+    other.commit(9, {"g/mean": np.eye(2)})
     for key in (0, 1, 2):
         other.commit(key, {"x": np.full(2, float(key)),
                            "name": [["ü0", "b"], ["c", "d"], ["ü2", "b"]][key]}, {"n": key})
@@ -281,3 +298,26 @@ def test_diff_files_names_each_difference(tmp_path):
     assert [d.split(":")[0] for d in diffs] == ["x", "x#dims", "x@units"]
     assert diff_files(tmp_path / "a.h5", tmp_path / "b.h5", ignore_attrs=["units"])[1:] == \
         ["x#dims: ['puzzle'] != ['layer']"]
+
+
+def test_result_files_record_the_command_and_git_commit(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from leela_interp import results
+
+    monkeypatch.setattr(sys, "argv", ["leela-interp", "stage=patching", "out_dir=runs/a b"])
+    with open_partial(tmp_path / "x.h5", schema="t/1", config={"a": 1}):
+        pass
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f.attrs["command"] == "leela-interp stage=patching 'out_dir=runs/a b'"
+        commit = f.attrs["git_commit"]
+    repo = Path(results.__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        assert commit == "unknown"
+        return
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert commit in (head, head + "-dirty")

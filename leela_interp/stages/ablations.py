@@ -1,10 +1,13 @@
 """``stage=ablations``: head ablations (zero / mean / resample), single-edge ablation of one
 (layer, head), and piece-movement-head ablations, on the clean boards.
 
-Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/ablations.h5`` and PNG figures under
-``<out_dir>/figures/`` (layout and conventions: ``docs/interventions.md``). A network without
-attention heads (a CNN) gets a complete file that says so and no figures. Resumable by chunks;
-skipped when complete for the same network, puzzle set and ``ablations`` config.
+Reads ``<out_dir>/puzzles.h5`` (and, for the default single-edge head, ``patching.h5``),
+writes ``<out_dir>/ablations.h5`` and PNG figures under ``<out_dir>/figures/`` (layout and
+conventions: ``docs/interventions.md``). By default only the puzzles patching analyses are
+ablated (``ablations.puzzles``, ``ablations.require_pv0_top``). A network without attention
+heads (a CNN) gets a complete file that says so and no figures. Resumable by chunks; skipped
+when complete for the same network, puzzle set and ``ablations`` config (and, for the default
+single-edge head, the same ``patching.h5``).
 """
 
 from __future__ import annotations
@@ -12,24 +15,33 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from leela_interp import interventions as iv
+from leela_interp.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
+from leela_interp.lc0.weights import sha256_file
 from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import STR, label_axes, open_partial, write_strings
-from leela_interp.stages.common import run_dir, up_to_date
-from leela_interp.stages.patching import (chunks, effect_attrs, float_dataset, load_model,
-                                          puzzles_input, stage_config, subset_masks,
-                                          write_common, write_summary)
+from leela_interp.results import STR, is_complete, label_axes, open_partial, write_strings
+from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
+from leela_interp.stages.patching import (chunks, considered, effect_attrs, float_dataset,
+                                          load_model, put, puzzles_input, screen,
+                                          selection_steps, stage_config, subset_masks,
+                                          write_common, write_funnel, write_summary)
 
 log = logging.getLogger(__name__)
 
 OUTPUT = "ablations.h5"
 SCHEMA = "leela_interp.ablations/1"
+PUZZLE_CHOICES = ("corrupted", "all")
+"""``ablations.puzzles``: analyse the puzzles with a usable corrupted board (as patching and the
+paper do) or every puzzle."""
+EDGE_SOURCE = "heads/summary/different_targets/effect_mean"
+"""The ``patching.h5`` dataset whose largest entry is the default single-edge head."""
 
 
 def _methods(value) -> list[str]:
@@ -46,37 +58,121 @@ def _head_lists(ac) -> dict[str, list]:
     return {k: v or [] for k, v in lists.items()}
 
 
+def _choice(key: str, value, choices) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}; choose from {list(choices)}")
+    return str(value)
+
+
+def edge_head(cfg: DictConfig, net, patching_path: Path) -> tuple[int, int, dict]:
+    """The (layer, head) of the single-edge ablation and how it was chosen.
+
+    ``ablations.edge.layer/head`` given: that head. Both null (the default): the head this
+    net's own head patching ranks first, the largest :data:`EDGE_SOURCE` of
+    ``patching_path``.
+
+    Returns:
+        ``(layer, head, attrs)``; ``attrs`` (written on the ``edge`` group) say how the head
+        was chosen: ``choice`` (``config`` or ``patching``), ``chosen_by`` (a sentence) and,
+        for ``patching``, the source file, its sha256 and the head's mean, error and n.
+
+    Raises:
+        ConfigError: only one of layer/head given, a head outside the net, or (automatic
+            choice) no complete ``patching.h5`` of this network with finite head-patching
+            means on ``different_targets``.
+    """
+    ec = cfg.ablations.edge
+    if (ec.layer is None) != (ec.head is None):
+        raise ConfigError(f"ablations.edge.layer={ec.layer!r}, ablations.edge.head={ec.head!r}: "
+                          f"give both, or both null (the head head patching ranks first)")
+    if ec.layer is not None:
+        try:
+            layer, head = iv.resolve_head(net, int(ec.layer), int(ec.head))
+        except ConfigError as e:
+            raise ConfigError(f"ablations.edge: {e}") from None
+        return layer, head, {"choice": "config", "chosen_by": f"ablations.edge.layer={layer}, "
+                                                              f"ablations.edge.head={head}"}
+    fix = (f"run the patching stage first (leela-interp stage=patching model.path="
+           f"{cfg.model.path} out_dir={patching_path.parent}) or set ablations.edge.layer=L "
+           f"ablations.edge.head=H")
+    if not is_complete(patching_path):
+        raise ConfigError(f"ablations.edge.layer/head are null, so the single-edge head is the "
+                          f"one head patching ranks first ({EDGE_SOURCE} of {patching_path}), "
+                          f"but that file is missing or incomplete: {fix}")
+    with h5py.File(patching_path, "r") as f:
+        if f.attrs.get("network_sha256") != net.sha256:
+            raise ConfigError(f"{patching_path} was computed with another network "
+                              f"(network_sha256 {f.attrs.get('network_sha256')!r}, not "
+                              f"{net.sha256!r} of model.path={cfg.model.path}): {fix}")
+        if EDGE_SOURCE not in f:
+            raise ConfigError(f"{patching_path} has no {EDGE_SOURCE} (heads: "
+                              f"{f.attrs.get('heads', '?')}): rerun patching with "
+                              f"patching.heads=true, or set ablations.edge.layer=L "
+                              f"ablations.edge.head=H")
+        base = EDGE_SOURCE.rsplit("_", 1)[0]
+        mean, err = f[EDGE_SOURCE][()], f[base + "_err2sigma"][()]
+        count = f[base + "_n"][()]
+    if not np.isfinite(mean).any():
+        raise ConfigError(f"{patching_path}: {EDGE_SOURCE} is NaN for every head (no analysed "
+                          f"puzzle with different_targets; see its funnel): set "
+                          f"ablations.edge.layer=L ablations.edge.head=H, or analyse more "
+                          f"puzzles")
+    layer, head = (int(i) for i in np.unravel_index(np.nanargmax(mean), mean.shape))
+    sha = sha256_file(patching_path)
+    m, e, k = float(mean[layer, head]), float(err[layer, head]), int(count[layer, head])
+    return layer, head, {
+        "choice": "patching",
+        "chosen_by": f"largest {EDGE_SOURCE} of {patching_path.name} (sha256 {sha[:12]}): "
+                     f"{m:.4f} ± {e:.4f} (2σ) over {k} puzzles",
+        "source_file": str(patching_path), "source_sha256": sha,
+        "source_effect_mean": m, "source_effect_err2sigma": e, "source_n": k}
+
+
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/ablations.h5`` (or skip it when up to date) and its figures."""
     from leela_interp import figures
 
     ac = cfg.ablations
     methods = _methods(ac.method)
+    which = _choice("ablations.puzzles", ac.puzzles, PUZZLE_CHOICES)
+    piece_rule = _choice("ablations.piece_heads.piece_rule", ac.piece_heads.piece_rule,
+                         iv.PIECE_RULES)
+    random_key = _choice("ablations.piece_heads.random_key", ac.piece_heads.random_key,
+                         iv.RANDOM_KEY_RULES)
     puzzles_path = puzzles_input(cfg)
     out = run_dir(cfg)
     path = out / OUTPUT
+    patching_path = out / "patching.h5"
+    edge_on = bool(ac.edge.enabled)
+    auto_edge = edge_on and ac.edge.layer is None and ac.edge.head is None
     config = stage_config(cfg, "ablations", puzzles_path)
+    if auto_edge and patching_path.exists():  # the chosen head depends on patching.h5
+        config["patching_sha256"] = sha256_file(patching_path)
     if up_to_date(path, config, bool(cfg.force)):
         if ac.figures:
             figures.ablation_figures(path, out / "figures")
         return path
     net = load_model(cfg)
+    net_attrs = puzzles_net(puzzles_path, net.sha256, cfg.model.path)
     if net.config.body != "transformer" or net.config.n_heads == 0:
         note = (f"not run: {cfg.model.path} has no attention heads ({net.config.body} body); "
                 f"head, edge and piece-movement-head ablations need a transformer")
         log.warning("ablations: %s", note)
         with open_partial(path, schema=SCHEMA, config=config, resume=False) as f:
             f.attrs.update({"note": note, "network_sha256": net.sha256,
-                            "body": net.config.body, "metric": iv.METRIC, "sign": iv.SIGN})
+                            "body": net.config.body, "metric": iv.METRIC, "sign": iv.SIGN,
+                            **net_attrs})
         return path
     puzzles = PuzzleSet.load(puzzles_path)
-    n = len(puzzles) if ac.max_puzzles is None else min(len(puzzles), int(ac.max_puzzles))
+    n = len(puzzles)
+    limit = considered(n, ac.max_puzzles)
     L, H = net.config.n_layers, net.config.n_heads
     bs = int(cfg.model.batch_size)
-    edge_on = bool(ac.edge.enabled)
+    need_corruption = which == "corrupted"
+    require_top = bool(ac.require_pv0_top)
     if edge_on:
-        layer, head = iv.resolve_head(net, int(ac.edge.layer), int(ac.edge.head),
-                                      clamp=bool(ac.edge.clamp))
+        layer, head, edge_attrs = edge_head(cfg, net, patching_path)
+        log.info("ablations: single-edge head L%dH%d (%s)", layer, head, edge_attrs["chosen_by"])
     lists = iv.check_head_lists(net, _head_lists(ac))
     piece_on = any(lists.values())
     if not piece_on:
@@ -85,24 +181,26 @@ def run(cfg: DictConfig) -> Path:
 
     with open_partial(path, schema=SCHEMA, config=config, resume=not cfg.force) as f:
         if "done" not in f:
-            write_common(f, net, puzzles, n)
+            write_common(f, net, puzzles, {**net_attrs, "puzzles": which,
+                                           "require_pv0_top": require_top})
             g = f.require_group("heads")
             g.attrs["hook"] = "blocks.{layer}.attn.hook_z"
             for m in methods:
                 float_dataset(g, f"{m}/effect", (n, L, H), ("puzzle", "layer", "head"),
                               **effect_attrs(method=m))
             if "resample" in methods:
-                label_axes(g.create_dataset("resample_donor",
-                                            data=iv.resample_donors(n, int(ac.seed))), "puzzle",
-                           meaning="index of the puzzle whose clean head outputs are used")
+                donors = np.full(n, -1, np.int64)
+                donors[:limit] = iv.resample_donors(limit, int(ac.seed))
+                label_axes(g.create_dataset("resample_donor", data=donors), "puzzle",
+                           meaning="row of the puzzle whose clean head outputs are used (any "
+                                   "of the considered rows; -1 past max_puzzles)")
             if edge_on:
                 g = f.require_group("edge")
-                g.attrs.update({"layer": layer, "head": head,
-                                "requested_layer": int(ac.edge.layer),
-                                "requested_head": int(ac.edge.head),
+                g.attrs.update({"layer": layer, "head": head, **edge_attrs,
                                 "hook": f"blocks.{layer}.attn.hook_pattern",
                                 "query": "1st-move target (PV[0].to_square) token",
-                                "key": "3rd-move target (PV[2].to_square) token"})
+                                "key": "3rd-move target (PV[2].to_square) token",
+                                "numbering": TOKEN_NUMBERING})
                 write_strings(g, "variant_names", iv.EDGE_VARIANTS)
                 float_dataset(g, "effect", (n, len(iv.EDGE_VARIANTS)), ("puzzle", "variant"),
                               variants=list(iv.EDGE_VARIANTS), **effect_attrs())
@@ -116,79 +214,94 @@ def run(cfg: DictConfig) -> Path:
                 if ac.edge.full_sweep:
                     float_dataset(g, "sweep", (n, 64, 64), ("puzzle", "query", "key"),
                                   renormalized=bool(ac.edge.sweep_renormalize),
+                                  numbering=TOKEN_NUMBERING,
                                   **effect_attrs(meaning="zero one pattern entry"))
             if piece_on:
                 g = f.require_group("piece_heads")
                 g.attrs.update({"heads": str(lists), "min_pv_length":
-                                int(ac.piece_heads.min_pv_length), "seed": int(ac.seed)})
+                                int(ac.piece_heads.min_pv_length), "seed": int(ac.seed),
+                                "piece_rule": piece_rule, "random_key": random_key})
                 write_strings(g, "variant_names", iv.PIECE_VARIANTS)
                 float_dataset(g, "effect", (n, len(iv.PIECE_VARIANTS)), ("puzzle", "variant"),
                               variants=list(iv.PIECE_VARIANTS), **effect_attrs())
                 label_axes(g.create_dataset("piece", shape=(n,), dtype=STR), "puzzle",
-                           meaning="piece playing PV[2] (knight/bishop/rook); '' = not in "
-                                   "the subset")
+                           meaning="piece playing PV[2] (knight/bishop/rook; read by "
+                                   f"piece_rule={piece_rule}); '' = not in the subset")
                 label_axes(g.create_dataset("random_key", shape=(n,), dtype="i8",
-                                            fillvalue=-1), "puzzle",
-                           meaning="key token of the random_square control")
+                                            fillvalue=-1), "puzzle", numbering=TOKEN_NUMBERING,
+                           meaning=f"key token of the random_square control (random_key="
+                                   f"{random_key}); -1 = none")
 
         mean_z = None
         if "mean" in methods:
             if "heads/mean_z" not in f:
                 acc = iv.MeanHeadOutputs()
                 step = min(bs, 64)  # every head's output of 64 boards at a time
-                for s in tqdm(range(0, n, step), desc="ablations: mean head outputs",
+                for s in tqdm(range(0, limit, step), desc="ablations: mean head outputs",
                               unit="chunk", disable=None):
                     acc.add(iv.head_outputs(net, [puzzles.clean_board(i)
-                                                  for i in range(s, min(s + step, n))],
+                                                  for i in range(s, min(s + step, limit))],
                                             batch_size=step))
                 label_axes(f.create_dataset("heads/mean_z", data=acc.mean.float().numpy()),
-                           "layer", "head", "square", "d_head",
-                           meaning=f"mean hook_z over the {n} clean boards")
+                           "layer", "head", "square", "d_head", numbering=TOKEN_NUMBERING,
+                           meaning=f"mean hook_z over the {limit} considered clean boards "
+                                   f"(every row within max_puzzles, analysed or not)")
             mean_z = torch.from_numpy(f["heads/mean_z"][()])
         donors = f["heads/resample_donor"][()] if "resample" in methods else None
-        for s, e in chunks(f, n, int(ac.chunk_size), "ablations"):
-            prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)],
-                              batch_size=bs, clean_hooks=["blocks.*.hook_resid_pre"])
-            f["clean_log_odds"][s:e] = prep.clean_log_odds
-            f["clean_top_is_pv0"][s:e] = prep.clean_top_is_pv0
-            for m in methods:
-                donor_z = None
-                if m == "resample":
-                    if n < 2:
-                        continue
-                    donor_z = iv.head_outputs(net, [puzzles.clean_board(int(j))
-                                                    for j in donors[s:e]], batch_size=bs)
-                f[f"heads/{m}/effect"][s:e] = iv.head_ablation(prep, m, mean_z=mean_z,
-                                                               donor_z=donor_z)
-            if edge_on:
-                r = iv.edge_ablation(prep, layer, head, full_sweep=bool(ac.edge.full_sweep),
-                                     sweep_renormalize=bool(ac.edge.sweep_renormalize))
-                f["edge/effect"][s:e] = r.effects
-                f["edge/weight"][s:e] = r.weight
-                f["edge/rank_in_row"][s:e] = r.rank_in_row
-                f["edge/is_head_max"][s:e] = r.is_head_max
-                if r.sweep is not None:
-                    f["edge/sweep"][s:e] = r.sweep
-            if piece_on:
-                r = iv.piece_head_ablation(prep, lists, seed=int(ac.seed),
-                                           min_pv_length=int(ac.piece_heads.min_pv_length))
-                f["piece_heads/effect"][s:e] = r.effects
-                f["piece_heads/piece"][s:e] = np.array(r.piece, dtype=object)
-                f["piece_heads/random_key"][s:e] = r.random_key
+        for s, e in chunks(f, limit, int(ac.chunk_size), "ablations"):
+            chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
+            rows = screen(f, s, iv.prepare(net, chunk, batch_size=bs),
+                          need_corruption=need_corruption, require_pv0_top=require_top)
+            if len(rows):
+                prep = iv.prepare(net, [chunk[j] for j in rows], batch_size=bs,
+                                  clean_hooks=["blocks.*.hook_resid_pre"])
+                for m in methods:
+                    donor_z = None
+                    if m == "resample":
+                        if limit < 2:
+                            continue
+                        donor_z = iv.head_outputs(net, [puzzles.clean_board(int(j))
+                                                        for j in donors[s + rows]],
+                                                  batch_size=bs)
+                    put(f[f"heads/{m}/effect"], s, e, rows,
+                        iv.head_ablation(prep, m, mean_z=mean_z, donor_z=donor_z))
+                if edge_on:
+                    r = iv.edge_ablation(prep, layer, head, full_sweep=bool(ac.edge.full_sweep),
+                                         sweep_renormalize=bool(ac.edge.sweep_renormalize))
+                    put(f["edge/effect"], s, e, rows, r.effects)
+                    put(f["edge/weight"], s, e, rows, r.weight)
+                    put(f["edge/rank_in_row"], s, e, rows, r.rank_in_row)
+                    put(f["edge/is_head_max"], s, e, rows, r.is_head_max)
+                    if r.sweep is not None:
+                        put(f["edge/sweep"], s, e, rows, r.sweep)
+                if piece_on:
+                    r = iv.piece_head_ablation(prep, lists, seed=int(ac.seed),
+                                               min_pv_length=int(ac.piece_heads.min_pv_length),
+                                               piece_rule=piece_rule, random_key=random_key)
+                    put(f["piece_heads/effect"], s, e, rows, r.effects)
+                    put(f["piece_heads/piece"], s, e, rows, np.array(r.piece, dtype=object))
+                    put(f["piece_heads/random_key"], s, e, rows, r.random_key)
             f["done"][s:e] = True
             f.flush()
         subsets = subset_masks(f)
-        everyone = np.ones(n, bool)
+        analysed = f["analysed"][()]
         for m in methods:
-            write_summary(f[f"heads/{m}"], "effect", f[f"heads/{m}/effect"][()], everyone,
+            write_summary(f[f"heads/{m}"], "effect", f[f"heads/{m}/effect"][()], analysed,
                           subsets, ("layer", "head"), **effect_attrs(method=m))
         if edge_on:
-            write_summary(f["edge"], "effect", f["edge/effect"][()], everyone, subsets,
+            write_summary(f["edge"], "effect", f["edge/effect"][()], analysed, subsets,
                           ("variant",), variants=list(iv.EDGE_VARIANTS), **effect_attrs())
         if piece_on:
-            write_summary(f["piece_heads"], "effect", f["piece_heads/effect"][()], everyone,
+            write_summary(f["piece_heads"], "effect", f["piece_heads/effect"][()], analysed,
                           subsets, ("variant",), variants=list(iv.PIECE_VARIANTS),
                           **effect_attrs())
+        steps = selection_steps(
+            f, limit, "ablations", need_corruption=need_corruption, require_pv0_top=require_top,
+            corruption_rule="a usable corrupted board, as patching (ablations.puzzles=corrupted)"
+            if need_corruption else "not required (ablations.puzzles=all)")
+        write_funnel(f, steps)
+        log.info("ablations: funnel %s", ", ".join(f"{name} {int(m.sum())}"
+                                                   for name, m, _ in steps))
     log.info("wrote %s", path)
     if ac.figures:
         for fig in figures.ablation_figures(path, out / "figures"):

@@ -21,7 +21,7 @@ from leela_interp.lc0.weights import sha256_file
 from leela_interp.model import load_network
 from leela_interp.puzzle_set import PuzzleSet
 from leela_interp.results import remove_leftovers
-from leela_interp.stages.common import run_dir
+from leela_interp.stages.common import puzzles_net, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ def run(cfg: DictConfig) -> Path:
     cache_activations(net, PuzzleSet.load(puzzles_path), path, hooks=config["hooks"],
                       boards=a.boards, dtype=a.dtype, compression=a.compression,
                       batch_size=a.batch_size or cfg.model.batch_size,
-                      puzzles_sha256=puzzles_sha256, config=config, overwrite=bool(cfg.force))
+                      puzzles_sha256=puzzles_sha256, config=config,
+                      attrs=puzzles_net(puzzles_path, network_sha256, cfg.model.path),
+                      overwrite=bool(cfg.force))
     log.info("wrote %s", path)
     return path

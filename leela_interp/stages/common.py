@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError, RunFolderInUseError
@@ -22,8 +23,9 @@ from leela_interp.results import config_hash, is_complete, remove_leftovers
 log = logging.getLogger(__name__)
 
 
-#: Outputs of earlier stages that later stages read from the run folder.
-SHARED_INPUTS = ("puzzles.h5", "activations.h5")
+#: Outputs of earlier stages that later stages read from the run folder (``patching.h5``: the
+#: ablations stage's default single-edge head).
+SHARED_INPUTS = ("puzzles.h5", "activations.h5", "patching.h5")
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -117,3 +119,31 @@ def up_to_date(path: Path, config: dict, force: bool) -> bool:
         remove_leftovers(path)
         return True
     return False
+
+
+def puzzles_net(puzzles_path: Path, network_sha256: str, model_path) -> dict[str, str]:
+    """Whether the network under study is the strong net that filtered ``puzzles.h5``.
+
+    The puzzles stage keeps the puzzles its strong net solves and picks each corrupted board
+    with it; another network may not solve them, so its effects are measured on someone else's
+    puzzle set. A mismatch is logged as a warning and recorded, not refused.
+
+    Returns:
+        The root attributes every stage output records: ``puzzles_strong_sha256`` (the
+        ``strong_sha256`` of ``puzzles.h5``; ``""`` when it does not record one) and
+        ``puzzles_net``: ``same``, ``different`` or ``unknown``.
+    """
+    with h5py.File(puzzles_path, "r") as f:
+        strong = str(f.attrs.get("strong_sha256", ""))
+    if not strong:
+        log.info("%s does not record the strong net that filtered it (no strong_sha256 "
+                 "attribute); cannot check that model.path is that net", puzzles_path)
+        verdict = "unknown"
+    elif strong == network_sha256:
+        verdict = "same"
+    else:
+        log.warning("model.path=%s (sha256 %s) is not the strong net that filtered %s "
+                    "(strong_sha256 %s): its puzzles were chosen for another network's "
+                    "moves", model_path, network_sha256, puzzles_path, strong)
+        verdict = "different"
+    return {"puzzles_strong_sha256": strong, "puzzles_net": verdict}

@@ -19,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from leela_interp import interventions as iv
+from leela_interp.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.lc0.weights import sha256_file
 from leela_interp.model import load_network
 from leela_interp.puzzle_set import PuzzleSet
 from leela_interp.results import STR, label_axes, open_partial, write_strings
-from leela_interp.stages.common import run_dir, up_to_date
+from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ OUTPUT = "patching.h5"
 SCHEMA = "leela_interp.patching/1"
 SUBSETS = ("all", "different_targets", "same_targets")
 """Puzzle subsets every summary is computed for (the paper splits on ``different_targets``)."""
+OVERLAP_MEANING = {
+    "paper": "corrupted squares touch the 1st-move target or a target of PV[2:], or the "
+             "1st-move target is a target of PV[2:]: left out of the category means",
+    "third_only": "corrupted squares touch the 1st or 3rd move's target, or those two targets "
+                  "coincide: left out of the category means"}
+"""The ``overlap`` dataset's ``meaning`` under each of :data:`iv.OVERLAP_RULES`."""
 
 
 # --------------------------------------------------------------------------- shared stage glue
@@ -78,20 +85,102 @@ def effect_attrs(**extra) -> dict:
     return {"metric": iv.METRIC, "sign": iv.SIGN, "units": "log-odds", **extra}
 
 
-def write_common(f: h5py.File, net, puzzles: PuzzleSet, n: int) -> None:
-    """Root attributes and per-puzzle datasets both stages share (written once per file)."""
+def write_common(f: h5py.File, net, puzzles: PuzzleSet, attrs: dict) -> None:
+    """Root attributes and per-puzzle datasets both stages share (written once per file).
+
+    Every per-puzzle dataset has one row per row of ``puzzles.h5`` (the files join row by
+    row); rows that are not analysed keep NaN effects (see :func:`screen`).
+    """
+    n = len(puzzles)
     f.attrs.update({"network_sha256": net.sha256, "network_path": net.path,
                     "body": net.config.body, "n_layers": net.config.n_layers,
-                    "n_heads": net.config.n_heads, "metric": iv.METRIC, "sign": iv.SIGN})
-    label_axes(write_strings(f, "puzzle_id", puzzles.ids[:n]), "puzzle")
-    label_axes(f.create_dataset("different_targets", data=puzzles.different_targets[:n]),
-               "puzzle")
+                    "n_heads": net.config.n_heads, "metric": iv.METRIC, "sign": iv.SIGN,
+                    **attrs})
+    label_axes(write_strings(f, "puzzle_id", puzzles.ids), "puzzle")
+    label_axes(f.create_dataset("different_targets", data=puzzles.different_targets), "puzzle")
     label_axes(f.create_dataset("done", shape=(n,), dtype=bool), "puzzle",
                meaning="the puzzle's chunk is written (resume skips it)")
     float_dataset(f, "clean_log_odds", (n,), ("puzzle",), dtype="f8",
                   metric=iv.METRIC, units="log-odds")
     label_axes(f.create_dataset("clean_top_is_pv0", shape=(n,), dtype=bool), "puzzle",
                meaning="the network's own top legal move on the clean board is PV[0]")
+    label_axes(f.create_dataset("ok", shape=(n,), dtype=bool), "puzzle",
+               meaning="has a usable corrupted board (same side to move and canonical "
+                       "transform as the clean board)")
+    label_axes(f.create_dataset("skip_reason", shape=(n,), dtype=STR), "puzzle",
+               meaning="why the corrupted board is not usable ('' if it is)")
+    label_axes(f.create_dataset("analysed", shape=(n,), dtype=bool), "puzzle",
+               meaning="the interventions ran on this puzzle (funnel/rule says why others did "
+                       "not); every effect of the other rows is NaN")
+
+
+def screen(f: h5py.File, start: int, chunk: iv.Prepared, *, need_corruption: bool,
+           require_pv0_top: bool) -> np.ndarray:
+    """Write a chunk's selection datasets (``clean_log_odds``, ``clean_top_is_pv0``, ``ok``,
+    ``skip_reason``, ``analysed``) from rows ``start:start + chunk.n`` and return the
+    chunk-relative indices of the puzzles to analyse: those with a usable corrupted board (if
+    ``need_corruption``) on which PV[0] is the net's own top move (if ``require_pv0_top``)."""
+    stop = start + chunk.n
+    top = chunk.clean_top_is_pv0
+    f["clean_log_odds"][start:stop] = chunk.clean_log_odds
+    f["clean_top_is_pv0"][start:stop] = top
+    f["ok"][start:stop] = chunk.corrupted_ok
+    f["skip_reason"][start:stop] = np.array(chunk.skip_reason, dtype=object)
+    keep = np.ones(chunk.n, bool)
+    if need_corruption:
+        keep &= chunk.corrupted_ok
+    if require_pv0_top:
+        keep &= top
+    f["analysed"][start:stop] = keep
+    return np.nonzero(keep)[0]
+
+
+def put(ds: h5py.Dataset, start: int, stop: int, rows: np.ndarray, values) -> None:
+    """Write ``values`` (one entry per analysed puzzle) to rows ``start + rows`` of ``ds``; the
+    chunk's other rows get the dataset's fill value (NaN for effects)."""
+    if ds.dtype.kind == "O":
+        block = np.full(stop - start, "", dtype=object)
+    else:
+        block = np.full((stop - start,) + ds.shape[1:], ds.fillvalue, dtype=ds.dtype)
+    block[rows] = values
+    ds[start:stop] = block
+
+
+def write_funnel(f: h5py.File, steps: list[tuple[str, np.ndarray, str]]) -> None:
+    """``funnel/{step,rule,count}``: the puzzles left after each selection step.
+
+    Args:
+        steps: ``(step name, per-puzzle mask of the puzzles left after it, the rule)``, in
+            order; each mask should imply the previous one.
+    """
+    if "funnel" in f:
+        del f["funnel"]
+    g = f.create_group("funnel")
+    g.attrs["meaning"] = "puzzles left after each step and every step before it"
+    label_axes(write_strings(g, "step", [s for s, _, _ in steps]), "step")
+    label_axes(write_strings(g, "rule", [r for _, _, r in steps]), "step")
+    label_axes(g.create_dataset("count", data=np.array([int(m.sum()) for _, m, _ in steps])),
+               "step", units="puzzles")
+
+
+def selection_steps(f: h5py.File, limit: int, key: str, *, need_corruption: bool,
+                    require_pv0_top: bool, corruption_rule: str) -> list:
+    """The funnel steps both stages share: puzzles.h5's rows, the first ``max_puzzles``, a
+    usable corrupted board, PV[0] the net's top move, analysed."""
+    n = f["analysed"].shape[0]
+    rows = np.ones(n, bool)
+    within = np.arange(n) < limit
+    usable = within & f["ok"][()] if need_corruption else within
+    top = usable & f["clean_top_is_pv0"][()] if require_pv0_top else usable
+    return [
+        ("puzzles", rows, "rows of puzzles.h5"),
+        ("within_max_puzzles", within, f"the first {limit} rows ({key}.max_puzzles)"
+         if limit < n else f"every row ({key}.max_puzzles)"),
+        ("usable_corruption", usable, corruption_rule),
+        ("pv0_is_top", top, f"PV[0] is the net's own top legal move ({key}.require_pv0_top=true)"
+         if require_pv0_top else f"not required ({key}.require_pv0_top=false)"),
+        ("analysed", f["analysed"][()], "the interventions ran"),
+    ]
 
 
 def chunks(f: h5py.File, n: int, size: int, desc: str):
@@ -126,6 +215,19 @@ def subset_masks(f: h5py.File) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- the stage
 
 
+def considered(n: int, max_puzzles) -> int:
+    """How many of ``puzzles.h5``'s ``n`` rows a stage considers (``max_puzzles``; null = all).
+
+    Raises:
+        ConfigError: a negative ``max_puzzles``.
+    """
+    if max_puzzles is None:
+        return n
+    if int(max_puzzles) < 0:
+        raise ConfigError(f"max_puzzles={max_puzzles!r}; give a count >= 0 or null (all)")
+    return min(n, int(max_puzzles))
+
+
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
     from leela_interp import figures
@@ -136,6 +238,9 @@ def run(cfg: DictConfig) -> Path:
         if site not in iv.RESIDUAL_SITES:
             raise ConfigError(f"patching.sites: unknown site {site!r}; choose from "
                               f"{list(iv.RESIDUAL_SITES)}")
+    if pc.overlap_rule not in iv.OVERLAP_RULES:
+        raise ConfigError(f"patching.overlap_rule={pc.overlap_rule!r}; choose from "
+                          f"{list(iv.OVERLAP_RULES)}")
     puzzles_path = puzzles_input(cfg)
     out = run_dir(cfg)
     path = out / OUTPUT
@@ -153,10 +258,14 @@ def run(cfg: DictConfig) -> Path:
     if pc.heads and not has_heads:
         log.warning("%s has no attention heads (%s body): head patching is skipped; only "
                     "residual-stream patching runs", cfg.model.path, net.config.body)
+    net_attrs = puzzles_net(puzzles_path, net.sha256, cfg.model.path)
     puzzles = PuzzleSet.load(puzzles_path)
-    n = len(puzzles) if pc.max_puzzles is None else min(len(puzzles), int(pc.max_puzzles))
+    n = len(puzzles)
+    limit = considered(n, pc.max_puzzles)
     L, H = net.config.n_layers, net.config.n_heads
-    C = len(iv.CATEGORIES)
+    C = len(iv.COLUMNS)
+    bs = int(cfg.model.batch_size)
+    require_top = bool(pc.require_pv0_top)
     clean_hooks = [f"blocks.*.hook_{s}" for s in sites] + ["blocks.*.hook_resid_pre"]
     corrupted_hooks = [f"blocks.*.hook_{s}" for s in sites]
     if heads:
@@ -165,33 +274,36 @@ def run(cfg: DictConfig) -> Path:
 
     with open_partial(path, schema=SCHEMA, config=config, resume=not cfg.force) as f:
         if "done" not in f:
-            write_common(f, net, puzzles, n)
+            write_common(f, net, puzzles, {**net_attrs, "overlap_rule": pc.overlap_rule,
+                                           "require_pv0_top": require_top})
             f.attrs["heads"] = ("head patching of every (layer, head)'s hook_z" if heads else
                                 f"not run: the network has no attention heads "
                                 f"({net.config.body} body)" if not has_heads else
                                 "not run: patching.heads=false")
-            write_strings(f, "category_names", iv.CATEGORIES)
+            write_strings(f, "category_names", iv.COLUMNS)
+            f["category_names"].attrs["meaning"] = (
+                "square_category indexes the first five (a partition of the squares); "
+                "category_max has all six: follow_up_targets is the union of third_target and "
+                "later_targets (the paper's '3rd-move target')")
             float_dataset(f, "corrupted_log_odds", (n,), ("puzzle",), dtype="f8",
                           metric=iv.METRIC, units="log-odds")
             float_dataset(f, "corruption_effect", (n,), ("puzzle",),
                           **effect_attrs(meaning="the whole corrupted board instead of the "
                                                  "clean one"))
-            label_axes(f.create_dataset("ok", shape=(n,), dtype=bool), "puzzle",
-                       meaning="has a usable corrupted board (else every effect is NaN)")
-            label_axes(f.create_dataset("skip_reason", shape=(n,), dtype=STR), "puzzle")
             label_axes(f.create_dataset("overlap", shape=(n,), dtype=bool), "puzzle",
-                       meaning="corrupted squares include the 1st/3rd target, or the 1st and "
-                               "3rd targets coincide: left out of the category means")
+                       rule=pc.overlap_rule,
+                       meaning=OVERLAP_MEANING[pc.overlap_rule])
             label_axes(f.create_dataset("square_category", shape=(n, 64), dtype="i1"),
                        "puzzle", "square", categories=list(iv.CATEGORIES),
+                       numbering=TOKEN_NUMBERING,
                        meaning="index into category_names; squares are clean-board tokens")
             for site in sites:
                 g = f.require_group(f"residual/{site}")
                 g.attrs["hook"] = f"blocks.{{layer}}.hook_{site}"
                 float_dataset(g, "effect", (n, L, 64), ("puzzle", "layer", "square"),
-                              **effect_attrs())
+                              numbering=TOKEN_NUMBERING, **effect_attrs())
                 float_dataset(g, "category_max", (n, L, C), ("puzzle", "layer", "category"),
-                              categories=list(iv.CATEGORIES),
+                              categories=list(iv.COLUMNS),
                               **effect_attrs(meaning="max effect over the category's squares; "
                                                      "NaN if the category is empty"))
             if heads:
@@ -199,38 +311,49 @@ def run(cfg: DictConfig) -> Path:
                 g.attrs["hook"] = "blocks.{layer}.attn.hook_z"
                 float_dataset(g, "effect", (n, L, H), ("puzzle", "layer", "head"),
                               **effect_attrs())
-        for s, e in chunks(f, n, int(pc.chunk_size), "patching"):
-            prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)],
-                              batch_size=int(cfg.model.batch_size), clean_hooks=clean_hooks,
-                              corrupted_hooks=corrupted_hooks)
-            f["clean_log_odds"][s:e] = prep.clean_log_odds
-            f["corrupted_log_odds"][s:e] = prep.corrupted_log_odds
-            f["corruption_effect"][s:e] = prep.clean_log_odds - prep.corrupted_log_odds
-            f["clean_top_is_pv0"][s:e] = prep.clean_top_is_pv0
-            f["ok"][s:e] = prep.corrupted_ok
-            f["skip_reason"][s:e] = np.array(prep.skip_reason, dtype=object)
-            f["overlap"][s:e] = prep.overlap
-            f["square_category"][s:e] = prep.categories
-            for site in sites:
-                eff = iv.residual_patching(prep, site=site, skip_identical=pc.skip_identical)
-                f[f"residual/{site}/effect"][s:e] = eff
-                f[f"residual/{site}/category_max"][s:e] = iv.category_max(eff, prep.categories)
-            if heads:
-                f["heads/effect"][s:e] = iv.head_patching(prep, skip_identical=pc.skip_identical)
+        for s, e in chunks(f, limit, int(pc.chunk_size), "patching"):
+            chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
+            selection = iv.prepare(net, chunk, batch_size=bs, overlap_rule=pc.overlap_rule)
+            rows = screen(f, s, selection, need_corruption=True, require_pv0_top=require_top)
+            f["overlap"][s:e] = selection.overlap
+            f["square_category"][s:e] = selection.categories
+            if len(rows):
+                prep = iv.prepare(net, [chunk[j] for j in rows], batch_size=bs,
+                                  clean_hooks=clean_hooks, corrupted_hooks=corrupted_hooks,
+                                  overlap_rule=pc.overlap_rule)
+                put(f["corrupted_log_odds"], s, e, rows, prep.corrupted_log_odds)
+                put(f["corruption_effect"], s, e, rows,
+                    prep.clean_log_odds - prep.corrupted_log_odds)
+                for site in sites:
+                    eff = iv.residual_patching(prep, site=site, skip_identical=pc.skip_identical)
+                    put(f[f"residual/{site}/effect"], s, e, rows, eff)
+                    put(f[f"residual/{site}/category_max"], s, e, rows,
+                        iv.category_max(eff, prep.categories))
+                if heads:
+                    put(f["heads/effect"], s, e, rows,
+                        iv.head_patching(prep, skip_identical=pc.skip_identical))
             f["done"][s:e] = True
             f.flush()
-        ok = f["ok"][()]
+        analysed = f["analysed"][()]
+        no_overlap = analysed & ~f["overlap"][()]
         subsets = subset_masks(f)
         for site in sites:
             g = f[f"residual/{site}"]
-            write_summary(g, "category_max", g["category_max"][()], ok & ~f["overlap"][()],
-                          subsets, ("layer", "category"), categories=list(iv.CATEGORIES),
-                          **effect_attrs(meaning="over puzzles with ok and not overlap"))
+            write_summary(g, "category_max", g["category_max"][()], no_overlap, subsets,
+                          ("layer", "category"), categories=list(iv.COLUMNS),
+                          **effect_attrs(meaning="over puzzles with analysed and not overlap"))
         if heads:
-            write_summary(f["heads"], "effect", f["heads/effect"][()], ok, subsets,
-                          ("layer", "head"), **effect_attrs(meaning="over puzzles with ok"))
-        log.info("patching: %d puzzles, %d with a usable corrupted board, %d without overlap",
-                 n, int(ok.sum()), int((ok & ~f["overlap"][()]).sum()))
+            write_summary(f["heads"], "effect", f["heads/effect"][()], analysed, subsets,
+                          ("layer", "head"), **effect_attrs(meaning="over analysed puzzles"))
+        steps = selection_steps(f, limit, "patching", need_corruption=True,
+                                require_pv0_top=require_top,
+                                corruption_rule="a usable corrupted board (patching needs one)")
+        steps.append(("no_overlap", no_overlap,
+                      f"no overlap (patching.overlap_rule={pc.overlap_rule}): the puzzles of "
+                      f"the residual category means"))
+        write_funnel(f, steps)
+        log.info("patching: funnel %s", ", ".join(f"{name} {int(m.sum())}"
+                                                  for name, m, _ in steps))
     log.info("wrote %s", path)
     if pc.figures:
         for fig in figures.patching_figures(path, out / "figures"):

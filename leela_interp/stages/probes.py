@@ -2,7 +2,7 @@
 
 Reads ``<out_dir>/puzzles.h5`` and ``<out_dir>/activations.h5`` (the ``activations`` stage's
 ``clean/blocks.{layer}.{site}`` datasets), writes ``<out_dir>/probes.h5`` and
-``<out_dir>/probes.png``. With ``probes.random_twin.enabled`` it also writes the random twin of
+``<out_dir>/figures/probes.png``. With ``probes.random_twin.enabled`` it also writes the random twin of
 ``model.path`` (``random_twin.pb.gz``) and caches its activations
 (``random_twin_activations.h5``, same layout). Method, baselines and file layout:
 ``docs/probes.md``.
@@ -31,17 +31,18 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from leela_interp import probes as P
+from leela_interp.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.lc0.weights import net_format, read_net, sha256_file
 from leela_interp.puzzle_set import PuzzleSet
 from leela_interp.results import ChunkedOutput, label_axes, read_strings, write_strings
-from leela_interp.stages.common import run_dir, up_to_date
+from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "leela_interp.probes/1"
 OUTPUT = "probes.h5"
-FIGURE = "probes.png"
+FIGURE = "figures/probes.png"
 TWIN_NET = "random_twin.pb.gz"
 TWIN_ACTIVATIONS = "random_twin_activations.h5"
 #: The ``net`` axis: the network under study and its random-initialised twin.
@@ -106,7 +107,9 @@ def _layout(f: h5py.File, *, nets, splits, probes, targets, layers, seeds, basel
     _scale(f, "net", nets, meaning="network whose activations are probed")
     _scale(f, "split", splits, meaning="puzzle subset trained and tested on")
     _scale(f, "probe", probes)
-    _scale(f, "target", targets, square_order="rank*8+file in the side-to-move frame")
+    _scale(f, "target", targets, square_order="rank*8+file in the side-to-move frame",
+           numbering=TOKEN_NUMBERING,
+           meaning="what is predicted: a square of a later PV move, as a token")
     _scale(f, "layer", layers, meaning="activations of hook blocks.{layer}.{site}")
     _scale(f, "seed", seeds, meaning="train/test shuffle and probe initialisation")
     _scale(f, "baseline", baselines, meaning="no-activation baselines")
@@ -229,7 +232,8 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Write ``<out_dir>/probes.h5`` and ``probes.png`` (or skip when up to date); returns the path.
+    """Write ``<out_dir>/probes.h5`` and ``figures/probes.png`` (or skip when up to date);
+    returns the path.
 
     Each finished (net, layer) is a committed chunk of a
     :class:`~leela_interp.results.ChunkedOutput` (``probes.h5.partial.d/``); the file is
@@ -254,6 +258,7 @@ def run(cfg: DictConfig) -> Path:
                 targets=plan.targets, layers=list(plan.layer_map), seeds=plan.seeds,
                 baselines=plan.baselines)
         f.attrs.update({"activations": str(out / "activations.h5"),
+                        **puzzles_net(out / "puzzles.h5", plan.network_sha256, cfg.model.path),
                         "network_sha256": plan.network_sha256, "site": p.site,
                         "train_fraction": p.train_fraction,
                         "targets": json.dumps([vars(s) for s in plan.specs])})
@@ -375,11 +380,10 @@ def _summarise(f: h5py.File) -> None:
 def plot(path: str | Path, png: str | Path) -> Path:
     """Accuracy vs layer from ``probes.h5``: one panel per (target, split); solid lines the
     model, dashed its random twin, shaded bands the 2-sigma error bars, dotted horizontal lines
-    the no-activation baselines."""
-    import matplotlib
+    the no-activation baselines; a panel without any test puzzle says "no data"."""
+    from leela_interp.figures import no_data  # selects matplotlib's Agg backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: E402
 
     with h5py.File(path, "r") as f:
         axes = {a: (read_strings(f[a]) if f[a].dtype.kind == "O" else list(f[a][()]))
@@ -391,9 +395,20 @@ def plot(path: str | Path, png: str | Path) -> Path:
     fig, grid = plt.subplots(len(targets), len(splits), squeeze=False, sharex=True,
                              figsize=(width, height))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles, names = [], []
     for ti, t in enumerate(targets):
         for si, s in enumerate(splits):
             ax = grid[ti][si]
+            ax.set_title(f"{t} | {s}", fontsize=9)
+            ax.set_xticks(layers)
+            if ti == len(targets) - 1:
+                ax.set_xlabel("layer")
+            if si == 0:
+                ax.set_ylabel("test accuracy")
+            if not np.isfinite(mean[:, si, :, ti]).any():
+                no_data(ax, f"no data: too few test puzzles of split {s!r}\n"
+                            f"have a {t!r} label (n_test)")
+                continue
             for pi, probe in enumerate(axes["probe"]):
                 for ni, net in enumerate(axes["net"]):
                     m, e = mean[ni, si, pi, ti], err[ni, si, pi, ti]
@@ -405,19 +420,16 @@ def plot(path: str | Path, png: str | Path) -> Path:
             for bi, b in enumerate(axes["baseline"]):
                 ax.axhline(b_mean[si, bi, ti], ls=":", color=str(0.2 + 0.25 * bi),
                            label=f"baseline: {b}")
-            ax.set_title(f"{t} | {s}", fontsize=9)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
-            if ti == len(targets) - 1:
-                ax.set_xlabel("layer")
-            if si == 0:
-                ax.set_ylabel("test accuracy")
-    handles, names = grid[0][0].get_legend_handles_labels()
+            if not handles:
+                handles, names = ax.get_legend_handles_labels()
     ncol = max(1, min(len(names), int(width // 2.1)))
     legend_in = 0.2 * -(-len(names) // ncol) + 0.1  # legend height, inches
     fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(png.name + ".tmp")
     fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
