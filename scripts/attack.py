@@ -18,7 +18,8 @@ command, bad config values, two runs on one folder, stages out of order. Each ou
 - ``stuck``: a rerun after a kill fails twice, or a run times out.
 
 Kills land just after the stage's partial work (``NAME.h5.partial`` or ``NAME.h5.partial.d/``)
-appears or changes for the n-th time (polled every 2 ms), that is in the middle of writing.
+appears or changes for the n-th time (polled every 2 ms), or at a fraction of the time an
+uninterrupted run spends after its partial work appears.
 
 Prints a table of counts per class and a line per case; ``--json`` writes every case's record.
 The checks use this checkout's :func:`leela_interp.results.diff_files`; only the victim runs
@@ -53,8 +54,8 @@ from leela_interp.results import diff_files  # noqa: E402  (the checker, not the
 
 OUTCOMES = ("handled", "clear error", "raw traceback", "silent", "stuck")
 CLASSES = ("network", "csv", "kill", "config", "concurrent", "order")
-#: Attributes that differ between any two runs (measurements).
-RUN_SPECIFIC = ("peak_rss_mb",)
+#: Attributes that differ between runs of other commands (the command line, measurements).
+RUN_SPECIFIC = ("command", "peak_rss_mb")
 OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5", "patching": "patching.h5",
            "ablations": "ablations.h5", "probes": "probes.h5"}
 BASE = ["threads=1", "puzzles.threads=1", "puzzles.oracle.enabled=false",
@@ -132,8 +133,7 @@ class Attack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEELA_INTERP_")}
         env.update(PYTHONPATH=str(self.code), HYDRA_FULL_ERROR="0")
         cwd = cwd or self.code
-        return subprocess.Popen([self.python, "-m", "leela_interp.cli", *args,
-                                 f"hydra.run.dir={self.root / 'hydra' / str(time.time_ns())}"],
+        return subprocess.Popen([self.python, "-m", "leela_interp.cli", *args],
                                 cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -161,7 +161,8 @@ def error_of(res: Result) -> tuple[str, str]:
         m = _ERROR.match(line)
         if m:
             return m.group(1), m.group(2)
-    return "", lines[-1] if lines else ""
+    # Hydra's usage errors ("Could not override 'x'. ... Key 'x' is not in struct"): no type
+    return "", " / ".join(line.strip() for line in lines if "HYDRA_FULL_ERROR" not in line)
 
 
 def classify_failure(res: Result, expect: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -357,32 +358,53 @@ def _partial_size(folder: Path, name: str) -> int:
         return -1
 
 
+def _watch(proc: subprocess.Popen, run: Path, name: str, *, growths: int | None = None,
+           after_s: float | None = None) -> float | None:
+    """Wait until ``name``'s partial work appears, then until it has changed ``growths`` times
+    (polled every 2 ms) or ``after_s`` more seconds have passed, or the process ends. Returns
+    when the partial work appeared (monotonic time), or None if it never did."""
+    deadline, size, grown, appeared = time.monotonic() + 600, -1, -1, None
+    while proc.poll() is None and time.monotonic() < deadline:
+        now = _partial_size(run, name)
+        if now != size:
+            size, grown = now, grown + (now >= 0)
+            if now >= 0 and appeared is None:
+                appeared = time.monotonic()
+        if appeared is not None and (growths is not None and grown >= growths or
+                                     after_s is not None and
+                                     time.monotonic() - appeared >= after_s):
+            break
+        time.sleep(0.002)
+    return appeared
+
+
 def kill_cases() -> list[Case]:
     inputs = {"puzzles": (), "activations": ("puzzles.h5",), "patching": ("puzzles.h5",),
-              "ablations": ("puzzles.h5",), "probes": ("puzzles.h5", "activations.h5")}
-    references: dict[str, Path] = {}
+              "ablations": ("puzzles.h5", "patching.h5"),  # its default head: patching's
+              "probes": ("puzzles.h5", "activations.h5")}
+    references: dict[str, tuple[Path, float]] = {}  # stage -> (outputs, seconds of writing)
 
-    def case(stage: str, growths: int):
+    def case(stage: str, growths: int | None, fraction: float | None):
         def fn(a: Attack):
             name = OUTPUTS[stage]
             run = a.root / "cases" / f"kill-{stage}"  # one path: recorded paths agree
             args = [f"stage={stage}", *a.common(run)]
             if stage not in references:
                 a.folder(f"kill-{stage}", *inputs[stage])
-                res = a.run(args, timeout=900)
-                if res.rc != 0:
-                    return classify_failure(res)
-                references[stage] = a.root / "kill_refs" / stage
-                references[stage].parent.mkdir(exist_ok=True)
-                shutil.move(run, references[stage])
+                proc = a.start(args)
+                appeared = _watch(proc, run, name)
+                out, err = proc.communicate()
+                if proc.returncode != 0:
+                    return classify_failure(Result(proc.returncode, out, err, 0))
+                ref = a.root / "kill_refs" / stage
+                ref.parent.mkdir(exist_ok=True)
+                shutil.move(run, ref)
+                references[stage] = ref, time.monotonic() - (appeared or time.monotonic())
+            ref, writing = references[stage]
             a.folder(f"kill-{stage}", *inputs[stage])
             proc = a.start(args)
-            deadline, size, grown = time.monotonic() + 600, -1, -1
-            while proc.poll() is None and grown < growths and time.monotonic() < deadline:
-                now = _partial_size(run, name)
-                if now != size:  # just written to: kill in the middle of the writing
-                    size, grown = now, grown + (now >= 0)
-                time.sleep(0.002)
+            _watch(proc, run, name, growths=growths,
+                   after_s=None if fraction is None else fraction * writing)
             killed = proc.poll() is None
             if killed:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -395,11 +417,12 @@ def kill_cases() -> list[Case]:
                 first = first or res
             else:
                 return "stuck", f"every rerun fails: {classify_failure(first)[1]}"
-            diffs = diff_files(references[stage] / name, run / name, ignore_attrs=RUN_SPECIFIC)
+            diffs = diff_files(ref / name, run / name, ignore_attrs=RUN_SPECIFIC)
             have = {p.name for p in run.iterdir()} - {".lock"}
-            want = {p.name for p in references[stage].iterdir()} - {".lock"}
+            want = {p.name for p in ref.iterdir()} - {".lock"}
             note = f"{'killed' if killed else 'finished before the kill'}; " \
-                   f"{len(diffs)} differences {diffs[:2]}; left behind {sorted(have - want)}"
+                   f"{len(diffs)} differences {diffs[:2]}; left behind {sorted(have - want)}, " \
+                   f"missing {sorted(want - have)}"
             if diffs or want - have:
                 return "silent", note
             if first is not None:
@@ -408,10 +431,11 @@ def kill_cases() -> list[Case]:
             return "handled", note
         return fn
 
-    return [("kill", f"{stage} killed " + ("as its partial work appears" if n == 0 else
-                                           f"just after its partial work changed {n} times"),
-             case(stage, n))
-            for stage in OUTPUTS for n in (0, 1, 2, 3, 5, 8)]
+    moments = [(n, None, "as its partial work appears" if n == 0 else
+                f"just after its partial work changed {n} times") for n in (0, 2, 5)]
+    moments += [(None, f, f"{f:.0%} into its writing time") for f in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    return [("kill", f"{stage} killed {what}", case(stage, n, f))
+            for stage in OUTPUTS for n, f, what in moments]
 
 
 def config_cases() -> list[Case]:
@@ -461,9 +485,9 @@ def config_cases() -> list[Case]:
     acts = ("puzzles.h5",)
     both = ("puzzles.h5", "activations.h5")
     return [
-        case("batch_size=-1", "activations", ["model.batch_size=-1"], ("batch_size",), acts),
-        case("batch_size=0", "activations", ["model.batch_size=0"], ("batch_size",), acts),
-        case("batch_size=abc", "activations", ["model.batch_size=abc"], ("batch_size",), acts),
+        case("batch_size=-1", "patching", ["model.batch_size=-1"], ("batch_size",), acts),
+        case("batch_size=0", "patching", ["model.batch_size=0"], ("batch_size",), acts),
+        case("batch_size=abc", "patching", ["model.batch_size=abc"], ("batch_size",), acts),
         case("model.dtype=foo", "activations", ["model.dtype=foo"], ("dtype",), acts),
         case("device=cuda without CUDA", "activations", ["model.device=cuda"], ("cuda",), acts),
         case("threads=abc", "activations", ["threads=abc"], ("threads",), acts),
@@ -543,8 +567,8 @@ def concurrent_cases() -> list[Case]:
         return ("concurrent", f"two stage={stage} at once", fn)
 
     return [case("puzzles", ()), case("activations", ("puzzles.h5",)),
-            case("patching", ("puzzles.h5",)), case("probes", ("puzzles.h5", "activations.h5")),
-            case("all", ())]
+            case("patching", ("puzzles.h5",)), case("ablations", ("puzzles.h5", "patching.h5")),
+            case("probes", ("puzzles.h5", "activations.h5")), case("all", ())]
 
 
 def order_cases() -> list[Case]:
