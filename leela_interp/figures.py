@@ -12,12 +12,17 @@ reduced the log-odds of the clean top move PV[0].
   ``ablations_piece_heads.png`` (percentile curves of the piece-movement-head ablation vs its
   two controls).
 
-Layer axes have integer ticks; a panel without data says so ("no data") instead of staying
-empty.
+Every figure is written three times (:func:`save_figure`): ``NAME.png`` at :data:`DPI` dots
+per inch and, beside it, ``NAME.svg`` and ``NAME.pdf`` (vector, for papers). Layer axes have
+integer ticks, every series' legend entry gives its n, error bars of different series are
+offset along the layer axis so that they do not hide each other, heatmap cells show their mean
+and 2-sigma error, and a panel without data says so ("no data") instead of staying empty.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +43,10 @@ CATEGORY_LABELS = {"first_target": "1st-move target",
                    "third_target": "PV[2]'s target only", "later_targets": "targets of PV[3:]",
                    "corrupted": "corrupted squares", "other": "other squares"}
 """Legend labels of the residual-patching categories (``category_max`` columns)."""
+DPI = 200
+"""Dots per inch of every PNG figure."""
+FORMATS = (".png", ".svg", ".pdf")
+"""The files :func:`save_figure` writes for each figure."""
 
 
 def no_data(ax, text: str = NO_DATA) -> None:
@@ -46,19 +55,47 @@ def no_data(ax, text: str = NO_DATA) -> None:
             color="grey")
 
 
+def n_range(n: np.ndarray) -> str:
+    """``"7"`` when every count in ``n`` is 7, else ``"lo–hi"``."""
+    lo, hi = int(np.min(n)), int(np.max(n))
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as ``path`` with each suffix of :data:`FORMATS` (PNG at :data:`DPI`);
+    returns the PNG's path.
+
+    Each file is written under a temporary name and renamed, the PNG last: a run killed while
+    saving leaves no truncated figure, and a PNG present means its SVG and PDF are too."""
+    path = Path(path)
+    for suffix in reversed(FORMATS):
+        final = path.with_suffix(suffix)
+        tmp = final.with_name(final.name + ".tmp")
+        fig.savefig(tmp, dpi=DPI, format=suffix[1:])
+        os.replace(tmp, final)
+    return path.with_suffix(".png")
+
+
+def figure_svg(fig: Figure) -> str:
+    """``fig`` as SVG text (for :mod:`leela_interp.board_figures` and inline HTML)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    return buf.getvalue()
+
+
 def category_by_layer(mean: np.ndarray, err: np.ndarray, categories: list[str], path: Path, *,
                       title: str, n: np.ndarray | None = None) -> Path:
     """Lines of ``mean[layer, category]`` with ``err`` error bars, one per category."""
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     layers = np.arange(mean.shape[0])
-    for c, name in enumerate(categories):
-        if not np.isfinite(mean[:, c]).any():
-            continue
+    shown = [c for c in range(len(categories)) if np.isfinite(mean[:, c]).any()]
+    for k, c in enumerate(shown):  # offsets keep the error bars apart
+        name = categories[c]
         label = CATEGORY_LABELS.get(name, name) + (f" (n={int(np.max(n[..., c]))})"
                                                    if n is not None else "")
-        ax.errorbar(layers, mean[:, c], yerr=np.nan_to_num(err[:, c]), marker="o", ms=3,
-                    capsize=3, label=label)
+        ax.errorbar(layers + 0.07 * (k - (len(shown) - 1) / 2), mean[:, c],
+                    yerr=np.nan_to_num(err[:, c]), marker="o", ms=3, capsize=3, label=label)
     ax.set_xlabel("layer")
     ax.set_xticks(layers)
     ax.set_ylabel(EFFECT_LABEL)
@@ -69,14 +106,17 @@ def category_by_layer(mean: np.ndarray, err: np.ndarray, categories: list[str], 
     else:
         no_data(ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
-def layer_head_heatmap(mean: np.ndarray, path: Path, *, title: str) -> Path:
-    """Heatmap of ``mean[layer, head]``, symmetric diverging colour scale around 0."""
-    fig = Figure(figsize=(max(7.0, 1.5 + 0.35 * mean.shape[1]),
-                          max(4.0, 1.2 + 0.3 * mean.shape[0])))
+def head_heatmap_figure(mean: np.ndarray, err: np.ndarray | None = None, *, title: str,
+                        label: str = "mean effect (positive = log-odds of PV[0] reduced)"
+                        ) -> Figure:
+    """Heatmap of ``mean[layer, head]``, symmetric diverging colour scale around 0; with
+    ``err``, each cell shows its mean and ``± err`` (cells of NaN means stay blank)."""
+    cell = (0.62, 0.42) if err is not None else (0.35, 0.3)
+    fig = Figure(figsize=(max(7.0, 1.5 + cell[0] * mean.shape[1]),
+                          max(4.0, 1.2 + cell[1] * mean.shape[0])))
     ax = fig.add_subplot()
     finite = mean[np.isfinite(mean)]
     vmax = float(np.abs(finite).max()) if finite.size else 1.0
@@ -84,17 +124,27 @@ def layer_head_heatmap(mean: np.ndarray, path: Path, *, title: str) -> Path:
                    origin="lower")
     if not finite.size:
         no_data(ax)
+    elif err is not None:
+        for (layer, head), m in np.ndenumerate(mean):
+            if np.isfinite(m):
+                e = f"\n±{err[layer, head]:.2f}" if np.isfinite(err[layer, head]) else ""
+                ax.text(head, layer, f"{m:.2f}{e}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(m) > 0.6 * vmax else "black")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(np.arange(mean.shape[1]))
     ax.set_yticks(np.arange(mean.shape[0]))
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax).set_label("mean effect (positive = log-odds of PV[0] reduced)",
-                                      fontsize=8)
+    fig.colorbar(im, ax=ax).set_label(label, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return fig
+
+
+def layer_head_heatmap(mean: np.ndarray, path: Path, *, title: str,
+                       err: np.ndarray | None = None) -> Path:
+    """:func:`head_heatmap_figure` written with :func:`save_figure`."""
+    return save_figure(head_heatmap_figure(mean, err, title=title), path)
 
 
 def percentile_curves(series: Mapping[str, np.ndarray], path: Path, *, title: str,
@@ -128,8 +178,7 @@ def percentile_curves(series: Mapping[str, np.ndarray], path: Path, *, title: st
         axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 def patching_figures(h5_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -151,8 +200,9 @@ def patching_figures(h5_path: str | Path, out_dir: str | Path) -> list[Path]:
             s = f["heads/summary/all"]
             written.append(layer_head_heatmap(
                 s["effect_mean"][()], out_dir / "patching_heads.png",
+                err=s["effect_err2sigma"][()],
                 title=f"{net}: patching each head's output (hook_z) from the corrupted board\n"
-                      f"mean effect over {int(np.max(s['effect_n'][()]))} puzzles"))
+                      f"mean ± 2σ over {int(np.max(s['effect_n'][()]))} puzzles"))
     return written
 
 
@@ -170,8 +220,9 @@ def ablation_figures(h5_path: str | Path, out_dir: str | Path) -> list[Path]:
                 s = f[f"heads/{method}/summary/all"]
                 written.append(layer_head_heatmap(
                     s["effect_mean"][()], out_dir / f"ablations_heads_{method}.png",
+                    err=s["effect_err2sigma"][()],
                     title=f"{net}: {method}-ablation of each head's output\n"
-                          f"mean effect over {int(np.max(s['effect_n'][()]))} puzzles"))
+                          f"mean ± 2σ over {int(np.max(s['effect_n'][()]))} puzzles"))
         if "edge" in f:
             g = f["edge"]
             eff = g["effect"][()]

@@ -118,10 +118,10 @@ class Puzzle:
 
     @classmethod
     def from_set(cls, puzzles, i: int) -> "Puzzle":
-        """Puzzle ``i`` of a :class:`leela_interp.puzzle_set.PuzzleSet`."""
-        corrupted = puzzles.corrupted_board(i) if puzzles.corrupted_fens[i] else None
-        return cls(clean=puzzles.clean_board(i),
-                   pv=tuple(chess.Move.from_uci(m) for m in puzzles.pv(i)),
+        """Puzzle ``i`` of a :class:`leela_interp.puzzle_set.PuzzleSet`, its boards built by
+        :meth:`~leela_interp.puzzle_set.PuzzleSet.pair` (with the set's history)."""
+        clean, corrupted = puzzles.pair(i)
+        return cls(clean=clean, pv=tuple(chess.Move.from_uci(m) for m in puzzles.pv(i)),
                    corrupted=corrupted, index=i)
 
 

@@ -437,15 +437,23 @@ def fit_bilinear(acts: np.ndarray, rows: np.ndarray, cond: np.ndarray, y: np.nda
 
 
 @torch.no_grad()
-def predict_bilinear(probe: BilinearProbe, acts: np.ndarray, rows: np.ndarray,
-                     cond: np.ndarray, *, scale: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Most likely token of each row, int64 ``[len(rows)]``."""
-    out = np.empty(len(rows), np.int64)
+def bilinear_logits(probe: BilinearProbe, acts: np.ndarray, rows: np.ndarray,
+                    cond: np.ndarray, *, scale: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """The probe's logits over the 64 tokens for each row, float32 ``[len(rows), 64]`` (a
+    softmax over the last axis is its predicted distribution)."""
+    out = np.empty((len(rows), 64), np.float32)
     for start in range(0, len(rows), batch_size):
         sl = slice(start, start + batch_size)
         x, z = _batch(acts, rows[sl], cond[sl], scale)
-        out[sl] = probe(x, z).argmax(dim=1).numpy()
+        out[sl] = probe(x, z).numpy()
     return out
+
+
+def predict_bilinear(probe: BilinearProbe, acts: np.ndarray, rows: np.ndarray,
+                     cond: np.ndarray, *, scale: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Most likely token of each row, int64 ``[len(rows)]``."""
+    return bilinear_logits(probe, acts, rows, cond, scale=scale,
+                           batch_size=batch_size).argmax(axis=1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- logistic regression

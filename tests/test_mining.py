@@ -5,20 +5,17 @@ Small and shallow (depth 12, one engine): skipped when Stockfish is absent.
 
 from __future__ import annotations
 
-import shutil
-
 import chess
 import pytest
+
+from engines import needs_stockfish
 
 from leela_interp.errors import ConfigError
 from leela_interp.mining import (Game, MiningConfig, games_from_shards, mine_puzzles, phase,
                                  read_pgn, write_pgn)
-from leela_interp.oracle import DEFAULT_STOCKFISH_PATH, Oracle, OracleConfig
+from leela_interp.oracle import Oracle, OracleConfig
 from leela_interp.puzzles import Puzzle, read_puzzles, write_puzzles
 
-needs_stockfish = pytest.mark.skipif(
-    shutil.which(DEFAULT_STOCKFISH_PATH) is None and shutil.which("stockfish") is None,
-    reason="needs stockfish: apt-get install stockfish")
 
 # Game 1: Black's 1...Qd7?? (guarding e8) allows 2.Qxe8+ Qxe8 3.Rxe8#, a back-rank mate in 2.
 # Game 2: Legal's trap: 5...Bxd1?? allows 6.Bxf7+ Ke7 7.Nd5#.

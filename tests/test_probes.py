@@ -12,7 +12,7 @@ import torch
 
 from leela_interp import probes as P
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import read_net, sha256_file
+from leela_interp.lc0.weights import net_format, read_net, sha256_file
 from leela_interp.results import chunks_dir, write_strings
 
 PAPER_TARGETS = [
@@ -149,6 +149,34 @@ def test_mean_and_error_formula():
 def test_prior_baseline_backs_off():
     model = P.PriorBaseline().fit([np.array([1, 1, 2])], np.array([5, 5, 9]))
     assert model.predict([np.array([1, 2, 3])]).tolist() == [5, 9, 5]
+
+
+def test_baselines_give_the_hand_computed_answers():
+    """Crafted labels where each baseline's answer is worked out by hand (comments).
+
+    Training: (condition token, moving piece, label) = (10 N 20) (10 N 20) (10 B 30) (11 B 30)
+    (11 B 30) (12 R 40) (11 N 25): overall most frequent 30; given the condition 10 -> 20,
+    11 -> 30, 12 -> 40; given (piece, condition) (N 10) -> 20, (B 10) -> 30, (B 11) -> 30,
+    (R 12) -> 40, (N 11) -> 25; given the piece alone N -> 20, B -> 30, R -> 40.
+    """
+    n, b, r, q = chess.KNIGHT, chess.BISHOP, chess.ROOK, chess.QUEEN
+    rows = [(10, n, 20), (10, n, 20), (10, b, 30), (11, b, 30), (11, b, 30), (12, r, 40),
+            (11, n, 25),
+            # test rows          majority  condition  piece
+            (10, b, 30),       # 30 yes    20 no      (B 10) 30 yes
+            (10, n, 20),       # 30 no     20 yes     (N 10) 20 yes
+            (13, r, 40),       # 30 no     unseen: 30 no   (R 13) unseen, R: 40 yes
+            (11, n, 25),       # 30 no     30 no      (N 11) 25 yes (N alone would say 20)
+            (12, b, 30),       # 30 yes    40 no      (B 12) unseen, B: 30 yes
+            (14, q, 30),       # 30 yes    unseen: 30 yes  Q unseen: 30 yes
+            (10, n, 21)]       # 30 no     20 no      20 no
+    cond, piece, label = (np.array(c) for c in zip(*rows))
+    labels = {"target": P.TargetLabels(label, cond, piece.astype(np.int8))}
+    specs = P.parse_targets(PAPER_TARGETS[:1])
+    train, test = np.arange(7), np.arange(7, 14)
+    result = P.evaluate_baselines(labels, specs, train, test)
+    assert result == {"majority": {"target": (3, 7)}, "condition": {"target": (2, 7)},
+                      "piece": {"target": (6, 7)}}
 
 
 # --------------------------------------------------------------------------- must show 1
@@ -359,6 +387,62 @@ def test_stage_end_to_end(run_folder):
     mtime = path.stat().st_mtime_ns
     run_stages(_compose(out, net_path, "probes.layers=[0,2]", "force=true"))
     assert path.stat().st_mtime_ns != mtime
+
+
+def test_stage_stores_what_the_library_computes_on_the_same_splits(run_folder):
+    """Every stored count of probes.h5 equals the library's own evaluation of the same split
+    and seed, recomputed here from puzzles.h5 and activations.h5; accuracy = n_correct/n_test."""
+    from omegaconf import OmegaConf
+
+    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.results import read_strings
+    from leela_interp.stages import run_stages
+
+    out, net_path = run_folder
+    cfg = _compose(out, net_path, "probes.layers=[0,2]", "probes.random_twin.enabled=false")
+    run_stages(cfg)
+    puzzles = PuzzleSet.load(out / "puzzles.h5")
+    with h5py.File(out / "activations.h5", "r") as f:
+        ids = read_strings(f["puzzle_ids"])
+    rows = [puzzles.ids.index(pid) for pid in ids]  # the cache's row order
+    specs = P.parse_targets(OmegaConf.to_container(cfg.probes.targets))
+    labels = P.target_labels([puzzles.clean_board(i) for i in rows],
+                             [puzzles.pv(i) for i in rows], specs,
+                             net_format(read_net(net_path)).input_format)
+    different = puzzles.different_targets[rows]
+    options = dict(bilinear=P.BilinearConfig(**OmegaConf.to_container(cfg.probes.bilinear)),
+                   logreg=P.LogRegConfig(**OmegaConf.to_container(cfg.probes.logreg)))
+    with h5py.File(out / "probes.h5", "r") as f:
+        axes = {a: read_strings(f[a]) for a in ("split", "probe", "target", "baseline")}
+        layers, seeds = f["layer"][()].tolist(), f["seed"][()].tolist()
+        stored = {k: f[k][()] for k in ("n_correct", "n_test", "accuracy", "baseline_n_correct",
+                                        "baseline_accuracy")}
+    assert axes["target"] == P.output_names(specs) and layers == [0, 2] and seeds == [0, 1]
+    checked = 0
+    for si, split in enumerate(axes["split"]):
+        for ki, seed in enumerate(seeds):
+            train, test = P.train_test(P.split_rows(different, split), seed, 0.7)
+            base = P.evaluate_baselines(labels, specs, train, test, axes["baseline"])
+            for bi, b in enumerate(axes["baseline"]):
+                for ti, t in enumerate(axes["target"]):
+                    correct, n_test = base[b][t]
+                    assert stored["baseline_n_correct"][si, bi, ti, ki] == correct
+                    assert stored["n_test"][si, ti, ki] == n_test
+                    if n_test:
+                        assert stored["baseline_accuracy"][si, bi, ti, ki] == correct / n_test
+            for li, layer in enumerate(layers):
+                acts = P.load_layer(out / "activations.h5", f"blocks.{layer}.hook_resid_post")
+                res = P.evaluate_layer(acts, labels, specs, train, test, probes=axes["probe"],
+                                       seed=seed, **options)
+                for pi, probe in enumerate(axes["probe"]):
+                    for ti, t in enumerate(axes["target"]):
+                        correct, n_test = res[probe][t]
+                        assert stored["n_correct"][0, si, pi, ti, li, ki] == correct, \
+                            (split, seed, layer, probe, t)
+                        if n_test:
+                            assert stored["accuracy"][0, si, pi, ti, li, ki] == correct / n_test
+                        checked += 1
+    assert checked == 2 * 2 * 2 * 2 * 4 and stored["n_test"].sum() > 0
 
 
 def test_stage_resumes_and_checks_inputs(run_folder, monkeypatch):

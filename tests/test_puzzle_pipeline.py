@@ -18,6 +18,8 @@ import pytest
 import torch
 import zstandard
 
+from engines import STOCKFISH
+
 from leela_interp import load_network
 from leela_interp.corruptions import (
     SelectionThresholds,
@@ -46,7 +48,6 @@ from leela_interp.puzzles import COLUMNS as CSV_COLUMNS
 from leela_interp.puzzles import Puzzle, read_puzzles
 from leela_interp.results import partial_path
 
-STOCKFISH = "/usr/games/stockfish"
 DEPTH = 6
 HEADER = ",".join(CSV_COLUMNS)
 # Real Lichess rows; PV lengths 5, 3, 3, 3.
@@ -92,17 +93,11 @@ def nets(tmp_path_factory) -> tuple[str, str]:
             str(write_random_net(folder / "weak.pb.gz", seed=12)))
 
 
-@pytest.fixture(scope="module")
-def stockfish() -> str:
-    if not Path(STOCKFISH).is_file():
-        pytest.skip(f"needs Stockfish at {STOCKFISH}: apt-get install stockfish")
-    return STOCKFISH
-
-
 def config(source, nets, **overrides) -> PipelineConfig:
     values = dict(source=str(source), strong=NetSpec(nets[0]), weak=NetSpec(nets[1]),
                   batch_size=64, chunk_size=8, filters=LENIENT, oracle_enabled=False,
-                  oracle=OracleConfig(depth=DEPTH, num_engines=1), corruptions_enabled=False,
+                  oracle=OracleConfig(path=STOCKFISH or "stockfish", depth=DEPTH, num_engines=1),
+                  corruptions_enabled=False,
                   thresholds=PERMISSIVE, device="cpu", threads=1)
     values.update(overrides)
     return PipelineConfig(**values)
@@ -164,10 +159,12 @@ def direct_verdict(engine, board: chess.Board, move: str, margin_cp: int):
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("history", ["none", "setup"])
-def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history):
+@pytest.mark.parametrize("history, oracle", [("none", False), ("none", True), ("setup", False)],
+                         ids=["none-no-oracle", "none-oracle", "setup-no-oracle"])
+def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, history, oracle,
+                                                   request):
+    stockfish = request.getfixturevalue("stockfish") if oracle else None  # skips if absent
     source = shared_dir / "data" / "puzzles" / "lichess_sample.csv"
-    oracle = Path(STOCKFISH).is_file() and history == "none"
     cfg = config(source, nets, limit=80, chunk_size=32, oracle_enabled=oracle, history=history,
                  filters=FilterConfig(hard_max_weak_prob=0.2, correct_min_strong_prob=0.0,
                                       forcing_min_weak_prob=0.0, unique=oracle))
@@ -185,7 +182,7 @@ def test_kept_puzzles_match_a_direct_recomputation(tmp_path, nets, shared_dir, h
     puzzles = {p.id: p for p in read_puzzles(source, limit=80)[0]}
     engine = None
     if oracle:
-        engine = chess.engine.SimpleEngine.popen_uci(STOCKFISH)
+        engine = chess.engine.SimpleEngine.popen_uci(stockfish)
         engine.configure({"Threads": 1, "Hash": 16})
     try:
         for i in range(20):
@@ -359,9 +356,11 @@ class Killed(RuntimeError):
     pass
 
 
-def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, nets):
+@pytest.mark.parametrize("oracle", [False, True], ids=["no-oracle", "oracle"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, nets, oracle, request):
+    if oracle:
+        request.getfixturevalue("stockfish")  # skips with the reason when there is none
     source = write_csv(tmp_path / "p.csv", repeated(16))
-    oracle = Path(STOCKFISH).is_file()
     cfg = config(source, nets, chunk_size=4, corruptions_enabled=True, oracle_enabled=oracle,
                  filters=FilterConfig(hard_max_weak_prob=0.04, correct_min_strong_prob=0.0,
                                       forcing_min_weak_prob=0.0, unique=oracle))
@@ -502,3 +501,31 @@ def test_a_missing_stockfish_says_how_to_install_it(tmp_path, nets):
                  oracle=OracleConfig(path=str(tmp_path / "no-stockfish"), depth=DEPTH))
     with pytest.raises(StockfishNotFoundError, match="apt-get install stockfish"):
         build_puzzles(cfg, tmp_path / "puzzles.h5")
+
+
+def test_the_paper_preset_keeps_a_puzzle_that_strict_drops_as_not_unique(tmp_path, nets,
+                                                                          stockfish):
+    """puzzles=paper has no engine filter (as the paper); puzzles=strict drops a puzzle whose
+    first solver move is not Stockfish's unique best move."""
+    fen = "5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27"
+    board = chess.Board(fen)
+    line = ["d3d6", "a6a5"]  # the setup move, then a solver move that leaves the queen hanging
+    for uci in line:
+        board.push_uci(uci)
+    line += [m.uci() for m in [next(iter(board.legal_moves))]]
+    board.push_uci(line[-1])
+    line.append(next(iter(board.legal_moves)).uci())
+    source = write_csv(tmp_path / "p.csv", [GOOD[1], f"bad01,{fen},{' '.join(line)},,,,,,,"])
+    paper = _preset("paper", nets)
+    common = dict(source=str(source), batch_size=64, device="cpu", threads=1,
+                  oracle=OracleConfig(depth=DEPTH, num_engines=1, path=stockfish),
+                  corruptions_enabled=False)
+    kept = {}
+    for name, cfg in (("paper", dataclasses.replace(paper, filters=OPEN, **common)),
+                      ("strict", dataclasses.replace(
+                          paper, **common, oracle_enabled=True,
+                          filters=dataclasses.replace(OPEN, unique=True)))):
+        out = build_puzzles(cfg, tmp_path / name / "puzzles.h5")
+        kept[name] = PuzzleSet.load(out.path).ids
+    assert kept["paper"] == ["0000D", "bad01"]
+    assert kept["strict"] == ["0000D"]

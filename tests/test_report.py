@@ -1,9 +1,13 @@
 """The report stage summarises whatever stage outputs a run folder holds."""
 
+import html
+import re
+
 import h5py
 import numpy as np
+import pytest
 
-from leela_interp.report import write_report
+from leela_interp.report import CSP, Table, data_uri, gallery_puzzles, html_page, write_report
 from leela_interp.results import label_axes, open_partial, write_strings
 
 COLUMNS = ["first_target", "third_target", "later_targets", "corrupted", "other",
@@ -82,3 +86,90 @@ def test_report_lists_missing_stages_and_summarises_present_ones(tmp_path):
             assert f"- {key}: `" in part and f"- {key}: `not recorded`" not in part
     with h5py.File(tmp_path / "patching.h5") as f:
         assert f.attrs["complete"]
+
+
+def md_tables(text: str) -> list[list[list[str]]]:
+    """The tables of a markdown text: rows of cells (separator rows dropped)."""
+    tables, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def html_tables(text: str) -> list[list[list[str]]]:
+    tables = []
+    for table in re.findall(r"<table>(.*?)</table>", text, re.S):
+        rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+        tables.append([[html.unescape(re.sub(r"</?(code|strong)>", "`", c).replace("``", ""))
+                        for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", r, re.S)] for r in rows])
+    return tables
+
+
+def test_report_html_has_the_same_tables_and_figures_inline_and_no_script(tmp_path):
+    write_patching(tmp_path / "patching.h5")
+    write_probes(tmp_path / "probes.h5")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "probes.png").write_bytes(b"\x89PNG fake bytes")
+    md = write_report(tmp_path).read_text()
+    page = (tmp_path / "report.html").read_text()
+    tables = md_tables(md)
+    assert len(tables) >= 8 and html_tables(page) == tables
+    assert ("<p><code>all</code>: largest follow-up-target effect (the paper's 3rd-move target) "
+            "at layer 1: 2.100 ± 0.040 vs other squares") in page
+    assert data_uri(b"\x89PNG fake bytes", "image/png") in page
+    assert f'content="{CSP}"' in page and "default-src 'none'" in CSP
+    assert "<script" not in page
+    assert re.findall(r'(?:src|href)="(?!data:)', page) == []  # nothing loaded from outside
+    assert page.index('<h2 id="gallery">') < page.index('<h2 id="provenance">')
+    assert "No puzzles in this folder" in page  # no puzzles.h5: an empty gallery says so
+
+
+def test_html_page_renders_headings_lists_code_and_panels():
+    from leela_interp.views import Panel
+
+    page = html_page(["# Title `x`", "## Title x", "", "- a **b**", "- c", "text <b>", "",
+                      "```json", '{"k": "<v>"}', "```", Table(["h"], [["1"]]),
+                      Panel("card", "A card", svg="<svg/>"), Panel("x", "Missing", note="why")],
+                     title="t")
+    assert '<h1 id="title-x">Title <code>x</code></h1>' in page
+    assert '<h2 id="title-x-2">Title x</h2>' in page  # every id is unique
+    assert "<ul><li>a <strong>b</strong></li><li>c</li></ul><p>text &lt;b&gt;</p>" in \
+        page.replace("\n", "")
+    assert '<pre><code>{"k": "&lt;v&gt;"}</code></pre>' in page
+    assert "<table><thead><tr><th>h</th></tr></thead><tbody><tr><td>1</td></tr>" in page
+    assert f'<img src="{data_uri("<svg/>", "image/svg+xml")}" alt="card">' in page
+    assert '<p class="note">Missing: why</p>' in page
+
+
+def write_gallery_inputs(run):
+    """Five puzzles: 0-3 analysed (3 overlaps), 4 not; follow-up effects 0.5, 2.0, NaN, 9.0."""
+    ids = ["a", "b", "c", "d", "e"]
+    with open_partial(run / "puzzles.h5", schema="leela_interp.puzzles/2", config={}) as f:
+        write_strings(f.require_group("puzzles"), "id", ids)
+    with open_partial(run / "patching.h5", schema="leela_interp.patching/1", config={}) as f:
+        write_strings(f, "category_names", COLUMNS)
+        f["analysed"] = np.array([True, True, True, True, False])
+        f["overlap"] = np.array([False, False, False, True, False])
+        cm = np.full((5, 2, len(COLUMNS)), np.nan, np.float32)
+        cm[0, :, 5], cm[1, :, 5], cm[3, :, 5], cm[4, :, 5] = [0.5, 0.1], [0.2, 2.0], 9.0, 8.0
+        f["residual/resid_post/category_max"] = cm
+
+
+def test_gallery_shows_the_largest_follow_up_effects_then_random_analysed_puzzles(tmp_path):
+    write_gallery_inputs(tmp_path)
+    top = gallery_puzzles(tmp_path, 2, seed=0)
+    # overlapping (d) and unanalysed (e) puzzles are not in the category means
+    assert top[:2] == [("b", "largest follow-up-target effect: 2.000 at layer 1 (resid_post)"),
+                       ("a", "largest follow-up-target effect: 0.500 at layer 0 (resid_post)")]
+    assert [r for _, r in top[2:]] == ["random (seed 0)"] * 2
+    assert {p for p, _ in top[2:]} == {"c", "d"}  # the analysed puzzles not shown already
+    assert gallery_puzzles(tmp_path, 0) == []
+    draws = {tuple(p for p, _ in gallery_puzzles(tmp_path, 1, seed=s)[1:]) for s in range(20)}
+    assert draws == {("a",), ("c",), ("d",)}  # k=1: b is the top one; any other analysed
+    with pytest.raises(ValueError, match="gallery size k must be >= 0, got -1"):
+        gallery_puzzles(tmp_path, -1)

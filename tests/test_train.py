@@ -8,20 +8,18 @@ uninterrupted one (the property the shipped nets' recipe relies on). Skipped wit
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import chess
 import numpy as np
 import pytest
 
+from engines import STOCKFISH, needs_stockfish
+
 from leela_interp.model.loading import load_network
-from leela_interp.oracle import DEFAULT_STOCKFISH_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
-STOCKFISH = shutil.which(DEFAULT_STOCKFISH_PATH) or shutil.which("stockfish")
-pytestmark = pytest.mark.skipif(STOCKFISH is None,
-                                reason="needs stockfish: apt-get install stockfish")
+pytestmark = needs_stockfish
 
 
 def _script(name: str):

@@ -22,9 +22,11 @@ STAGES: dict[str, str] = {
     "ablations": "ablations",
     "probes": "probes",
     "report": "report",
+    "show": "show",
     "merge": "merge",
 }
-#: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print).
+#: Stages that ``stage=all`` runs (``info`` and ``inspect`` only print; ``show`` draws one
+#: puzzle).
 PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probes", "report"]
 #: Stages that only read (run without taking the run folder's lock).
 READ_ONLY: frozenset[str] = frozenset({"info", "inspect"})

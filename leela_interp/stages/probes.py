@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -378,10 +377,12 @@ def _summarise(f: h5py.File) -> None:
 
 
 def plot(path: str | Path, png: str | Path) -> Path:
-    """Accuracy vs layer from ``probes.h5``: one panel per (target, split); solid lines the
-    model, dashed its random twin, shaded bands the 2-sigma error bars, dotted horizontal lines
-    the no-activation baselines; a panel without any test puzzle says "no data"."""
-    from leela_interp.figures import no_data  # selects matplotlib's Agg backend
+    """Accuracy vs layer from ``probes.h5``: one panel per (target, split), its title giving the
+    test-set size per seed; solid lines the model, dashed its random twin, shaded bands the
+    2-sigma error bars, dotted horizontal lines the no-activation baselines; a panel without any
+    test puzzle says "no data". Written as PNG, SVG and PDF (``figures.save_figure``)."""
+    # (leela_interp.figures selects matplotlib's Agg backend)
+    from leela_interp.figures import n_range, no_data, save_figure
 
     import matplotlib.pyplot as plt  # noqa: E402
 
@@ -390,6 +391,7 @@ def plot(path: str | Path, png: str | Path) -> Path:
                 for a in ("net", "split", "probe", "target", "layer", "baseline")}
         mean, err = f["accuracy_mean"][()], f["accuracy_err"][()]
         b_mean = f["baseline_mean"][()]
+        n_test = f["n_test"][()]  # [split, target, seed]
     targets, splits, layers = axes["target"], axes["split"], axes["layer"]
     width, height = max(6.5, 4.2 * len(splits)), 3.0 * len(targets) + 0.8
     fig, grid = plt.subplots(len(targets), len(splits), squeeze=False, sharex=True,
@@ -399,7 +401,7 @@ def plot(path: str | Path, png: str | Path) -> Path:
     for ti, t in enumerate(targets):
         for si, s in enumerate(splits):
             ax = grid[ti][si]
-            ax.set_title(f"{t} | {s}", fontsize=9)
+            ax.set_title(f"{t} | {s} (n_test = {n_range(n_test[si, ti])})", fontsize=9)
             ax.set_xticks(layers)
             if ti == len(targets) - 1:
                 ax.set_xlabel("layer")
@@ -428,10 +430,8 @@ def plot(path: str | Path, png: str | Path) -> Path:
     legend_in = 0.2 * -(-len(names) // ncol) + 0.1  # legend height, inches
     fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, legend_in / height, 1, 1))
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, png)
     plt.close(fig)
-    os.replace(tmp, png)  # a kill mid-write leaves no truncated figure
-    return png
+    return Path(png)
+

@@ -1,4 +1,5 @@
-"""``stage=report``: write ``report.md`` in the run folder from every stage output found there."""
+"""``stage=report``: write ``report.md`` and ``report.html`` in the run folder from every stage
+output found there (the gallery's size and seed: ``report.gallery``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from leela_interp.errors import ConfigError
 from leela_interp.report import write_report
 from leela_interp.stages.common import run_dir
 
@@ -13,6 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
-    path = write_report(run_dir(cfg))
-    log.info("wrote %s", path)
+    g = cfg.report.gallery
+    if not isinstance(g.k, int) or g.k < 0:
+        raise ConfigError(f"report.gallery.k={g.k!r}: give an integer >= 0 (puzzles of each "
+                          f"kind in report.html's gallery)")
+    path = write_report(run_dir(cfg), gallery_k=g.k, gallery_seed=int(g.seed),
+                        model_path=cfg.model.path)
+    log.info("wrote %s and %s", path, path.with_suffix(".html"))
     print(path)

@@ -1,0 +1,186 @@
+"""Mutation testing of the core modules with mutmut 3, each against its own test selection.
+
+Not part of the test suite or CI (it is CPU-heavy: about a mutant per second per core, plus the
+rechecks). Needs mutmut in a virtual environment of its own, e.g. one that sees the project's
+packages without installing into the project's venv::
+
+    python3 -m venv /tmp/venv-mut
+    echo "$PWD/.venv/lib/python3.11/site-packages" \\
+        > /tmp/venv-mut/lib/python3.11/site-packages/project.pth
+    /tmp/venv-mut/bin/pip install mutmut==3.8.1
+    nice -n 19 /tmp/venv-mut/bin/python scripts/mutation_test.py leela_interp/policy.py \\
+        leela_interp/encoding.py --report /tmp/mutation.md
+
+For each module it clones this repository's HEAD into a work folder (no ``../shared`` beside
+it: the tests a fresh clone runs), writes mutmut's ``setup.cfg`` there (mutate only that module,
+run only its tests, fork-server isolation since torch is not fork-safe), and runs ``mutmut
+run``. mutmut switches mutants inside one warm process, so a mutant in code that runs at import
+(``policy.py`` builds its tables, ``encoding.py`` its token tables when first imported) never
+takes effect there and "survives". Every survivor is therefore **rechecked** the slow way:
+``mutmut apply`` writes it into the clone's source, the same tests run in a fresh ``python -m
+pytest -x`` process, and the file is restored. The report counts, per module, the mutants
+tried, killed by mutmut, killed on recheck and surviving both, and lists each survivor's diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTMUT = Path(sys.executable).with_name("mutmut")
+
+#: Core module -> the tests that should kill its mutants.
+SELECTIONS: dict[str, tuple[str, ...]] = {
+    "leela_interp/encoding.py": ("tests/test_encoding.py", "tests/test_policy.py"),
+    "leela_interp/policy.py": ("tests/test_policy.py",),
+    "leela_interp/model/transformer.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/model/cnn.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/model/heads.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/model/network.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/model/loading.py": ("tests/test_conformance.py", "tests/test_lc0_weights.py"),
+    "leela_interp/corruptions.py": ("tests/test_corruptions.py",),
+    "leela_interp/puzzle_pipeline.py": ("tests/test_filters.py", "tests/test_puzzle_pipeline.py"),
+    "leela_interp/interventions.py": ("tests/test_interventions.py",),
+    "leela_interp/probes.py": ("tests/test_probes.py",),
+    "leela_interp/report.py": ("tests/test_report.py", "tests/test_pipeline.py"),
+}
+
+SETUP_CFG = """[mutmut]
+source_paths = leela_interp
+only_mutate = {module}
+also_copy =
+    conf
+    data
+    scripts
+pytest_add_cli_args_test_selection =
+{tests}
+pytest_add_cli_args =
+    -p
+    no:cacheprovider
+    -m
+    not slow
+process_isolation = forkserver
+"""
+
+
+def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def results(clone: Path) -> dict[str, str]:
+    """``{mutant name: status}`` from ``mutmut results --all true``."""
+    out = run([str(MUTMUT), "results", "--all", "true"], clone).stdout
+    return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", out, flags=re.M))
+
+
+def diff(clone: Path, name: str) -> str:
+    out = run([str(MUTMUT), "show", name], clone).stdout
+    return "\n".join(line for line in out.splitlines()
+                     if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
+def recheck(clone: Path, module: str, name: str, tests: tuple[str, ...]) -> bool:
+    """Whether the tests, in a fresh process, fail with mutant ``name`` written to the source."""
+    applied = run([str(MUTMUT), "apply", name], clone)
+    if applied.returncode != 0:
+        raise RuntimeError(f"mutmut apply {name} failed: {applied.stderr[-500:]}")
+    try:
+        proc = run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m",
+                    "not slow", *tests], clone, env={**os.environ, "PYTHONPATH": str(clone)},
+                   timeout=600)
+        return proc.returncode != 0
+    except subprocess.TimeoutExpired:
+        return True  # a hang is caught too: the suite would not finish
+    finally:
+        run(["git", "checkout", "--", module], clone)
+
+
+def test_module(module: str, work: Path, children: int, max_recheck: int | None) -> dict:
+    tests = SELECTIONS[module]
+    clone = work / module.replace("/", "_").removesuffix(".py") / "repo"
+    if clone.exists():
+        shutil.rmtree(clone.parent)
+    clone.parent.mkdir(parents=True)
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    (clone / "setup.cfg").write_text(SETUP_CFG.format(
+        module=module, tests="\n".join(f"    {t}" for t in tests)))
+    start = time.perf_counter()
+    proc = run([str(MUTMUT), "run", "--max-children", str(children)], clone)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mutmut run failed on {module}:\n{proc.stdout[-2000:]}"
+                           f"{proc.stderr[-2000:]}")
+    status = results(clone)
+    mutmut_seconds = time.perf_counter() - start
+    survivors = [n for n, s in status.items() if s != "killed"]
+    start = time.perf_counter()
+    rechecked = {n: recheck(clone, module, n, tests) for n in survivors[:max_recheck]}
+    summary = {
+        "module": module, "tests": tests, "tried": len(status),
+        "killed": sum(s == "killed" for s in status.values()),
+        "killed_on_recheck": sum(rechecked.values()),
+        "not_rechecked": {n: (status[n], diff(clone, n)) for n in survivors[len(rechecked):]},
+        "survivors": {n: (status[n], diff(clone, n)) for n, k in rechecked.items() if not k},
+        "seconds": (mutmut_seconds, time.perf_counter() - start),
+    }
+    return summary
+
+
+def report(summaries: list[dict]) -> str:
+    lines = ["| module | tests | mutants | killed (mutmut) | killed on recheck | survived | "
+             "not rechecked |", "|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| `{s['module']}` | {', '.join(f'`{t}`' for t in s['tests'])} | "
+                     f"{s['tried']} | {s['killed']} | {s['killed_on_recheck']} | "
+                     f"{len(s['survivors'])} | {len(s['not_rechecked'])} |")
+    for s in summaries:
+        lines += ["", f"### Survivors in `{s['module']}` (mutmut {s['seconds'][0]:.0f} s, "
+                      f"recheck {s['seconds'][1]:.0f} s)", ""]
+        for kind in ("survivors", "not_rechecked"):
+            for name, (status, text) in s[kind].items():
+                note = "" if kind == "survivors" else ", not rechecked"
+                lines += [f"- `{name}` (mutmut: {status}{note})", "", "```diff", text, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", default=list(SELECTIONS),
+                        help=f"modules to mutate (default every core module: {list(SELECTIONS)})")
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temp)")
+    parser.add_argument("--children", type=int, default=2, help="mutmut --max-children")
+    parser.add_argument("--report", type=Path, default=None, help="write the report here too")
+    parser.add_argument("--max-recheck", type=int, default=None,
+                        help="recheck at most this many survivors per module (default all)")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in SELECTIONS]
+    if unknown:
+        parser.error(f"no test selection for {unknown}; known: {list(SELECTIONS)}")
+    if not MUTMUT.exists():
+        parser.error(f"run this with the python of a venv that has mutmut ({MUTMUT} missing)")
+    work = args.work or Path(tempfile.mkdtemp(prefix="mutation-"))
+    head = run(["git", "rev-parse", "--short", "HEAD"], ROOT).stdout.strip()
+    summaries = []
+    for module in args.modules:
+        summaries.append(test_module(module, work, args.children, args.max_recheck))
+        print(f"{module}: {summaries[-1]['tried']} mutants, {summaries[-1]['killed']} killed, "
+              f"{summaries[-1]['killed_on_recheck']} killed on recheck, "
+              f"{len(summaries[-1]['survivors'])} survived, "
+              f"{len(summaries[-1]['not_rechecked'])} not rechecked", flush=True)
+    text = f"Mutation testing of HEAD {head} (mutmut 3, scripts/mutation_test.py)\n\n" + \
+        report(summaries)
+    print(text)
+    if args.report:
+        args.report.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
