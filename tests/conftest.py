@@ -1,5 +1,6 @@
 """Shared pytest fixtures: the ../shared data folder, lc0's Python bindings and Stockfish, each
-skipped with a reason when absent; and a closing count of the lc0-equality tests."""
+skipped with a reason when absent; a tiny run of every stage; and a closing count of the
+lc0-equality tests."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def stockfish() -> str:
     if STOCKFISH is None:
         pytest.skip(SKIP_REASON)
     return STOCKFISH
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder with every stage's output, 24 real puzzles on random nets, built once per
+    session (``tiny_run.make_run``, whose docstring says what its rows cover)."""
+    from tiny_run import make_run
+
+    return make_run(tmp_path_factory.mktemp("tiny_run"))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tiny_run import compose_config, write_inputs
+
 from leela_interp.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
 from leela_interp.lc0.random_net import write_random_net
 from leela_interp.lc0.weights import sha256_file
-from leela_interp.puzzles import COLUMNS
 from leela_interp.stages import PIPELINE, run_stages
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -34,6 +35,7 @@ OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5",
            "report": "report.md"}
 
 
+<<<<<<< HEAD
 def make_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
     """``(root, puzzle CSV, strong net, weak net)`` written into ``root`` (see ``config``)."""
     csv = root / "puzzles.csv"
@@ -46,6 +48,12 @@ def make_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
                               d_model=32, layers=2, heads=4, d_ff=32, seed=1)
     weak = write_random_net(root / "weak.pb.gz", seed=2)
     return root, csv, strong, weak
+=======
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    return (root, *write_inputs(root, ROWS, 24))
+>>>>>>> h19
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +62,7 @@ def setup(tmp_path_factory):
 
 
 def config(setup, out_dir, *extra):
-    root, csv, strong, weak = setup
-    overrides = [
-        "stage=all", f"out_dir={out_dir}", f"model.path={strong}", "threads=1",
-        f"puzzles.source={csv}", f"puzzles.weak_model.path={weak}",
-        "puzzles.oracle.enabled=false", "puzzles.filters.hard_max_weak_prob=0.5",
-        "puzzles.filters.correct_min_strong_prob=0.0", "puzzles.filters.forcing_min_weak_prob=0.0",
-        "puzzles.filters.unique=false", "puzzles.corruptions.max_weak_log_odds_drop=5.0",
-        "puzzles.corruptions.min_strong_value_drop=0.0", "puzzles.corruptions.max_strong_prob=1.0",
-        "puzzles.corruptions.max_jsd=5.0", "ablations.method=[zero]", "probes.seeds=[0]",
-        "probes.splits=[all]", "probes.bilinear.epochs=1", "patching.figures=false",
-        "ablations.figures=false",
-        # a random strong net rarely ranks PV[0] first: analyse every puzzle
-        "patching.require_pv0_top=false", "ablations.require_pv0_top=false", *extra]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config(setup[1:], out_dir, *extra)
 
 
 def assert_one_square_numbering(out: Path) -> list[str]:

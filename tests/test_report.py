@@ -1,6 +1,11 @@
-"""The report stage summarises whatever stage outputs a run folder holds."""
+"""The report stage summarises whatever stage outputs a run folder holds.
+
+A hand-made folder pins the formatting; the report of a real run (``tiny_run``) is parsed back
+and every table and headline compared with the HDF5 values it shows.
+"""
 
 import html
+import math
 import re
 
 import h5py
@@ -8,7 +13,7 @@ import numpy as np
 import pytest
 
 from leela_interp.report import CSP, Table, data_uri, gallery_puzzles, html_page, write_report
-from leela_interp.results import label_axes, open_partial, write_strings
+from leela_interp.results import label_axes, open_partial, read_strings, write_strings
 
 COLUMNS = ["first_target", "third_target", "later_targets", "corrupted", "other",
            "follow_up_targets"]
@@ -173,3 +178,178 @@ def test_gallery_shows_the_largest_follow_up_effects_then_random_analysed_puzzle
     assert draws == {("a",), ("c",), ("d",)}  # k=1: b is the top one; any other analysed
     with pytest.raises(ValueError, match="gallery size k must be >= 0, got -1"):
         gallery_puzzles(tmp_path, -1)
+
+
+# --------------------------------------------------------------------------- a real run's report
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run) -> dict[str, str]:
+    """``report.md`` of the tiny run, rewritten here, split into its ``## `` sections."""
+    text = write_report(tiny_run).read_text()
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    return {part.split("\n", 1)[0]: part for part in parts}
+
+
+def table(section: str, caption: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the first markdown table after the line starting ``caption``."""
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(caption))
+    first = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("|"))
+    rows = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    assert set(rows[1]) == {"---"}, rows[1]
+    return rows[0], rows[2:]
+
+
+def parse(cell: str) -> tuple[float, float]:
+    """``"m ± e"``, ``"m"``, ``"m (n=1, no error bar)"`` or ``"n/a"`` -> (mean, err), NaN where
+    absent."""
+    if cell == "n/a":
+        return math.nan, math.nan
+    m = re.fullmatch(r"(-?\d+\.\d{3})(?: ± (\d+\.\d{3}))?(?: \(n=\d+, no error bar\))?", cell)
+    assert m, cell
+    return float(m[1]), float(m[2]) if m[2] else math.nan
+
+
+def shows(cell: str, mean: float, err: float) -> bool:
+    """The cell shows ``mean`` and ``err`` to its 3 decimals (``n/a`` for a NaN mean)."""
+    got = parse(cell)
+    for value, shown in zip((mean, err), got):
+        if math.isfinite(value) != math.isfinite(shown):
+            return False
+        if math.isfinite(value) and abs(value - shown) > 5e-4 + 1e-9:
+            return False
+    return True
+
+
+def n_range(n: np.ndarray) -> str:
+    lo, hi = int(np.min(n)), int(np.max(n))
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def assert_funnel(section: str, f: h5py.File) -> None:
+    _, rows = table(section, "Selection funnel")
+    assert rows == [[s, r, str(c)] for s, r, c in zip(read_strings(f["funnel/step"]),
+                                                      read_strings(f["funnel/rule"]),
+                                                      f["funnel/count"][()])]
+    assert any(int(r[2]) for r in rows)
+
+
+def assert_top_heads(section: str, caption: str, g: h5py.Group, name: str = "effect") -> None:
+    """The top-5 table after ``caption (n = ...)`` lists the 5 largest means of ``g``'s summary
+    over all puzzles, in order, with their error bars."""
+    mean = g[f"summary/all/{name}_mean"][()]
+    err = g[f"summary/all/{name}_err2sigma"][()]
+    n = g[f"summary/all/{name}_n"][()]
+    line = next(x for x in section.splitlines() if x.startswith(caption))
+    assert f"(n = {n_range(n)} puzzles):" in line, line
+    order = sorted(np.ndindex(mean.shape), key=lambda lh: -mean[lh])[:5]
+    _, rows = table(section, caption)
+    assert [r[0] for r in rows] == [f"L{layer}H{head}" for layer, head in order]
+    for row, lh in zip(rows, order):
+        assert shows(row[1], mean[lh], err[lh]), (caption, row, mean[lh], err[lh])
+
+
+def assert_variants(section: str, caption: str, g: h5py.Group) -> None:
+    mean, err = g["summary/all/effect_mean"][()], g["summary/all/effect_err2sigma"][()]
+    n = g["summary/all/effect_n"][()]
+    _, rows = table(section, caption)
+    assert [r[0] for r in rows] == read_strings(g["variant_names"])
+    for i, row in enumerate(rows):
+        assert shows(row[1], mean[i], err[i]) and row[2] == str(n[i]), (caption, row)
+
+
+def test_real_report_puzzle_funnel_is_puzzles_h5s(tiny_run, report):
+    section = report["Puzzles (`puzzles.h5`)"]
+    with h5py.File(tiny_run / "puzzles.h5", "r") as f:
+        funnel = [[k, str(int(v))] for k, v in f["counts/filters"].attrs.items()]
+        dt = f["puzzles/different_targets"][()]
+    assert table(section, "Puzzles passing each filter")[1] == funnel
+    assert f"Kept: {len(dt)} puzzles, {int(dt.sum())} with `different_targets`." in section
+
+
+def test_real_report_patching_tables_are_patching_h5s(tiny_run, report):
+    section = report["Activation patching (`patching.h5`)"]
+    with h5py.File(tiny_run / "patching.h5", "r") as f:
+        assert_funnel(section, f)
+        cats = read_strings(f["category_names"])
+        base = "residual/resid_post/summary"
+        header, rows = table(section, "Residual patching at `resid_post`")
+        assert header[0] == "layer" and sorted(header[1:]) == sorted(cats)
+        mean = f[f"{base}/all/category_max_mean"][()]
+        err = f[f"{base}/all/category_max_err2sigma"][()]
+        n = f[f"{base}/all/category_max_n"][()]
+        assert [r[0] for r in rows] == [str(layer) for layer in range(len(mean))] + ["n"]
+        for name, column in zip(header[1:], list(zip(*rows))[1:]):
+            c = cats.index(name)
+            for layer, cell in enumerate(column[:-1]):
+                assert shows(cell, mean[layer, c], err[layer, c]), (name, layer, cell)
+            assert column[-1] == n_range(n[:, c]), name
+        assert len(set(n[0])) > 1  # the categories' n differ (no later_targets on some PVs)
+        # each split's headline: the layer of the largest follow-up-target mean, its n
+        lead, other, third = (cats.index(c) for c in ("follow_up_targets", "other",
+                                                      "third_target"))
+        for subset in ("all", "different_targets", "same_targets"):
+            mean = f[f"{base}/{subset}/category_max_mean"][()]
+            err = f[f"{base}/{subset}/category_max_err2sigma"][()]
+            n = f[f"{base}/{subset}/category_max_n"][()]
+            m = re.search(rf"^`{subset}`: largest follow-up-target effect \(the paper's "
+                          rf"3rd-move target\) at layer (\d+): (.+) vs other squares (.+); "
+                          rf"PV\[2\]'s target alone (.+) \(n = (\d+) puzzles\)\.$",
+                          section, flags=re.M)
+            assert m, subset
+            best = int(np.nanargmax(mean[:, lead]))
+            assert int(m[1]) == best and int(m[5]) == n[best, lead], (subset, m[0])
+            for cell, c in zip(m.groups()[1:4], (lead, other, third)):
+                assert shows(cell, mean[best, c], err[best, c]), (subset, cell)
+        assert_top_heads(section, "Head patching", f["heads"])
+
+
+def test_real_report_ablation_tables_are_ablations_h5s(tiny_run, report):
+    section = report["Ablations (`ablations.h5`)"]
+    with h5py.File(tiny_run / "ablations.h5", "r") as f:
+        assert_funnel(section, f)
+        methods = [m for m in f["heads"] if isinstance(f["heads"][m], h5py.Group)]
+        assert methods
+        for method in methods:
+            assert_top_heads(section, f"Head ablation `{method}`", f[f"heads/{method}"])
+        e = f["edge"]
+        caption = f"Single-edge ablation, layer {e.attrs['layer']} head {e.attrs['head']} "
+        assert f"{caption}(query = 1st-move target, key = 3rd-move target); head chosen by: " \
+               f"{e.attrs['chosen_by']}:" in section
+        assert_variants(section, caption, e)
+        assert_variants(section, "Piece-movement heads", f["piece_heads"])
+
+
+def test_real_report_probe_cells_are_probes_h5s(tiny_run, report):
+    section = report["Probes (`probes.h5`)"]
+    with h5py.File(tiny_run / "probes.h5", "r") as f:
+        nets, splits = read_strings(f["net"]), read_strings(f["split"])
+        probes, targets = read_strings(f["probe"]), read_strings(f["target"])
+        baselines = read_strings(f["baseline"])
+        layers = f["layer"][()].tolist()
+        mean, err, n_test = f["accuracy_mean"][()], f["accuracy_err"][()], f["n_test"][()]
+        b_mean, b_err = f["baseline_mean"][()], f["baseline_err"][()]
+    assert splits == ["all", "different_targets", "same_targets"]
+    assert (mean > 0.1).sum() > 10 and (b_mean > 0.1).any()  # the cells are not all 0
+    for s, split in enumerate(splits):
+        for t, target in enumerate(targets):
+            header, rows = table(section, f"Target `{target}`, split `{split}` (test puzzles "
+                                          f"per seed: {n_range(n_test[s, t])}):")
+            assert header == ["layer"] + [f"{p} ({net})" for net in nets for p in probes]
+            assert [r[0] for r in rows] == [str(layer) for layer in layers]
+            for li, row in enumerate(rows):
+                cells = iter(row[1:])
+                for ni in range(len(nets)):
+                    for pi in range(len(probes)):
+                        value = (mean[ni, s, pi, t, li], err[ni, s, pi, t, li])
+                        assert shows(next(cells), *value), (split, target, li, ni, pi)
+        header, rows = table(section, f"No-activation baselines, split `{split}`:")
+        assert header == ["baseline", *targets] and [r[0] for r in rows] == baselines
+        for b, row in enumerate(rows):
+            for t, cell in enumerate(row[1:]):
+                assert shows(cell, b_mean[s, b, t], b_err[s, b, t]), (split, row[0], t)
