@@ -27,6 +27,7 @@ from leela_interp.results import FAULT_ENV, is_complete
 from leela_interp.stages import run_stages
 from leela_interp.stages.common import LOCK, lock_run_dir
 from test_activations import make_puzzle_set
+from test_interventions import PIECE_HEADS, TRANSFORMER, write_fixture
 from test_probes import _write_puzzles
 
 #: Per-run measurements in probes.h5: differ between any two runs.
@@ -147,6 +148,60 @@ def test_probes_killed_at_every_write_point_equals_uninterrupted(tmp_path, net, 
                    *[f"probes.h5 chunk {k}: {step}" for k in range(4)
                      for step in ("written", "renamed")],
                    "probes.h5: written", "probes.h5: renamed", "probes.h5: chunks removed"]
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory) -> Path:
+    return write_random_net(tmp_path_factory.mktemp("transformer") / "t.pb.gz", seed=3,
+                            **TRANSFORMER)
+
+
+@pytest.fixture(scope="module")
+def interventions_inputs(tmp_path_factory, transformer) -> Path:
+    """A run folder holding puzzles.h5 (six real puzzles with corrupted boards) and the
+    patching.h5 that picks the ablations' single-edge head."""
+    folder = tmp_path_factory.mktemp("interventions_inputs")
+    write_fixture(folder / "puzzles.h5")
+    run_stages(config(folder, transformer, "patching", *INTERVENTIONS))
+    return folder
+
+
+#: Two puzzles a chunk (three chunks), every puzzle with a corruption analysed, every ablation
+#: method, piece heads, no figures (written atomically, not a life-cycle step).
+INTERVENTIONS = ("patching.chunk_size=2", "ablations.chunk_size=2", "patching.figures=false",
+                 "ablations.figures=false", "patching.require_pv0_top=false",
+                 "ablations.require_pv0_top=false", "ablations.piece_heads.min_pv_length=3",
+                 *(f"ablations.piece_heads.heads.{piece}={json.dumps(heads).replace(' ', '')}"
+                   for piece, heads in PIECE_HEADS.items()))
+
+
+def chunked_labels(name: str, keys) -> list[str]:
+    """The write points of a :class:`ChunkedOutput` committing chunks ``keys``, then finishing."""
+    return [f"{name}.partial.d/manifest.json: written", f"{name}.partial.d/manifest.json: renamed",
+            *[f"{name} chunk {k}: {step}" for k in keys for step in ("written", "renamed")],
+            f"{name}: written", f"{name}: renamed", f"{name}: chunks removed"]
+
+
+def test_patching_killed_at_every_write_point_equals_uninterrupted(tmp_path, transformer,
+                                                                   interventions_inputs):
+    """Defect 1: a kill after a chunk was written (the old in-place file then broke its
+    variable-length skip_reason) resumes, and the rerun writes the same bytes."""
+    folder = tmp_path / "inputs"
+    shutil.copytree(interventions_inputs, folder,
+                    ignore=shutil.ignore_patterns("patching.h5", LOCK))
+    labels = kill_everywhere(tmp_path, folder,
+                             lambda out: config(out, transformer, "patching", *INTERVENTIONS),
+                             ["patching.h5"], same_bytes=["patching.h5"], delays=(0.5,))
+    assert labels == chunked_labels("patching.h5", range(3))
+
+
+def test_ablations_killed_at_every_write_point_equals_uninterrupted(tmp_path, transformer,
+                                                                    interventions_inputs):
+    labels = kill_everywhere(tmp_path, interventions_inputs,
+                             lambda out: config(out, transformer, "ablations", *INTERVENTIONS),
+                             ["ablations.h5"], same_bytes=["ablations.h5"], delays=(0.5,))
+    # the mean head outputs are their own chunk, committed before the rows
+    assert labels == chunked_labels("ablations.h5", [99_999_999, 0, 1, 2])
 
 
 def cli_args(out: Path, net: Path, stage: str) -> list[str]:
