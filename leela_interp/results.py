@@ -650,9 +650,8 @@ class RowsFile:
 @contextlib.contextmanager
 def open_partial(path: str | Path, *, schema: str, config: Mapping,
                  resume: bool = True) -> Iterator[h5py.File]:
-    """The older life cycle (the puzzles, patching and ablations stages until they move to
-    :class:`ChunkedOutput`): one ``NAME.h5.partial`` written in place, marked complete and
-    renamed on clean exit.
+    """The older life cycle, used by no stage any more (tests make small fixture files with it):
+    one ``NAME.h5.partial`` written in place, marked complete and renamed on clean exit.
 
     Args:
         path: the final file name.

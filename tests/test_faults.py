@@ -29,6 +29,7 @@ from leela_interp.stages.common import LOCK, lock_run_dir
 from test_activations import make_puzzle_set
 from test_interventions import PIECE_HEADS, TRANSFORMER, write_fixture
 from test_probes import _write_puzzles
+from tiny_run import ROWS, compose_config, write_inputs
 
 #: Per-run measurements in probes.h5: differ between any two runs.
 RUN_SPECIFIC = ("peak_rss_mb",)
@@ -202,6 +203,18 @@ def test_ablations_killed_at_every_write_point_equals_uninterrupted(tmp_path, tr
                              ["ablations.h5"], same_bytes=["ablations.h5"], delays=(0.5,))
     # the mean head outputs are their own chunk, committed before the rows
     assert labels == chunked_labels("ablations.h5", [99_999_999, 0, 1, 2])
+
+
+def test_puzzles_killed_at_every_write_point_equals_uninterrupted(tmp_path):
+    """Defect 5 too: a kill just after the last chunk (or anywhere in finishing) resumes; the
+    resumed puzzles.h5 has the uninterrupted run's bytes, so later stages' hashes match."""
+    inputs = write_inputs(tmp_path, ROWS, 6)
+    (tmp_path / "empty").mkdir()
+    labels = kill_everywhere(
+        tmp_path, tmp_path / "empty",
+        lambda out: compose_config(inputs, out, "stage=puzzles", "puzzles.chunk_size=3"),
+        ["puzzles.h5"], same_bytes=["puzzles.h5"], delays=(0.5,))
+    assert labels == chunked_labels("puzzles.h5", range(2))
 
 
 def cli_args(out: Path, net: Path, stage: str) -> list[str]:
