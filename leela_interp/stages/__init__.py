@@ -39,19 +39,27 @@ def run_stages(cfg: DictConfig) -> None:
     ``info`` and ``inspect`` runs holding the lock of ``out_dir``
     (:func:`~leela_interp.stages.common.lock_run_dir`), taken once for all of them.
 
+    The whole config is checked first (:func:`~leela_interp.stages.schema.validate`: types,
+    ranges, choices), then what the stages read (:func:`~leela_interp.stages.schema.
+    check_inputs`: network files, the puzzle source, the device, Stockfish), before any work.
+
     Raises:
-        ConfigError: an unknown stage or a bad ``force``.
+        ConfigError: an unknown stage, a bad ``force``, a value the schema refuses.
+        WeightsFormatError: a network file the stages read is missing or a folder.
         RunFolderInUseError: another run is writing ``out_dir``.
     """
     import torch
 
     from leela_interp.stages.common import lock_run_dir
+    from leela_interp.stages.schema import check_inputs, validate
 
     stage = cfg.stage
     names = PIPELINE if stage == "all" else [stage] if isinstance(stage, str) else list(stage)
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r}; choose one of {['all', *STAGES]}")
+    validate(cfg)
+    check_inputs(cfg, names)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     force = cfg.get("force", False)

@@ -77,8 +77,12 @@ def lock_run_dir(path: str | Path) -> Iterator[Path]:
             and command. The second run stops at once and touches nothing.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"out_dir={str(path)!r} cannot be used as a run folder "
+                          f"({exc.strerror or exc}); give a folder you can write") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
