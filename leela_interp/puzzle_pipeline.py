@@ -819,6 +819,29 @@ class BuildSummary:
     """The filter funnel (see :data:`FUNNEL`)."""
 
 
+def nothing_to_analyse(path: str | Path) -> str | None:
+    """Why the stages that analyse puzzles have nothing to do: ``path`` (``puzzles.h5``) is
+    complete and kept no puzzle; names the funnel step that removed the last ones. None when
+    there are puzzles (or no complete file)."""
+    path = Path(path)
+    if not is_complete(path):
+        return None
+    with h5py.File(path, "r") as f:
+        if f["puzzles/id"].shape[0]:
+            return None
+        counts = dict(f["counts/filters"].attrs) if "counts/filters" in f else {}
+        rows = int(f["counts"].attrs.get("rows", 0)) if "counts" in f else 0
+    last = None
+    for step in FUNNEL:
+        if int(counts.get(step, 0)) == 0:
+            last = step
+            break
+    where = f"no puzzle passed the {last!r} step of the funnel" if last and last != "read" \
+        else "no row of the source was a valid puzzle"
+    return f"{path} kept 0 puzzles ({where}; {rows} rows read); loosen puzzles.filters or " \
+           f"give another puzzles.source"
+
+
 def input_hashes(config: PipelineConfig) -> dict[str, str]:
     """sha256 of the source file and both networks (part of the output's identity).
 

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
 from leela_interp.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Stage name -> module under leela_interp.stages, in pipeline order.
 STAGES: dict[str, str] = {
@@ -32,6 +36,10 @@ PIPELINE: list[str] = ["puzzles", "activations", "patching", "ablations", "probe
 READ_ONLY: frozenset[str] = frozenset({"info", "inspect"})
 
 
+#: Stages that analyse the puzzles of ``puzzles.h5`` (skipped when it kept none).
+ANALYSES: frozenset[str] = frozenset({"activations", "patching", "ablations", "probes"})
+
+
 def run_stages(cfg: DictConfig) -> None:
     """Run ``cfg.stage``: one name, a list of names (in that order), or ``all`` (the pipeline).
 
@@ -43,6 +51,9 @@ def run_stages(cfg: DictConfig) -> None:
     ranges, choices), then what the stages read (:func:`~leela_interp.stages.schema.
     check_inputs`: network files, the puzzle source, the device, Stockfish), before any work.
 
+    When ``puzzles.h5`` kept no puzzle, the stages that analyse puzzles (:data:`ANALYSES`) are
+    skipped with a warning saying why (:func:`~leela_interp.puzzle_pipeline.nothing_to_analyse`); the report says so too.
+
     Raises:
         ConfigError: an unknown stage, a bad ``force``, a value the schema refuses.
         WeightsFormatError: a network file the stages read is missing or a folder.
@@ -50,6 +61,7 @@ def run_stages(cfg: DictConfig) -> None:
     """
     import torch
 
+    from leela_interp.puzzle_pipeline import nothing_to_analyse
     from leela_interp.stages.common import lock_run_dir
     from leela_interp.stages.schema import check_inputs, validate
 
@@ -73,6 +85,10 @@ def run_stages(cfg: DictConfig) -> None:
             if isinstance(force, str):
                 with open_dict(cfg):
                     cfg.force = name in redo
+            if name in ANALYSES and (why := nothing_to_analyse(Path(cfg.out_dir) /
+                                                               "puzzles.h5")):
+                log.warning("%s: skipped, nothing to analyse: %s", name, why)
+                continue
             importlib.import_module(f"leela_interp.stages.{STAGES[name]}").run(cfg)
     if isinstance(force, str):
         with open_dict(cfg):

@@ -69,11 +69,27 @@ def _inputs(path: Path) -> dict:
 
 def stage_config(cfg: DictConfig, activations: Path) -> dict:
     """What ``probes.h5`` records and hashes: the ``probes`` section (less the keys that do not
-    change results: ``threads``, ``max_layer_gib``) and the input cache."""
+    change results: ``threads``, ``max_layer_gib``) and every input it reads: the activation
+    cache's identity, the sha256 of ``puzzles.h5`` (the labels and splits) and of the network
+    (its random twin).
+
+    Raises:
+        ConfigError: the activation cache is missing or incomplete, or was made from another
+            ``puzzles.h5`` than the one in the folder now (rerun the activations stage).
+    """
     probes = OmegaConf.to_container(cfg.probes, resolve=True)
     for key in ("threads", "max_layer_gib"):
         probes.pop(key, None)
-    return {"probes": probes, "activations": _inputs(activations)}
+    cache = _inputs(activations)
+    puzzles = activations.parent / "puzzles.h5"
+    puzzles_sha = sha256_file(puzzles) if puzzles.exists() else ""
+    if cache["puzzles_sha256"] != puzzles_sha:
+        raise ConfigError(f"{activations} was made from another puzzles.h5 (sha256 "
+                          f"{cache['puzzles_sha256'][:12]}..., the folder's is "
+                          f"{puzzles_sha[:12] or 'missing'}...): rerun the activations stage "
+                          f"first (leela-interp stage=activations out_dir={activations.parent})")
+    return {"probes": probes, "activations": cache, "puzzles_sha256": puzzles_sha,
+            "network_sha256": sha256_file(cfg.model.path)}
 
 
 def _scale(f: h5py.File, name: str, values, **attrs) -> h5py.Dataset:
