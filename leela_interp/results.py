@@ -188,7 +188,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 
 
 def partial_path(path: str | Path) -> Path:
-    """``NAME.h5.partial``: the in-progress file of :class:`RowsFile` (and of :func:`open_partial`)."""
+    """``NAME.h5.partial``: the in-progress file of :class:`RowsFile` (and of
+    :func:`open_partial`)."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
 

@@ -52,7 +52,8 @@ def run_stages(cfg: DictConfig) -> None:
     check_inputs`: network files, the puzzle source, the device, Stockfish), before any work.
 
     When ``puzzles.h5`` kept no puzzle, the stages that analyse puzzles (:data:`ANALYSES`) are
-    skipped with a warning saying why (:func:`~leela_interp.puzzle_pipeline.nothing_to_analyse`); the report says so too.
+    skipped with a warning saying why
+    (:func:`~leela_interp.puzzle_pipeline.nothing_to_analyse`); the report says so too.
 
     Raises:
         ConfigError: an unknown stage, a bad ``force``, a value the schema refuses.
