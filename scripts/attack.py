@@ -22,7 +22,7 @@ appears or changes for the n-th time (polled every 2 ms), or at a fraction of th
 uninterrupted run spends after its partial work appears.
 
 Prints a table of counts per class and a line per case; ``--json`` writes every case's record.
-The checks use this checkout's :func:`leela_interp.results.diff_files`; only the victim runs
+The checks use this checkout's :func:`leela_interp.outputs.results.diff_files`; only the victim runs
 ``--code``.
 """
 
@@ -50,7 +50,7 @@ import zstandard
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from leela_interp.results import diff_files  # noqa: E402  (the checker, not the victim)
+from leela_interp.outputs.results import diff_files  # noqa: E402  (the checker, not the victim)
 
 OUTCOMES = ("handled", "clear error", "raw traceback", "silent", "stuck")
 CLASSES = ("network", "csv", "kill", "config", "concurrent", "order")
@@ -88,7 +88,7 @@ class Attack:
         self.nets = root / "nets"
         self.nets.mkdir()
         self.py(f"""
-            from leela_interp.lc0.random_net import write_random_net
+            from leela_interp.network.lc0.random_net import write_random_net
             write_random_net({str(self.nets / 'strong.pb.gz')!r}, body='transformer',
                              policy='attention', d_model=32, layers=2, heads=4, d_ff=32, seed=1)
             write_random_net({str(self.nets / 'weak.pb.gz')!r}, seed=2)

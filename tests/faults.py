@@ -9,7 +9,7 @@ Two ways to run the victim:
   ``atexit``, no close.
 - :func:`cli` runs the real ``leela-interp`` command in a subprocess (this checkout's package).
 
-Kills land at :func:`leela_interp.results.write_point` number ``k`` (``fault="kill:k"``), or
+Kills land at :func:`leela_interp.outputs.results.write_point` number ``k`` (``fault="kill:k"``), or
 after ``kill_after_s`` seconds wherever the process is. :func:`write_points` lists the points
 of an uninterrupted run. :func:`assert_same_files` compares outputs dataset by dataset.
 """
@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from leela_interp.results import FAULT_ENV, FAULT_LOG_ENV, diff_files
+from leela_interp.outputs.results import FAULT_ENV, FAULT_LOG_ENV, diff_files
 
 REPO = Path(__file__).resolve().parents[1]
 #: What a finished run folder may hold besides the outputs: the (released) lock file.
@@ -39,7 +39,7 @@ def in_child(fn: Callable[[], object], *, fault: str | None = None, log: Path | 
 
     Args:
         fn: what the child runs.
-        fault: ``"kill:k"`` / ``"raise:k"`` for :data:`~leela_interp.results.FAULT_ENV`.
+        fault: ``"kill:k"`` / ``"raise:k"`` for :data:`~leela_interp.outputs.results.FAULT_ENV`.
         log: file that collects the labels of the write points the child reaches.
         kill_after_s: SIGKILL the child after this many seconds, wherever it is.
     """

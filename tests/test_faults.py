@@ -2,7 +2,7 @@
 again with the same command, ends with exactly the output of an uninterrupted run; two runs on
 one folder leave one complete output and a clear error.
 
-Kills hit a forked child at every :func:`leela_interp.results.write_point` of the stage (and
+Kills hit a forked child at every :func:`leela_interp.outputs.results.write_point` of the stage (and
 after delays spread over its run time); the rerun is the same ``run_stages(cfg)``. A few
 kills use the real ``leela-interp`` command in a subprocess (``tests/faults.py``).
 """
@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_dir
 import faults
 from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import RunFolderInUseError
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.results import FAULT_ENV, is_complete
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.outputs.results import FAULT_ENV, is_complete
 from leela_interp.stages import run_stages
 from leela_interp.stages.common import LOCK, lock_run_dir
 from test_activations import make_puzzle_set

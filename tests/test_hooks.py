@@ -11,7 +11,7 @@ import torch
 from positions import lc0_positions
 
 from leela_interp import UnknownHookError, load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 TRANSFORMER = dict(body="transformer", policy="attention", d_model=32, layers=3, heads=4,
                    d_ff=48, embedding="PE_DENSE", smolgen=True, default_activation="mish")

@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import ConfigError, WeightsFormatError
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.oracle import StockfishNotFoundError
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.puzzles.oracle import StockfishNotFoundError
 from leela_interp.stages import run_stages
 from leela_interp.stages.schema import validate
 

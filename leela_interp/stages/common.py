@@ -18,7 +18,7 @@ import h5py
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError, RunFolderInUseError
-from leela_interp.results import config_hash, is_complete, remove_leftovers
+from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
 """``stage=patching``: activation patching from the corrupted board (residual stream and heads).
 
 Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/patching.h5`` and PNG figures under
-``<out_dir>/figures/``. The work is :mod:`leela_interp.interventions`; the file layout, sign
-convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
-puzzles (each committed as its own file, :class:`~leela_interp.results.ChunkedOutput`: a kill
-at any instant loses at most the chunk in progress); skipped when complete for the same
-network, puzzle set and ``patching`` config; ``force=true`` redoes it.
+``<out_dir>/figures/``. The work is :mod:`leela_interp.experiments.interventions`; the file
+layout, sign convention and square categories are in ``docs/interventions.md``. Resumable by
+chunks of puzzles (each committed as its own file,
+:class:`~leela_interp.outputs.results.ChunkedOutput`: a kill at any instant loses at most the
+chunk in progress); skipped when complete for the same network, puzzle set and ``patching``
+config; ``force=true`` redoes it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from leela_interp import interventions as iv
-from leela_interp.encoding import TOKEN_NUMBERING
+from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.model import load_network
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import STR, ChunkedOutput, label_axes, write_strings
+from leela_interp.experiments import interventions as iv
+from leela_interp.network import load_network
+from leela_interp.outputs.results import STR, ChunkedOutput, label_axes, sha256_file, write_strings
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class RowBlock:
 
     ``layout`` is an (in-memory) file made by the same code that makes the final file's
     datasets: each block array takes a dataset's dtype, row shape and fill value from it. The
-    block's :attr:`arrays` are what a chunk commits (:class:`~leela_interp.results.
+    block's :attr:`arrays` are what a chunk commits (:class:`~leela_interp.outputs.results.
     ChunkedOutput`); :func:`fill_rows` writes them into the final file.
     """
 
@@ -275,7 +275,7 @@ def considered(n: int, max_puzzles) -> int:
 
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
-    from leela_interp import figures
+    from leela_interp.outputs import figures
 
     pc = cfg.patching
     sites = list(pc.sites) if OmegaConf.is_list(pc.sites) else [pc.sites]

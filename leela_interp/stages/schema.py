@@ -443,6 +443,6 @@ def check_inputs(cfg: DictConfig, stages: list[str]) -> None:
                               f"puzzle CSV (.csv or .csv.zst)")
         check_net_path("puzzles.weak_model.path", cfg.puzzles.weak_model.path)
         if cfg.puzzles.oracle.enabled:
-            from leela_interp.oracle import check_engine
+            from leela_interp.puzzles.oracle import check_engine
 
             check_engine(cfg.puzzles.oracle.path)
