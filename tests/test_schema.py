@@ -94,12 +94,19 @@ def test_network_files_are_checked_before_any_work(tmp_path, net):
     assert not out.exists()  # nothing was done, not even the run folder
 
 
-def test_defaults_outside_the_checkout_say_what_to_pass(tmp_path, monkeypatch):
+def test_a_data_dir_without_the_default_files_says_what_to_pass(tmp_path, monkeypatch):
+    """The defaults name files of ``data_dir``; one that lacks them stops before any work,
+    naming the file and the key to pass (relative paths: from the folder the run started in)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(WeightsFormatError, match="data/nets/strong-bt-64x4.pb.gz: cannot read "
-                       "network file .no such file.: pass model.path=FILE .* relative paths are "
-                       f"from the folder you run in, {tmp_path}"):
-        run_stages(cfg_of("stage=puzzles", f"out_dir={tmp_path / 'run'}"))
+    with pytest.raises(WeightsFormatError, match=f"{tmp_path}/nets/strong-bt-64x4.pb.gz: cannot "
+                       "read network file .no such file.: pass model.path=FILE"):
+        run_stages(cfg_of("stage=puzzles", f"out_dir={tmp_path / 'run'}",
+                          f"data_dir={tmp_path}"))
+    with pytest.raises(WeightsFormatError, match="relative paths are from the folder you run "
+                       f"in, {tmp_path}"):
+        run_stages(cfg_of("stage=activations", f"out_dir={tmp_path / 'run'}",
+                          "model.path=nets/x.pb.gz"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_puzzle_source_device_and_stockfish_are_checked(tmp_path, net):

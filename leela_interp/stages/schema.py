@@ -252,6 +252,7 @@ class Config:
     stage: Any = "all"
     out_dir: str = "runs/default"
     inputs_dir: Optional[str] = None
+    data_dir: Optional[str] = None
     force: Any = False
     threads: Optional[int] = at_least(None, 1)
     path: Optional[str] = None
