@@ -28,3 +28,10 @@ class HookError(LeelaInterpError, ValueError):
 
     The message names the hook point and the expected shape and dtype.
     """
+
+
+class RunFolderInUseError(LeelaInterpError, RuntimeError):
+    """Another process is writing the run folder (``out_dir``) or has an output file open.
+
+    The message names the folder or file and, when known, the other process's PID and command.
+    """

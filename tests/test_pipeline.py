@@ -269,3 +269,19 @@ def test_a_black_to_move_corruption_square_lands_in_patchings_corrupted_category
                 assert token == square ^ 56  # black's tokens are the ranks flipped
             checked[bool(white[i])] += 1
     assert checked[True] and checked[False], checked
+
+
+def test_a_run_that_keeps_no_puzzle_ends_cleanly_saying_why(tmp_path, caplog):
+    """Defect 7: zero kept puzzles used to crash ablations and probes; now every analysis stage
+    is skipped with the reason and the report says there is nothing to analyse."""
+    inputs = write_inputs(tmp_path, ROWS, 4)
+    out = tmp_path / "run"
+    run_stages(compose_config(inputs, out, "puzzles.filters.hard_max_weak_prob=0.0"))
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".h5", ".md")) == \
+        ["puzzles.h5", "report.md"]
+    skipped = [r.getMessage() for r in caplog.records if "nothing to analyse" in r.getMessage()]
+    assert [m.split(":")[0] for m in skipped] == ["activations", "patching", "ablations",
+                                                 "probes"]
+    why = "kept 0 puzzles (no puzzle passed the 'hard' step of the funnel; 4 rows read)"
+    assert why in skipped[0]
+    assert f"**Nothing to analyse.** {out / 'puzzles.h5'} {why}" in (out / "report.md").read_text()

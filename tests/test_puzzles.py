@@ -413,3 +413,115 @@ def test_real_sample_reads_without_rejections(sample_csv):
     assert not any("mateIn1" in p.themes for p in puzzles)
     assert len({p.id for p in puzzles}) == len(puzzles)
     assert all(p.board().turn != chess.Board(p.fen).turn for p in puzzles[:1000])
+
+
+# --- Reader: one row per physical line (issue 14) ---------------------------------------------
+
+
+def test_an_unclosed_quote_rejects_only_its_row(tmp_path):
+    rows = many_rows(40)
+    fields = rows[19].split(",")
+    fields[7] = '"' + fields[7]  # Themes opens a quote that never closes
+    rows[19] = ",".join(fields)
+    puzzles, counts = read_puzzles(write_csv(tmp_path / "quote.csv", rows), exclude_themes=())
+    assert counts.rows == 40 and len(puzzles) == 39
+    assert counts.rejected == {"malformed_row": 1}
+    assert "row 19 (id 'p00019')" in counts.examples["malformed_row"][0]
+    assert "quoting" in counts.examples["malformed_row"][0]
+    assert [p.id for p in puzzles] == [f"p{i:05d}" for i in range(40) if i != 19]
+
+
+def test_quoted_fields_still_parse(tmp_path):
+    fields = GOOD[3].split(",")
+    fields[9] = '"Kings_Pawn_Game, Leonardis ""Variation"""'
+    puzzles, counts = read_puzzles(write_csv(tmp_path / "q.csv", [",".join(fields)]))
+    assert counts.rejected == {}
+    assert puzzles[0].opening_tags == ["Kings_Pawn_Game,", "Leonardis", '"Variation"']
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + write_csv(tmp_path / "plain.csv", GOOD).read_bytes())
+    puzzles, counts = read_puzzles(path)
+    assert [p.id for p in puzzles] == ONLY_IDS and counts.rejected == {}
+
+
+def test_a_header_without_a_required_column_is_a_clear_error(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_text(HEADER.replace("PuzzleId", "Id") + "\n" + GOOD[0] + "\n")
+    with pytest.raises(ConfigError, match=r"lacks the column\(s\) \['PuzzleId'\]"):
+        read_puzzles(path)
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"mixed"])
+def test_every_line_ending_gives_one_row_per_line(tmp_path, ending):
+    lines = [HEADER.encode(), *(row.encode() for row in GOOD)]
+    if ending == b"mixed":
+        data = lines[0] + b"\r\n" + lines[1] + b"\r" + lines[2] + b"\n" + lines[3] + b"\r" \
+            + lines[4]
+    else:
+        data = ending.join(lines) + ending
+    path = tmp_path / "endings.csv"
+    path.write_bytes(data)
+    puzzles, counts = read_puzzles(path)
+    assert [p.id for p in puzzles] == ONLY_IDS and counts.rows == 4 and counts.rejected == {}
+
+
+def test_an_oversized_line_is_rejected_and_the_rest_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(puzzles_module, "_CHUNK_BYTES", 4096)  # the long line spans chunks
+    rows = list(GOOD)
+    rows[1] = rows[1] + "x" * 200_000  # a 200 kB field
+    puzzles, counts = read_puzzles(write_csv(tmp_path / "big.csv", rows))
+    assert [p.id for p in puzzles] == ["00008", "0008Q", "0009B"]
+    assert counts.rejected == {"oversized_row": 1} and counts.rows == 4
+    assert "row 1 (id '0000D')" in counts.examples["oversized_row"][0]
+
+
+def test_a_valid_replacement_character_is_not_bad_encoding(tmp_path):
+    row = GOOD[0].replace("hangingPiece", "hanging\ufffdPiece")
+    puzzles, counts = read_puzzles(write_csv(tmp_path / "fffd.csv", [row]))
+    assert counts.rejected == {} and "hanging\ufffdPiece" in puzzles[0].themes
+
+
+def test_rows_are_counted_against_the_physical_lines(tmp_path, monkeypatch):
+    """Whatever a line holds and wherever chunks split it (a \\r\\n pair included), every
+    non-blank line after the header is one row, counted once."""
+    lines = [HEADER, *BAD_ROWS_FILE[1:], "", '"unclosed,' + GOOD[0], "   ", GOOD[0] + '"x"',
+             "a,b,c,d,e,f,g,h,i,j,k,l", "\u00e9t\u00e9,,", *many_rows(30)]
+    data = "\r\n".join(lines).encode() + b"\r\ncaf\xe9," \
+        + GOOD[1].split(",", 1)[1].encode() + b"\r\n\r\n\n"
+    path = tmp_path / "mix.csv"
+    path.write_bytes(data)
+    expected_rows = sum(1 for line in data.splitlines()[1:] if line)
+    results = []
+    for chunk in (1, 2, 7, 4096, 1 << 20):
+        monkeypatch.setattr(puzzles_module, "_CHUNK_BYTES", chunk)
+        puzzles, counts = read_puzzles(path, exclude_themes=())
+        assert counts.rows == expected_rows, chunk
+        assert_every_row_counted(counts)
+        results.append((puzzles, counts))
+    assert all(r == results[0] for r in results)
+    assert results[0][1].rejected["malformed_row"] >= 3
+    assert results[0][1].rejected["bad_encoding"] == 1
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_zst_damaged_a_third_of_the_way_keeps_the_blocks_before(tmp_path, checksum):
+    """Without a checksum the damage is a decoding error in its block; with one (as the zstd
+    command writes) it may decode to other text and only fail the checksum at the end."""
+    rows = many_rows(5000)  # ~5 zstd blocks of 128 KiB of text
+    text = (HEADER + "\n" + "\n".join(rows) + "\n").encode()
+    compressed = bytearray(zstandard.ZstdCompressor(write_checksum=checksum).compress(text))
+    third = len(compressed) // 3
+    compressed[third:third + 64] = bytes(range(64))
+    path = tmp_path / "damaged.csv.zst"
+    path.write_bytes(bytes(compressed))
+    puzzles, counts = read_puzzles(path, exclude_themes=())
+    full, _ = read_puzzles(write_csv(tmp_path / "full.csv", rows), exclude_themes=())
+    assert counts.read_errors == {"corrupt_input": 1}
+    first_block = 131072 // len(rows[0].encode())
+    assert len(puzzles) >= first_block  # at least the first block's rows, unchanged
+    assert puzzles[:first_block] == full[:first_block]
+    if not checksum:
+        assert puzzles == full[: len(puzzles)]  # nothing after the damage
+    assert_every_row_counted(counts)

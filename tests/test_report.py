@@ -353,3 +353,30 @@ def test_real_report_probe_cells_are_probes_h5s(tiny_run, report):
         for b, row in enumerate(rows):
             for t, cell in enumerate(row[1:]):
                 assert shows(cell, b_mean[s, b, t], b_err[s, b, t]), (split, row[0], t)
+
+
+def test_outputs_made_from_another_puzzles_h5_are_flagged_and_probes_refuses(tiny_run,
+                                                                            tmp_path):
+    """Defect 10: after puzzles.h5 changes, the report names every output made from the old
+    one, and the probes stage (whose hash now covers puzzles.h5) refuses a stale cache instead
+    of reporting "up to date"."""
+    import shutil
+
+    from leela_interp.errors import ConfigError
+    from leela_interp.outputs.report import sections
+    from leela_interp.stages import probes
+    from tiny_run import compose_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert not any("stale results" in line for line in sections(run) if isinstance(line, str))
+    with h5py.File(run / "puzzles.h5", "r+") as f:  # another puzzles.h5: other bytes
+        f.attrs["note"] = "rerun on fewer puzzles"
+    warning = [line for line in sections(run) if isinstance(line, str) and "stale" in line]
+    assert len(warning) == 1
+    for name in ("activations.h5", "patching.h5", "ablations.h5", "probes.h5"):
+        assert f"`{name}`" in warning[0]
+    inputs = (tiny_run.parent / "puzzles.csv", tiny_run.parent / "strong.pb.gz",
+              tiny_run.parent / "weak.pb.gz")
+    with pytest.raises(ConfigError, match="made from another puzzles.h5.*rerun the activations"):
+        probes.run(compose_config(inputs, run, "stage=probes"))

@@ -1,13 +1,23 @@
-"""HDF5 result-file life cycle and the puzzle-set file."""
+"""HDF5 result-file life cycle (ChunkedOutput, RowsFile, open_partial, fault points), the
+puzzle-set file, and file comparison."""
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
 
 import chess
 import h5py
 import numpy as np
 import pytest
 
-from leela_interp.errors import ConfigError
-from leela_interp.outputs.results import (is_complete, label_axes, open_partial, partial_path,
-                                          read_strings, write_strings)
+from leela_interp.errors import ConfigError, RunFolderInUseError
+from leela_interp.outputs.results import (FAULT_ENV, FAULT_LOG_ENV, ChunkedOutput, InjectedFault,
+                                          RowsFile, chunks_dir, config_hash, diff_files,
+                                          has_partial, is_complete, journal_path, label_axes,
+                                          open_partial, partial_path, read_strings,
+                                          remove_leftovers, write_point, write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 
@@ -76,6 +86,218 @@ def test_puzzle_set_round_trip(tmp_path, history):
         back.corrupted_board(0)
     with pytest.raises(ConfigError, match="run the puzzles stage first"):
         PuzzleSet.load(tmp_path / "missing.h5")
+
+
+# --------------------------------------------------------------------------- ChunkedOutput
+
+
+def _chunked(path, config=None, **kw):
+    return ChunkedOutput(path, schema="t/1", config=config or {"a": 1}, **kw)
+
+
+def _assemble(out):
+    def write(f):
+        f.create_dataset("x", data=out.concat("x"))
+        write_strings(f, "name", list(out.concat("name")))
+        f.attrs["total"] = sum(chunk.meta.get("n", 0) for chunk in out.chunks())
+    return out.finish(write)
+
+
+def test_chunked_output_resumes_verified_chunks_and_finishes_atomically(tmp_path):
+    path = tmp_path / "x.h5"
+    out = _chunked(path)
+    for key in (2, 0):
+        out.commit(key, {"x": np.full(2, key, float), "name": [f"ü{key}", "b"]}, {"n": key})
+    assert not path.exists() and chunks_dir(path).is_dir() and has_partial(path)
+    again = _chunked(path)  # a new process: the committed chunks are there
+    assert again.keys == [0, 2] and again.read(2).meta == {"n": 2}
+    again.commit(1, {"x": np.full(2, 1.0), "name": ["c", "d"]}, {"n": 1})
+    again.commit(9, {"g/mean": np.eye(2)})  # a chunk of other arrays, nested names
+    assert again.read(9).arrays["g/mean"].tolist() == [[1, 0], [0, 1]]
+    _assemble(again)
+    assert not chunks_dir(path).exists() and is_complete(path)
+    with h5py.File(path) as f:
+        assert f["x"][()].tolist() == [0, 0, 1, 1, 2, 2] and f.attrs["total"] == 3
+        assert read_strings(f["name"]) == ["ü0", "b", "c", "d", "ü2", "b"]
+    # an uninterrupted run, chunks committed in another order: the same bytes
+    other = _chunked(tmp_path / "y.h5")
+    other.commit(9, {"g/mean": np.eye(2)})
+    for key in (0, 1, 2):
+        other.commit(key, {"x": np.full(2, float(key)),
+                           "name": [["ü0", "b"], ["c", "d"], ["ü2", "b"]][key]}, {"n": key})
+    _assemble(other)
+    assert (tmp_path / "y.h5").read_bytes() == path.read_bytes()
+
+
+def test_damaged_chunks_are_deleted_and_redone(tmp_path, caplog):
+    path = tmp_path / "x.h5"
+    out = _chunked(path)
+    for key in range(4):
+        out.commit(key, {"x": np.arange(1000.0) + key, "name": ["a"]}, {"n": key})
+    folder = chunks_dir(path)
+    data = (folder / "00000001.h5").read_bytes()
+    (folder / "00000001.h5").write_bytes(data[: len(data) // 2])  # cut short
+    with h5py.File(folder / "00000002.h5", "r+") as f:  # readable, but not what was committed
+        f["x"][0] = -1
+    (folder / ".00000003.h5.tmp").write_bytes(b"half a chunk")  # killed mid-write
+    with caplog.at_level(logging.WARNING):
+        again = _chunked(path)
+    assert again.keys == [0, 3]
+    assert "damaged chunk 00000001.h5" in caplog.text and "damaged chunk 00000002.h5" in caplog.text
+    assert "checksum" in caplog.text and not (folder / ".00000003.h5.tmp").exists()
+
+
+@pytest.mark.parametrize("how", ["config", "force", "manifest"])
+def test_chunks_of_another_config_or_force_or_without_manifest_start_afresh(tmp_path, caplog,
+                                                                            how):
+    path = tmp_path / "x.h5"
+    _chunked(path).commit(0, {"x": np.zeros(1)})
+    if how == "manifest":
+        (chunks_dir(path) / "manifest.json").write_text("{trunc")
+    with caplog.at_level(logging.INFO):
+        out = _chunked(path, {"a": 2} if how == "config" else None, resume=how != "force")
+    assert out.keys == [] and "starting afresh" in caplog.text
+
+
+def test_leftovers_of_a_run_killed_after_finishing_are_removed(tmp_path):
+    path = tmp_path / "x.h5"
+    out = _chunked(path)
+    out.commit(0, {"x": np.zeros(1), "name": ["a"]}, {"n": 0})
+    _assemble(out)
+    folder = chunks_dir(path)
+    folder.mkdir()  # as if the kill came between the rename and the folder's removal
+    (folder / "manifest.json").write_text(json.dumps({"config_hash": config_hash({"a": 1})}))
+    other = chunks_dir(tmp_path / "y.h5")
+    (tmp_path / "x.h5.tmp").write_bytes(b"")
+    remove_leftovers(path)
+    assert not folder.exists() and not (tmp_path / "x.h5.tmp").exists()
+    folder.mkdir()  # partial work of another config stays for its own resume
+    (folder / "manifest.json").write_text(json.dumps({"config_hash": "other"}))
+    remove_leftovers(path)
+    assert folder.exists() and not other.exists()
+
+
+# --------------------------------------------------------------------------- RowsFile
+
+
+def _rows(path, resume=True, rows=12):
+    def create(part):
+        g = part.file.create_group("g")
+        part.create_dataset(g, "a", shape=(rows, 3), dtype="f4", chunks=(2, 3))
+        part.create_dataset(g, "b", shape=(rows,), dtype="i8", chunks=(4,))
+        write_strings(part.file, "ids", [str(i) for i in range(rows)])
+    return RowsFile(path, schema="t/1", config={"a": 1}, rows=rows, create=create, resume=resume)
+
+
+def _fill(part, stop_at=None):
+    for start in range(part.rows_done, part.rows, 3):
+        stop = min(start + 3, part.rows)
+        part.file["g/a"][start:stop] = np.arange(start * 3, stop * 3).reshape(-1, 3)
+        part.file["g/b"][start:stop] = np.arange(start, stop)
+        part.commit(stop)
+        if stop == stop_at:
+            return
+
+
+def test_rows_file_resumes_committed_rows_and_finishes(tmp_path):
+    path = tmp_path / "x.h5"
+    with _rows(path) as part:
+        _fill(part, stop_at=6)
+    assert json.loads(journal_path(path).read_text())["batches"][-1][:2] == [3, 6]
+    with _rows(path) as part:
+        assert part.rows_done == 6
+        _fill(part)
+        part.finish()
+    assert is_complete(path) and not partial_path(path).exists()
+    assert not journal_path(path).exists()
+    with h5py.File(path) as f:
+        assert f["g/a"][()].ravel().tolist() == list(range(36)) and f.attrs["rows_done"] == 12
+    with _rows(tmp_path / "y.h5") as part:  # uninterrupted: the same bytes
+        _fill(part)
+        part.finish()
+    assert (tmp_path / "y.h5").read_bytes() == path.read_bytes()
+
+
+def test_rows_that_fail_verification_are_redone_from_the_last_good_batch(tmp_path, caplog):
+    path = tmp_path / "x.h5"
+    with _rows(path) as part:
+        _fill(part, stop_at=9)
+    with h5py.File(partial_path(path), "r+") as f:  # rows 3-5 never reached the disk
+        f["g/b"][4] = 0
+    with caplog.at_level(logging.WARNING), _rows(path) as part:
+        assert part.rows_done == 3
+    assert "rows 3-5 fail verification" in caplog.text
+    assert len(json.loads(journal_path(path).read_text())["batches"]) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage", "cannot be opened"), ("journal", "no readable journal"),
+    ("layout", "layout differs"), ("config", "another config")])
+def test_damaged_or_foreign_partial_rows_start_afresh(tmp_path, caplog, damage, message):
+    path = tmp_path / "x.h5"
+    with _rows(path) as part:
+        _fill(part, stop_at=6)
+    journal = json.loads(journal_path(path).read_text())
+    if damage == "garbage":
+        with open(partial_path(path), "r+b") as f:
+            f.write(b"\0" * 512)
+    elif damage == "journal":
+        journal_path(path).unlink()
+    else:
+        journal["layout" if damage == "layout" else "config_hash"] = "x"
+        journal_path(path).write_text(json.dumps(journal))
+    with caplog.at_level(logging.INFO), _rows(path) as part:
+        assert part.rows_done == 0
+        _fill(part)
+        part.finish()
+    assert message in caplog.text and is_complete(path)
+
+
+def test_open_partial_does_not_discard_a_file_another_process_has_open(tmp_path):
+    path = tmp_path / "x.h5"
+    with open_partial(path, schema="t/1", config={"a": 1}):
+        pass
+    path.rename(partial_path(path))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time, h5py
+        f = h5py.File({str(partial_path(path))!r}, "a")
+        print("open", flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(RunFolderInUseError, match="open in another process"):
+            with open_partial(path, schema="t/1", config={"a": 2}):
+                pass
+        assert partial_path(path).exists()
+    finally:
+        holder.communicate("")
+
+
+def test_write_points_raise_or_fail_clearly(monkeypatch, tmp_path):
+    log_file = tmp_path / "points"
+    monkeypatch.setenv(FAULT_LOG_ENV, str(log_file))
+    monkeypatch.setenv(FAULT_ENV, "raise:2")
+    write_point("one")
+    with pytest.raises(InjectedFault, match="'two'"):
+        write_point("two")
+    write_point("three")
+    assert log_file.read_text().split() == ["one", "two", "three"]
+    monkeypatch.setenv(FAULT_ENV, "explode:1")
+    with pytest.raises(ValueError, match="kill:N or raise:N"):
+        write_point("x")
+
+
+def test_diff_files_names_each_difference(tmp_path):
+    for name, value, unit, label in (("a", 1.0, "m", "puzzle"), ("b", 2.0, "s", "layer")):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            label_axes(f.create_dataset("x", data=[np.nan, value]), label, units=unit)
+            f.attrs["n"] = 1
+    assert diff_files(tmp_path / "a.h5", tmp_path / "a.h5") == []
+    diffs = diff_files(tmp_path / "a.h5", tmp_path / "b.h5")
+    assert [d.split(":")[0] for d in diffs] == ["x", "x#dims", "x@units"]
+    assert diff_files(tmp_path / "a.h5", tmp_path / "b.h5", ignore_attrs=["units"])[1:] == \
+        ["x#dims: ['puzzle'] != ['layer']"]
 
 
 def test_result_files_record_the_command_and_git_commit(tmp_path, monkeypatch):

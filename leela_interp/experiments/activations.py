@@ -2,9 +2,10 @@
 
 :func:`cache_activations` runs the network over the puzzle set batch by batch and writes each
 batch straight to disk, so memory stays flat in the number of puzzles. Work happens in
-``activations.h5.partial`` (see :mod:`leela_interp.outputs.results`): after every batch the file
-records how many rows are complete (root attribute ``rows_done``), a rerun continues after the last
-complete batch, and only a finished file is renamed to ``activations.h5``.
+``activations.h5.partial``, a :class:`~leela_interp.outputs.results.RowsFile`: every dataset's
+storage is allocated when the file is created, each batch is flushed and fsync'd and then
+recorded in ``activations.h5.partial.journal``, a rerun verifies the recorded rows and continues
+after the last good batch, and only a finished file is renamed to ``activations.h5``.
 
 File layout (schema ``leela_interp.activations/1``)::
 
@@ -44,8 +45,9 @@ from tqdm.auto import tqdm
 
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
-from leela_interp.outputs.results import (config_hash, label_axes, open_partial, partial_path,
-                                          read_strings, sha256_file, write_strings)
+from leela_interp.outputs.results import (RowsFile, config_hash, has_partial, label_axes,
+                                          partial_path, read_strings, remove_leftovers,
+                                          sha256_file, write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -190,25 +192,24 @@ def _chunk_rows(row_bytes: int, batch_size: int, n: int) -> int:
     return rows
 
 
-def _create_layout(f: h5py.File, *, ids: Sequence[str], shapes: Mapping[str, tuple[int, ...]],
+def _create_layout(part: RowsFile, *, ids: Sequence[str], shapes: Mapping[str, tuple[int, ...]],
                    groups: Sequence[str], valid: np.ndarray, dtype: str, compression: str,
-                   batch_size: int) -> None:
-    for name in list(f):
-        del f[name]
+                   batch_size: int, attrs: Mapping[str, object]) -> None:
+    f = part.file
+    f.attrs.update(attrs)
     n = len(ids)
     write_strings(f, "puzzle_ids", ids)
     label_axes(f["puzzle_ids"], "puzzle")
     np_dtype = np.dtype(DTYPES[dtype])
-    filters = {} if compression == "none" else {"compression": compression, "shuffle": True}
     for group_name in groups:
         g = f.create_group(group_name)
         g.attrs["pov"] = POV
         g.attrs["square_order"] = SQUARE_ORDER
         for hook, shape in shapes.items():
             rows = _chunk_rows(int(np.prod(shape)) * np_dtype.itemsize, batch_size, n)
-            ds = g.create_dataset(hook, shape=(n, *shape), maxshape=(None, *shape),
-                                  chunks=(rows, *shape), dtype=np_dtype, fillvalue=np.nan,
-                                  **filters)
+            ds = part.create_dataset(g, hook, shape=(n, *shape), dtype=np_dtype,
+                                     chunks=(rows, *shape),
+                                     compression=None if compression == "none" else compression)
             axes = axis_names(hook, shape)
             label_axes(ds, "puzzle", *axes, pov=POV, square_order=SQUARE_ORDER,
                        hook=hook, board=group_name)
@@ -216,7 +217,6 @@ def _create_layout(f: h5py.File, *, ids: Sequence[str], shapes: Mapping[str, tup
                 ds.attrs["numbering"] = TOKEN_NUMBERING
         if group_name == "corrupted":
             label_axes(g.create_dataset("valid", data=valid), "puzzle")
-    f.attrs["rows_done"] = 0  # last: a layout without it is redone on resume
 
 
 def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
@@ -297,42 +297,36 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
         if check_cache(path, network_sha256=network_sha256, puzzles_sha256=puzzles_sha256,
                        config=config):
             log.info("%s is complete for this network, puzzle set and config", path)
+            remove_leftovers(path)
             return path
         check_cache(partial_path(path), network_sha256=network_sha256,
                     puzzles_sha256=puzzles_sha256)
     np_dtype = np.dtype(DTYPES[dtype])
+    root = {"network_sha256": network_sha256, "puzzles_sha256": puzzles_sha256,
+            "network_path": str(getattr(net, "path", "") or ""), **dict(attrs or {}),
+            "hooks": json.dumps(list(shapes)), "boards": json.dumps(list(groups))}
 
-    with open_partial(path, schema=SCHEMA, config=config, resume=not overwrite) as f:
-        f.attrs["network_sha256"] = network_sha256
-        f.attrs["puzzles_sha256"] = puzzles_sha256
-        f.attrs["network_path"] = getattr(net, "path", "") or ""
-        f.attrs.update(dict(attrs or {}))
-        done = int(f.attrs.get("rows_done", -1))
-        if done >= 0 and read_strings(f["puzzle_ids"]) != list(puzzles.ids):
-            done = -1  # same sha256 but other ids cannot happen; be safe and start over
-        if done < 0:
-            _create_layout(f, ids=puzzles.ids, shapes=shapes, groups=groups, valid=valid,
-                           dtype=dtype, compression=compression, batch_size=batch_size)
-            done = 0
-        elif done:
-            log.info("resuming %s after %d of %d rows", partial_path(path), done, n)
-        f.attrs["hooks"] = json.dumps(list(shapes))
-        f.attrs["boards"] = json.dumps(list(groups))
-        datasets = {(g, hook): f[g][hook] for g in groups for hook in shapes}
+    def layout(part: RowsFile) -> None:
+        _create_layout(part, ids=puzzles.ids, shapes=shapes, groups=groups, valid=valid,
+                       dtype=dtype, compression=compression, batch_size=batch_size, attrs=root)
+
+    with RowsFile(path, schema=SCHEMA, config=config, rows=n, create=layout,
+                  resume=not overwrite) as part:
+        done = part.rows_done
+        datasets = {(g, hook): part.file[g][hook] for g in groups for hook in shapes}
         bar = tqdm(total=n, initial=done, unit="puzzle", desc="activations", disable=not progress)
         try:
             for start in range(done, n, batch_size):
                 stop = min(start + batch_size, n)
                 for g in groups:
                     _write_batch(net, puzzles, g, start, stop, valid, shapes, datasets, np_dtype)
-                f.flush()
-                f.attrs["rows_done"] = stop
-                f.flush()
+                part.commit(stop)
                 bar.update(stop - start)
                 if after_batch is not None:
                     after_batch(stop)
         finally:
             bar.close()
+        part.finish()
     return path
 
 
@@ -377,7 +371,7 @@ class ActivationFile:
         self.path = Path(path)
         if not self.path.exists():
             hint = " (an unfinished run's partial file exists: rerun the activations stage)" \
-                if partial_path(self.path).exists() else ""
+                if has_partial(self.path) else ""
             raise FileNotFoundError(f"{self.path} not found: run the activations stage first "
                                     f"(leela-interp stage=activations){hint}")
         self.file = h5py.File(self.path, "r")

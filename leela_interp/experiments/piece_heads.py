@@ -37,7 +37,7 @@ import torch
 from leela_interp.board.encoding import tokens_to_squares, transform_for
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.interventions import PIECE_TYPES as PIECES
-from leela_interp.outputs.results import label_axes, open_partial, write_strings
+from leela_interp.outputs.results import ChunkedOutput, label_axes, write_strings
 
 OUTPUT = "piece_heads.h5"
 SCHEMA = "leela_interp.piece_heads/1"
@@ -154,10 +154,11 @@ def select_heads(scores: MovementScores, min_lift: float) -> dict[str, list[tupl
 
 def write(path: str | Path, scores: MovementScores, lists: Mapping[str, Sequence], *,
           min_lift: float, config: Mapping, attrs: Mapping) -> Path:
-    """Write ``piece_heads.h5`` (layout: ``docs/interventions.md``) through
-    :func:`leela_interp.results.open_partial` with ``config`` as its hash."""
-    path = Path(path)
-    with open_partial(path, schema=SCHEMA, config=config, resume=False) as f:
+    """Write ``piece_heads.h5`` (layout: ``docs/interventions.md``) in one step through
+    :class:`leela_interp.outputs.results.ChunkedOutput` (a temp file renamed when whole), with
+    ``config`` as its hash."""
+
+    def fill(f: h5py.File) -> None:
         f.attrs.update({**attrs, "min_lift": float(min_lift),
                         "n_positions": scores.n_positions})
         write_strings(f, "piece_names", list(PIECES))
@@ -177,7 +178,7 @@ def write(path: str | Path, scores: MovementScores, lists: Mapping[str, Sequence
             label_axes(g.create_dataset(piece, data=np.array(lists.get(piece, []),
                                                              np.int64).reshape(-1, 2)),
                        "head", "layer_head")
-    return path
+    return ChunkedOutput(path, schema=SCHEMA, config=config, resume=False).finish(fill)
 
 
 def read_lists(path: str | Path) -> dict[str, list[tuple[int, int]]]:

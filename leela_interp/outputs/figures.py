@@ -24,6 +24,7 @@ and 2-sigma error, and a panel without data says so ("no data") instead of stayi
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -66,10 +67,16 @@ def n_range(n: np.ndarray) -> str:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as ``path`` with each suffix of :data:`FORMATS` (PNG at :data:`DPI`);
-    returns the PNG's path."""
+    returns the PNG's path.
+
+    Each file is written under a temporary name and renamed, the PNG last: a run killed while
+    saving leaves no truncated figure, and a PNG present means its SVG and PDF are too."""
     path = Path(path)
-    for suffix in FORMATS:
-        fig.savefig(path.with_suffix(suffix), dpi=DPI)
+    for suffix in reversed(FORMATS):
+        final = path.with_suffix(suffix)
+        tmp = final.with_name(final.name + ".tmp")
+        fig.savefig(tmp, dpi=DPI, format=suffix[1:])
+        os.replace(tmp, final)
     return path.with_suffix(".png")
 
 

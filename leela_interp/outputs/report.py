@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from leela_interp.outputs.figures import n_range
-from leela_interp.outputs.results import is_complete, read_strings
+from leela_interp.outputs.results import is_complete, read_strings, sha256_file
 
 
 def _fmt(mean: float, err: float | None = None, digits: int = 3) -> str:
@@ -99,6 +99,37 @@ def _net_check(f: h5py.File) -> list[str]:
                 f"`puzzles.h5` (`{f.attrs.get('puzzles_strong_sha256', '?')}`): the puzzles "
                 "were chosen for another network's moves."]
     return []
+
+
+def recorded_puzzles_sha256(path: Path) -> str | None:
+    """The sha256 of the ``puzzles.h5`` a stage file was made from, as it records it (the
+    ``puzzles_sha256`` attribute, or its config's); None for ``puzzles.h5`` itself or a file
+    that records none."""
+    with h5py.File(path, "r") as f:
+        if "puzzles_sha256" in f.attrs:
+            return str(f.attrs["puzzles_sha256"])
+        try:
+            config = json.loads(f.attrs.get("config", "{}"))
+        except ValueError:
+            return None
+    return config.get("puzzles_sha256") if isinstance(config, dict) else None
+
+
+def _stale(run_dir: Path, files: list[Path]) -> list[str]:
+    """Warnings for stage files made from another ``puzzles.h5`` than the folder's."""
+    current = run_dir / "puzzles.h5"
+    if not is_complete(current):
+        return []
+    sha = sha256_file(current)
+    stale = [p.name for p in files if recorded_puzzles_sha256(p) not in (None, sha)]
+    if not stale:
+        return []
+    return [f"**Warning: stale results.** {', '.join(f'`{n}`' for n in stale)} "
+            f"{'was' if len(stale) == 1 else 'were'} made from another `puzzles.h5` than the "
+            f"one in this folder (sha256 `{sha[:12]}`): {'its' if len(stale) == 1 else 'their'} "
+            f"numbers do not belong with the funnel below; rerun "
+            f"{'that stage' if len(stale) == 1 else 'those stages'} (`leela-interp "
+            f"out_dir={run_dir}` reruns what is out of date).", ""]
 
 
 def _funnel(f: h5py.File) -> list[str]:
@@ -323,6 +354,12 @@ def sections(run_dir: str | Path, *, title: str | None = None) -> list:
             continue
         lines += section(path) + [""]
         found.append(path)
+    from leela_interp.puzzles.pipeline import nothing_to_analyse
+
+    why = nothing_to_analyse(run_dir / "puzzles.h5")
+    empty = [f"**Nothing to analyse.** {why}: the stages that analyse puzzles were skipped.",
+             ""] if why else []
+    lines[2:2] = empty + _stale(run_dir, found)
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     if figures:
         lines += ["## Figures", "", "Each figure is also in `figures/` as SVG and PDF.", ""]

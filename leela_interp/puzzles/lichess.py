@@ -8,11 +8,16 @@ starting with the solver's move. So PV plies 0, 2, 4, ... are the solver's moves
 the opponent's replies.
 
 :class:`PuzzleReader` streams a plain or zstandard-compressed (``.zst``) file in chunks, so the
-~5M-row database is never held in memory. Every row is checked with python-chess; a row that
-fails is counted under one reason in :class:`ReadCounts` (and logged), never raised and never
-dropped silently. A truncated ``.zst`` stops the read with a count under
-``ReadCounts.read_errors``; the rows before the damage are kept, except those in the damaged
-zstd block (zstd decodes whole blocks of up to 128 KiB of text).
+~5M-row database is never held in memory. A row is one physical line (ended by ``\n``,
+``\r\n`` or a lone ``\r``), parsed on its own, so a bad line (a quote that runs past its end,
+a huge field, bytes that are not UTF-8) is rejected alone. Every row is checked with
+python-chess; a row that fails is counted under one reason in :class:`ReadCounts` (and logged),
+never raised and never dropped silently. A truncated or damaged ``.zst`` stops the read with a
+count under ``ReadCounts.read_errors``; the rows before the damage are kept, except those in the
+damaged zstd block (zstd decodes whole blocks of up to 128 KiB of text; the stream is fed to the
+decoder block by block). Damage that still decodes is caught only by the frame's checksum (the
+``zstd`` command writes one) at the frame's end: the rows are then read and validated as they
+decoded, and the mismatch is counted under ``corrupt_input``.
 
 >>> puzzle = Puzzle(id="0000D", fen="5rk1/1p3ppp/pq3b2/8/8/1P1Q1N2/P4PPP/3R2K1 w - - 2 27",
 ...                 moves=["d3d6", "f8d8", "d6d8", "f6d8"])
@@ -62,8 +67,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("PuzzleId", "FEN", "Moves")
 
 #: Reasons a row is rejected (keys of :attr:`ReadCounts.rejected`), in the order they are checked.
 #:
-#: - ``malformed_row``: more fields than the header, or a required column missing.
-#: - ``bad_encoding``: the line is not valid UTF-8.
+#: - ``oversized_row``: the line is longer than :data:`MAX_LINE_BYTES` (not parsed).
+#: - ``malformed_row``: bad CSV quoting (e.g. a quote that runs past the end of its line), more
+#:   fields than the header, or a required column missing.
+#: - ``bad_encoding``: the line is not valid UTF-8 (a valid U+FFFD character is fine).
 #: - ``missing_id``: ``PuzzleId`` is empty.
 #: - ``duplicate_id``: an earlier row of the file (in any shard) has the same id.
 #: - ``bad_fen``: ``FEN`` does not parse, or describes an invalid position.
@@ -74,6 +81,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("PuzzleId", "FEN", "Moves")
 #: - ``bad_number``: a numeric column (``Rating``, ...) holds something other than an integer.
 #: - ``truncated_row``: the partial last line of a truncated compressed file.
 REJECT_REASONS: tuple[str, ...] = (
+    "oversized_row",
     "malformed_row",
     "bad_encoding",
     "missing_id",
@@ -94,6 +102,9 @@ READ_ERRORS: tuple[str, ...] = ("truncated_input", "corrupt_input")
 #: Themes left out unless told otherwise, as in the paper.
 DEFAULT_EXCLUDE_THEMES: tuple[str, ...] = ("mateIn1",)
 
+#: The longest line read as a row (bytes); Lichess rows are under 1 KiB.
+MAX_LINE_BYTES = 1 << 16
+
 #: What history the networks see for a puzzle (the ``puzzles.history`` setting, recorded in
 #: ``puzzles.h5``):
 #:
@@ -104,6 +115,7 @@ DEFAULT_EXCLUDE_THEMES: tuple[str, ...] = ("mateIn1",)
 HISTORIES: tuple[str, ...] = ("none", "setup")
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BOM = b"\xef\xbb\xbf"
 _CHUNK_BYTES = 1 << 20
 _NUMERIC_COLUMNS = {
     "Rating": "rating",
@@ -416,8 +428,44 @@ class _TruncatedInput(Exception):
         self.partial = partial
 
 
+_SKIPPABLE_FRAMES = range(0x184D2A50, 0x184D2A60)
+
+
+def _zstd_pieces(handle) -> Iterator[bytes]:
+    """The compressed stream cut at zstd's own boundaries (RFC 8878): each frame header, each
+    block (header and content), each checksum. Fed piece by piece, the decompressor returns a
+    block's text before it sees the next block, so damage costs only the damaged block.
+    Whatever does not parse as zstd is passed on as it is, for the decompressor to reject."""
+    while True:
+        magic = handle.read(4)
+        number = int.from_bytes(magic, "little")
+        if len(magic) == 4 and number in _SKIPPABLE_FRAMES:
+            size = handle.read(4)
+            yield magic + size + handle.read(int.from_bytes(size, "little"))
+            continue
+        if magic != _ZSTD_MAGIC:
+            while magic:
+                yield magic
+                magic = handle.read(_CHUNK_BYTES)
+            return
+        descriptor = handle.read(1)
+        d = descriptor[0] if descriptor else 0
+        single = (d >> 5) & 1
+        header_size = (1 - single) + (0, 1, 2, 4)[d & 3] + (single, 2, 4, 8)[d >> 6]
+        yield magic + descriptor + handle.read(header_size)
+        last = not descriptor
+        while not last:
+            header = handle.read(3)
+            value = int.from_bytes(header, "little")
+            last = len(header) < 3 or bool(value & 1)
+            kind, size = (value >> 1) & 3, value >> 3
+            yield header + handle.read(1 if kind == 1 else size)  # kind 1: RLE, one byte
+        if descriptor and d & 4:  # content checksum
+            yield handle.read(4)
+
+
 def _zstd_chunks(handle) -> Iterator[bytes]:
-    """Decompressed chunks of a (possibly multi-frame) zstd stream.
+    """Decompressed chunks of a (possibly multi-frame) zstd stream, about one block each.
 
     Raises:
         _TruncatedInput: With ``partial=b""``, when the data end inside a frame
@@ -427,10 +475,8 @@ def _zstd_chunks(handle) -> Iterator[bytes]:
     frame = decompressor.decompressobj()
     in_frame = False
     offset = 0
-    while True:
-        data = handle.read(_CHUNK_BYTES)
-        if not data:
-            break
+    for piece in _zstd_pieces(handle):
+        data = piece
         while data:
             try:
                 out = frame.decompress(data)
@@ -447,38 +493,77 @@ def _zstd_chunks(handle) -> Iterator[bytes]:
                 in_frame = False
             else:
                 data = b""
-        offset = handle.tell()
+        offset += len(piece)
     if in_frame:
         raise _TruncatedInput(
             "truncated_input", f"zstd stream ends inside a frame at byte {offset}", b""
         )
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    """The lines of a plain or zstd-compressed file, each ending in ``\\n`` but maybe the last.
+def _plain_chunks(handle) -> Iterator[bytes]:
+    while chunk := handle.read(_CHUNK_BYTES):
+        yield chunk
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
+    """``(line, length)`` for every physical line of a byte stream, without its end.
+
+    A line ends at ``\n``, ``\r\n`` or a lone ``\r`` (Python's universal newlines), so
+    every line of a file is one row however it was saved. ``length`` is the line's size in
+    bytes; of a line longer than :data:`MAX_LINE_BYTES` only the first ``MAX_LINE_BYTES`` are
+    kept, so memory stays bounded whatever the input. The last line may lack its end.
+
+    Raises:
+        _TruncatedInput: From ``chunks``, with ``partial`` set to the unfinished line.
+    """
+    rest, dropped = b"", 0  # the unfinished line so far, and bytes of it not kept
+    try:
+        for chunk in chunks:
+            lines = (rest + chunk).splitlines(keepends=True)
+            rest = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+            for line in lines:
+                body = line.rstrip(b"\r\n")
+                yield body[:MAX_LINE_BYTES], len(body) + dropped
+                dropped = 0
+            if len(rest) > MAX_LINE_BYTES + 1:  # keep a final \r: it may end the line
+                end = b"\r" if rest.endswith(b"\r") else b""
+                kept = rest[:MAX_LINE_BYTES] + end
+                dropped += len(rest) - len(kept)
+                rest = kept
+    except _TruncatedInput as exc:
+        exc.partial = rest
+        raise
+    if rest:
+        body = rest.rstrip(b"\r")
+        yield body[:MAX_LINE_BYTES], len(body) + dropped
+
+
+def _lines(path: Path) -> Iterator[tuple[bytes, int]]:
+    """:func:`_split_lines` of a plain or zstd-compressed file (recognised by its magic bytes).
 
     Raises:
         _TruncatedInput: The compressed stream is damaged; ``partial`` is the incomplete line
             that was being read when the data ran out (maybe ``b""``).
     """
     with open(path, "rb") as handle:
-        if handle.read(4) != _ZSTD_MAGIC:
-            handle.seek(0)
-            yield from handle
-            return
+        compressed = handle.read(4) == _ZSTD_MAGIC
         handle.seek(0)
-        rest = b""
-        try:
-            for chunk in _zstd_chunks(handle):
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
-                for line in lines:
-                    yield line + b"\n"
-        except _TruncatedInput as exc:
-            exc.partial = rest
-            raise
-        if rest:
-            yield rest
+        yield from _split_lines(_zstd_chunks(handle) if compressed else _plain_chunks(handle))
+
+
+def _fields(text: str) -> tuple[list[str], str | None]:
+    """The CSV fields of one line, and why it does not parse (``None`` if it does).
+
+    A line without quotes is split at commas (what the csv module does, faster). A quoted line
+    goes through the csv module, strictly: a quote that runs past the end of its line is an
+    error, and the fields returned are then the comma-split ones (enough to find the id).
+    """
+    if '"' not in text:
+        return text.split(","), None
+    try:
+        return next(csv.reader([text], strict=True)), None
+    except csv.Error as exc:
+        return text.split(","), f"bad quoting ({exc})"
 
 
 class PuzzleReader:
@@ -486,7 +571,9 @@ class PuzzleReader:
 
     The file may be plain or zstd-compressed (recognised by its magic bytes, whatever its
     name). It is read in 1 MiB chunks; memory use does not grow with the file except for the
-    ids seen so far (8 bytes each), which the duplicate check needs.
+    ids seen so far (8 bytes each), which the duplicate check needs. Each non-blank physical
+    line after the header is one data row (see the module docstring); a leading UTF-8
+    byte-order mark is ignored.
 
     For each data row ``i`` (0-based, in file order, header excluded):
 
@@ -509,7 +596,8 @@ class PuzzleReader:
 
     Args:
         path: The CSV file, plain or ``.zst``. A header line is expected; a file whose first
-            line lacks ``FEN`` and ``Moves`` is read as headerless with :data:`COLUMNS`.
+            line lacks ``FEN`` and ``Moves`` is read as headerless with :data:`COLUMNS`; a
+            header with ``FEN`` and ``Moves`` but without ``PuzzleId`` is an error.
         limit: Read at most this many data rows (all shards together); ``None`` reads all.
         min_rating: Keep only puzzles rated at least this (inclusive); puzzles without a
             rating are then filtered out.
@@ -523,7 +611,8 @@ class PuzzleReader:
             move and one solver move).
 
     Raises:
-        ConfigError: On construction, for an invalid option (the message shows it).
+        ConfigError: On construction, for an invalid option (the message shows it); when
+            iterating, for a header that lacks a required column.
         FileNotFoundError: When iterating, if ``path`` does not exist.
     """
 
@@ -596,23 +685,29 @@ class PuzzleReader:
         line_iter = _lines(self.path)
         partial: bytes | None = None
 
-        def text_lines() -> Iterator[str]:
+        def physical_lines() -> Iterator[tuple[bytes, int]]:
             nonlocal partial
             try:
-                for line in line_iter:
-                    yield line.decode("utf-8", errors="replace")
+                yield from line_iter
             except _TruncatedInput as exc:
                 counts._count(counts.read_errors, exc.kind, f"{self.path}: {exc}")
                 partial = exc.partial
 
         header: list[str] | None = None
         index = 0
-        for fields in csv.reader(text_lines()):
-            if not fields:
+        for line, length in physical_lines():
+            if header is None and line.startswith(_BOM):  # a UTF-8 byte-order mark
+                line, length = line[len(_BOM):], length - len(_BOM)
+            if not length:
                 continue
+            try:
+                text, decoded = line.decode("utf-8"), True
+            except UnicodeDecodeError:
+                text, decoded = line.decode("utf-8", errors="replace"), False
+            fields, bad_quoting = _fields(text)
             if header is None:
                 if "FEN" in fields and "Moves" in fields:
-                    header = [name.strip() for name in fields]
+                    header = self._header(fields)
                     continue
                 header = list(COLUMNS)
             if self.limit is not None and index >= self.limit:
@@ -621,18 +716,26 @@ class PuzzleReader:
             row_index = index
             index += 1
             counts.rows += 1
-            id_column = header.index("PuzzleId") if "PuzzleId" in header else len(fields)
+            id_column = header.index("PuzzleId")
             puzzle_id = fields[id_column].strip() if id_column < len(fields) else ""
             duplicate = bool(puzzle_id) and seen.add(puzzle_id)
             if row_index % self.num_shards != self.shard:
                 counts.other_shard += 1
                 continue
             where = f"row {row_index} (id {puzzle_id!r})"
-            if len(fields) > len(header) or len(fields) < len(REQUIRED_COLUMNS):
+            if length > MAX_LINE_BYTES:
+                counts._count(
+                    counts.rejected,
+                    "oversized_row",
+                    f"{where}: {length} bytes, more than {MAX_LINE_BYTES}",
+                )
+                continue
+            if bad_quoting or len(fields) > len(header) or len(fields) < len(REQUIRED_COLUMNS):
                 counts._count(
                     counts.rejected,
                     "malformed_row",
-                    f"{where}: {len(fields)} fields, header has {len(header)}",
+                    f"{where}: {bad_quoting or f'{len(fields)} fields, header has {len(header)}'}"
+                    f": {text[:120]!r}",
                 )
                 continue
             row = dict(zip(header, fields))
@@ -643,8 +746,8 @@ class PuzzleReader:
                     f"{where}: missing {REQUIRED_COLUMNS!r} fields",
                 )
                 continue
-            if any("\ufffd" in value for value in fields):
-                counts._count(counts.rejected, "bad_encoding", f"{where}: not UTF-8")
+            if not decoded:
+                counts._count(counts.rejected, "bad_encoding", f"{where}: not UTF-8: {line[:80]!r}")
                 continue
             if duplicate:
                 counts._count(
@@ -683,6 +786,21 @@ class PuzzleReader:
             counts.filtered,
             counts.read_errors,
         )
+
+    def _header(self, fields: list[str]) -> list[str]:
+        """The column names of a header line.
+
+        Raises:
+            ConfigError: a required column is missing (no row could be read).
+        """
+        header = [name.strip() for name in fields]
+        missing = [column for column in REQUIRED_COLUMNS if column not in header]
+        if missing:
+            raise ConfigError(
+                f"{self.path}: the header {header!r} lacks the column(s) {missing!r}; a Lichess "
+                f"puzzle CSV starts with {','.join(COLUMNS)!r} (or has no header at all)"
+            )
+        return header
 
 
 def read_puzzles(path: str | os.PathLike[str], **options) -> tuple[list[Puzzle], ReadCounts]:

@@ -22,6 +22,7 @@ result depends only on (FEN, settings) and is reproducible.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import json
@@ -243,6 +244,24 @@ def find_stockfish(path: str = DEFAULT_STOCKFISH_PATH) -> str:
     found = shutil.which(path)
     if found is None:
         raise StockfishNotFoundError(f"Stockfish not found at {path!r}: {_INSTALL_HINT}")
+    return found
+
+
+def check_engine(path: str = DEFAULT_STOCKFISH_PATH) -> str:
+    """:func:`find_stockfish`, then start it and end it: a binary that is not a UCI engine (a
+    script, a crashing build) is refused before any work.
+
+    Raises:
+        StockfishNotFoundError: it does not exist, or does not answer as a UCI engine.
+    """
+    found = find_stockfish(path)
+    try:
+        engine = chess.engine.SimpleEngine.popen_uci(found, timeout=30)
+    except (chess.engine.EngineError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        raise StockfishNotFoundError(
+            f"{found!r} (puzzles.oracle.path={path!r}) did not start as a UCI engine "
+            f"({exc.__class__.__name__}: {exc}): {_INSTALL_HINT}") from None
+    _close_quietly(engine)
     return found
 
 

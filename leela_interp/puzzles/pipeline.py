@@ -22,11 +22,13 @@ per chunk:
    (optional) only on those passing every network criterion. Then
    :func:`~leela_interp.puzzles.corruptions.select_corruptions` picks one per puzzle.
 
-Kept puzzles are appended to ``puzzles.h5`` (see ``docs/puzzles.md`` for every dataset), written
-through :func:`~leela_interp.outputs.results.open_partial`: progress (chunks done, rows written,
-counts so far) is stored in the partial file after each chunk, so a killed run continues where it
-stopped and ends with the same datasets an uninterrupted run writes. A complete file for the
-same configuration and the same input files (by sha256) is not recomputed unless ``force``.
+Each chunk's kept puzzles and funnel counts are committed as their own file
+(:class:`~leela_interp.outputs.results.ChunkedOutput`), and ``puzzles.h5`` (see
+``docs/puzzles.md`` for every dataset) is written from them in one pass at the end: a run killed
+at any instant continues after its last committed chunk (the reader re-reads the rows before it,
+so its counts are whole) and ends with the bytes an uninterrupted run writes. A complete file
+for the same configuration and the same input files (by sha256) is not recomputed unless
+``force``.
 
 Policies of nets with canonical input formats (>= 3) are compared in the untransformed policy
 frame (transform 0), so that a corrupted board whose canonical transform differs from the clean
@@ -55,15 +57,15 @@ from leela_interp.board.encoding import (CHESS_NUMBERING, TOKEN_NUMBERING, encod
 from leela_interp.board.policy import NUM_MOVES, legal_mask, legal_moves_and_indices, policy_index, \
     policy_move
 from leela_interp.errors import ConfigError
-from leela_interp.outputs.results import STR, config_hash, is_complete, label_axes, open_partial, \
-    partial_path, read_strings, sha256_file
+from leela_interp.outputs.results import STR, ChunkedOutput, config_hash, is_complete, \
+    label_axes, remove_leftovers, sha256_file
 from leela_interp.puzzles.corruptions import (CandidateBatch, Corruption, SelectionThresholds,
                                               candidate_mask, jensen_shannon,
                                               log_odds_from_log_prob, select_corruptions, )
 from leela_interp.puzzles.lichess import FILTER_REASONS, HISTORIES, READ_ERRORS, REJECT_REASONS, \
     Puzzle, PuzzleReader
 from leela_interp.puzzles.oracle import Oracle, OracleConfig, PuzzleVerdict, find_stockfish
-from leela_interp.puzzles.puzzle_set import GROUP, PuzzleSet
+from leela_interp.puzzles.puzzle_set import GROUP
 
 log = logging.getLogger(__name__)
 
@@ -554,9 +556,7 @@ _CP = {"pov": "side_to_move", "units": "centipawns",
        "mate": "mate in n for the side to move = 100000 - n; being mated in n = -(100000 - n)"}
 
 #: Every dataset of ``/puzzles``, in the order they are written. The first five are
-#: :class:`~leela_interp.puzzles.puzzle_set.PuzzleSet`'s, rewritten with :meth:`PuzzleSet.write` at
-#: the
-#: end.
+#: :class:`~leela_interp.puzzles.puzzle_set.PuzzleSet`'s.
 COLUMNS: tuple[Column, ...] = (
     Column("id", STR, None, "", _P, "Lichess PuzzleId"),
     Column("fen", STR, None, "", _P, "Lichess FEN: the position before the setup move"),
@@ -627,7 +627,6 @@ COLUMNS: tuple[Column, ...] = (
            "chosen corruption: Stockfish's score of PV[0], clean minus corrupted; NaN if unused",
            _CP),
 )
-_PUZZLE_SET_COLUMNS = ("id", "fen", "moves", "corrupted_fen", "different_targets")
 
 
 def _block(column: Column, n: int, width: int) -> np.ndarray:
@@ -636,72 +635,41 @@ def _block(column: Column, n: int, width: int) -> np.ndarray:
     return np.full(shape, column.fill, dtype=dtype)
 
 
-def _create_columns(group: h5py.Group) -> None:
+def _write_columns(group: h5py.Group, chunks: Sequence[Mapping[str, np.ndarray]]) -> int:
+    """Every column of the kept rows of ``chunks`` (in order), per-ply columns padded to the
+    longest PV with their fill value; returns the number of rows.
+
+    The datasets are resizable and chunked (as :mod:`leela_interp.puzzles.shards` expects) but
+    written once, whole, in a fresh file.
+    """
+    plies = max((c[col.name].shape[1] for c in chunks for col in COLUMNS if col.width == 0),
+                default=0)
+    rows = 0
     for column in COLUMNS:
-        if column.name in group:
-            continue
+        parts = []
+        for chunk in chunks:
+            data = chunk[column.name]
+            if column.width == 0:
+                block = _block(column, len(data), plies)
+                block[:, :data.shape[1]] = data
+                data = block
+            parts.append(data)
+        data = np.concatenate(parts) if parts else _block(column, 0, plies)
+        rows = len(data)
         if column.width is None:
-            shape, maxshape, chunks = (0,), (None,), (4096,)
+            maxshape, chunk_shape = (None,), (4096,)
         elif column.width == 0:
-            shape, maxshape, chunks = (0, 0), (None, None), (1024, 8)
+            maxshape, chunk_shape = (None, None), (1024, 8)
         else:
-            shape, maxshape, chunks = (0, column.width), (None, column.width), (1024, column.width)
+            maxshape, chunk_shape = (None, column.width), (1024, column.width)
         fill = None if column.dtype is STR else column.fill
-        ds = group.create_dataset(column.name, shape=shape, maxshape=maxshape, chunks=chunks,
+        ds = group.create_dataset(column.name, data=data, maxshape=maxshape, chunks=chunk_shape,
                                   dtype=column.dtype, fillvalue=fill)
         label_axes(ds, *column.axes, description=column.description, **column.attrs)
-
-
-def _resize(group: h5py.Group, rows: int, plies: int) -> None:
-    """Cut (or grow) every column to ``rows`` rows and ``plies`` ply columns."""
-    for column in COLUMNS:
-        ds = group[column.name]
-        if column.width == 0:
-            old_plies = ds.shape[1]
-            ds.resize((rows, plies))
-            if plies > old_plies and rows:
-                # Write the padding explicitly: never rely on how HDF5 fills re-grown chunks.
-                ds[:, old_plies:plies] = _block(column, rows, plies - old_plies)
-        else:
-            ds.resize((rows, *ds.shape[1:]))
-
-
-def _append(group: h5py.Group, rows: int, plies: int,
-            chunk: dict[str, np.ndarray]) -> tuple[int, int]:
-    """Append a chunk's rows after the first ``rows``; returns the new (rows, plies)."""
-    n = len(chunk["id"])
-    new_plies = max(plies, *(chunk[c.name].shape[1] for c in COLUMNS if c.width == 0))
-    _resize(group, rows, new_plies)
-    for column in COLUMNS:
-        ds = group[column.name]
-        data = chunk[column.name]
-        if column.width == 0:
-            block = _block(column, n, new_plies)
-            block[:, :data.shape[1]] = data
-            data = block
-        ds.resize((rows + n, *ds.shape[1:]))
-        if n:
-            ds[rows:rows + n] = data
-    return rows + n, new_plies
+    return rows
 
 
 # ============================================================================ the chunk
-
-
-@dataclass
-class _Progress:
-    chunks: int = 0
-    rows: int = 0
-    plies: int = 0
-    funnel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FUNNEL, 0))
-
-    def save(self, f: h5py.File) -> None:
-        f.attrs["progress"] = json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def load(cls, f: h5py.File) -> _Progress:
-        text = f.attrs.get("progress")
-        return cls() if text is None else cls(**json.loads(text))
 
 
 class _Pipeline:
@@ -886,6 +854,29 @@ class BuildSummary:
     """The filter funnel (see :data:`FUNNEL`)."""
 
 
+def nothing_to_analyse(path: str | Path) -> str | None:
+    """Why the stages that analyse puzzles have nothing to do: ``path`` (``puzzles.h5``) is
+    complete and kept no puzzle; names the funnel step that removed the last ones. None when
+    there are puzzles (or no complete file)."""
+    path = Path(path)
+    if not is_complete(path):
+        return None
+    with h5py.File(path, "r") as f:
+        if f["puzzles/id"].shape[0]:
+            return None
+        counts = dict(f["counts/filters"].attrs) if "counts/filters" in f else {}
+        rows = int(f["counts"].attrs.get("rows", 0)) if "counts" in f else 0
+    last = None
+    for step in FUNNEL:
+        if int(counts.get(step, 0)) == 0:
+            last = step
+            break
+    where = f"no puzzle passed the {last!r} step of the funnel" if last and last != "read" \
+        else "no row of the source was a valid puzzle"
+    return f"{path} kept 0 puzzles ({where}; {rows} rows read); loosen puzzles.filters or " \
+           f"give another puzzles.source"
+
+
 def input_hashes(config: PipelineConfig) -> dict[str, str]:
     """sha256 of the source file and both networks (part of the output's identity).
 
@@ -912,15 +903,15 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool = False,
                   after_chunk: Callable[[int], None] | None = None) -> BuildSummary:
-    """Build ``out_path`` (``puzzles.h5``), resuming a partial file of the same config.
+    """Build ``out_path`` (``puzzles.h5``), resuming the committed chunks of the same config.
 
     Args:
         config: The stage's settings.
         out_path: The output file; its folder is the run folder (the oracle cache goes there).
-        force: Recompute even if the file is complete for this config and inputs, and discard a
-            partial file instead of resuming it.
-        after_chunk: Called with each chunk's index once its rows and progress are stored
-            (tests use it to interrupt a run).
+        force: Recompute even if the file is complete for this config and inputs, and discard
+            committed chunks instead of resuming them.
+        after_chunk: Called with each chunk's index once it is committed (tests use it to
+            interrupt a run).
 
     Raises:
         FileNotFoundError: The source or a network file does not exist.
@@ -932,6 +923,7 @@ def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool =
     hashed = {**config.to_dict(), "inputs": input_hashes(config), "schema": SCHEMA}
     if not force and is_complete(out_path, config_hash(hashed)):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", out_path)
+        remove_leftovers(out_path)
         with h5py.File(out_path, "r") as f:
             funnel = {k: int(v) for k, v in f["counts/filters"].attrs.items()}
             return BuildSummary(out_path, True, int(f[GROUP]["id"].shape[0]), funnel)
@@ -949,65 +941,56 @@ def build_puzzles(config: PipelineConfig, out_path: str | Path, *, force: bool =
     torch_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    funnel = dict.fromkeys(FUNNEL, 0)
     try:
-        with open_partial(out_path, schema=SCHEMA, config=hashed, resume=not force) as f:
-            group = f.require_group(GROUP)
-            _create_columns(group)
-            progress = _Progress.load(f)
-            _resize(group, progress.rows, progress.plies)
-            if progress.chunks:
-                log.info("resuming %s after %d chunks (%d rows)", partial_path(out_path),
-                         progress.chunks, progress.rows)
-            bar = tqdm(total=config.limit, unit="puzzle", desc="puzzles", mininterval=1.0)
-            for index, chunk in enumerate(_chunks(_numbered(reader), config.chunk_size)):
-                bar.update(len(chunk))
-                if index < progress.chunks:
-                    continue
-                rows = pipeline.process(chunk, progress.funnel)
-                progress.rows, progress.plies = _append(group, progress.rows, progress.plies,
-                                                        rows)
-                progress.chunks = index + 1
-                progress.save(f)
-                f.flush()
-                bar.set_postfix(kept=progress.rows)
-                log.info("chunk %d: %d puzzles; funnel so far %s", index, len(chunk),
-                         progress.funnel)
-                if after_chunk is not None:
-                    after_chunk(index)
-            bar.close()
-            engine = pipeline.oracle.engine_name if config.oracle_enabled else None
-            _finish(f, group, config, hashed["inputs"], reader, progress, engine,
-                    strong.config.input_format)
+        out = ChunkedOutput(out_path, schema=SCHEMA, config=hashed, resume=not force)
+        bar = tqdm(total=config.limit, unit="row", desc="puzzles", mininterval=1.0)
+        for index, chunk in enumerate(_chunks(_numbered(reader), config.chunk_size)):
+            bar.update(reader.counts.rows - bar.n)
+            if index in out.keys:
+                continue
+            chunk_funnel = dict.fromkeys(FUNNEL, 0)
+            out.commit(index, pipeline.process(chunk, chunk_funnel), {"funnel": chunk_funnel})
+            log.info("chunk %d: %d puzzles; funnel of the chunk %s", index, len(chunk),
+                     chunk_funnel)
+            if after_chunk is not None:
+                after_chunk(index)
+        bar.update(reader.counts.rows - bar.n)
+        bar.close()
+        engine = pipeline.oracle.engine_name if config.oracle_enabled else None
+        committed = list(out.chunks())
+        for chunk in committed:
+            for key, value in chunk.meta["funnel"].items():
+                funnel[key] += int(value)
+        rows = sum(len(chunk.arrays["id"]) for chunk in committed)
+        out.finish(lambda f: _finish(f, [c.arrays for c in committed], config,
+                                     hashed["inputs"], reader, funnel, engine,
+                                     strong.config.input_format))
     finally:
         torch.set_num_threads(torch_threads)
         pipeline.close()
-    log.info("%s: %d puzzles kept; funnel %s; rejected rows %s", out_path, progress.rows,
-             progress.funnel, reader.counts.rejected)
-    return BuildSummary(out_path, False, progress.rows, dict(progress.funnel))
+    log.info("%s: %d puzzles kept; funnel %s; rejected rows %s", out_path, rows, funnel,
+             reader.counts.rejected)
+    return BuildSummary(out_path, False, rows, funnel)
 
 
-def _finish(f: h5py.File, group: h5py.Group, config: PipelineConfig, inputs: dict[str, str],
-            reader: PuzzleReader, progress: _Progress, engine: str | None,
-            input_format: int) -> None:
-    """Rewrite the PuzzleSet datasets, write the counts and attributes, drop the progress."""
-    PuzzleSet(ids=read_strings(group["id"]), fens=read_strings(group["fen"]),
-              moves=[m.split() for m in read_strings(group["moves"])],
-              corrupted_fens=read_strings(group["corrupted_fen"]),
-              different_targets=group["different_targets"][()].astype(bool),
-              history=config.history).write(group)
-    for column in COLUMNS:
-        if column.name in _PUZZLE_SET_COLUMNS:
-            label_axes(group[column.name], *column.axes, description=column.description)
+def _finish(f: h5py.File, chunks: Sequence[Mapping[str, np.ndarray]], config: PipelineConfig,
+            inputs: dict[str, str], reader: PuzzleReader, funnel: dict[str, int],
+            engine: str | None, input_format: int) -> None:
+    """Write the whole final file from the committed chunks: the columns, the counts, the
+    attributes (only from the chunks, the config and the reader's counts, so a resumed run
+    writes the same bytes)."""
+    group = f.create_group(GROUP)
+    _write_columns(group, chunks)
+    group.attrs["history"] = config.history
     counts = reader.counts
-    if "counts" in f:
-        del f["counts"]
     top = f.create_group("counts", track_order=True)
     top.attrs.update({"rows": counts.rows, "valid": counts.kept,
                       "other_shard": counts.other_shard})
     for name, keys, table in (("rejected", REJECT_REASONS, counts.rejected),
                               ("filtered", FILTER_REASONS, counts.filtered),
                               ("read_errors", READ_ERRORS, counts.read_errors),
-                              ("filters", FUNNEL, progress.funnel)):
+                              ("filters", FUNNEL, funnel)):
         sub = top.create_group(name, track_order=True)
         for key in keys:
             sub.attrs[key] = int(table.get(key, 0))
@@ -1015,5 +998,3 @@ def _finish(f: h5py.File, group: h5py.Group, config: PipelineConfig, inputs: dic
     f.attrs.update({"source": str(config.source), **inputs,
                     "oracle_engine": engine or "", "history": config.history,
                     "token_input_format": int(input_format)})
-    if "progress" in f.attrs:
-        del f.attrs["progress"]

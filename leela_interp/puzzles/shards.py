@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from leela_interp.errors import ConfigError
-from leela_interp.outputs.results import STR, is_complete, label_axes, open_partial
+from leela_interp.outputs.results import STR, ChunkedOutput, is_complete, label_axes
 
 GROUP = "puzzles"
 
@@ -50,8 +50,8 @@ def merge_puzzles(paths: list[str | Path], out: str | Path) -> Path:
         order = np.argsort(np.concatenate([f[GROUP]["source_row"][()] for f in files]),
                            kind="stable")
         merged_config = {**configs[0], "merged_shards": sorted(shards)}
-        with open_partial(out, schema=files[0].attrs["schema"], config=merged_config,
-                          resume=False) as dst:
+
+        def write(dst: h5py.File) -> None:
             for key, value in files[0].attrs.items():
                 if key not in ("complete", "config", "config_hash"):
                     dst.attrs[key] = value
@@ -86,6 +86,9 @@ def merge_puzzles(paths: list[str | Path], out: str | Path) -> Path:
             valid = sum(int(f["counts"].attrs["valid"]) for f in files)
             counts.attrs.update({"rows": rows, "valid": valid, "other_shard": 0,
                                  "examples": first.attrs.get("examples", "{}")})
+
+        ChunkedOutput(out, schema=files[0].attrs["schema"], config=merged_config,
+                      resume=False).finish(write)
     finally:
         for f in files:
             f.close()

@@ -26,13 +26,14 @@ from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
 from leela_interp.experiments import piece_heads as ph
-from leela_interp.outputs.results import (STR, is_complete, label_axes, open_partial, sha256_file,
-                                         write_strings)
+from leela_interp.outputs.results import (STR, ChunkedOutput, is_complete, label_axes,
+                                          sha256_file, write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
-from leela_interp.stages.patching import (chunks, considered, effect_attrs, float_dataset,
-                                          load_model, put, puzzles_input, screen, selection_steps,
-                                          stage_config, subset_masks, write_common, write_funnel,
+from leela_interp.stages.patching import (RowBlock, chunks, considered, effect_attrs,
+                                          fill_rows, float_dataset, in_memory, load_model,
+                                          puzzles_input, screen, selection_steps, stage_config,
+                                          subset_masks, write_common, write_funnel,
                                           write_summary)
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ SCHEMA = "leela_interp.ablations/1"
 PUZZLE_CHOICES = ("corrupted", "all")
 """``ablations.puzzles``: analyse the puzzles with a usable corrupted board (as patching and the
 paper do) or every puzzle."""
+MEAN_KEY = 99_999_999
+"""The chunk key of ``heads/mean_z`` (after every row chunk's key)."""
 EDGE_SOURCE = "heads/summary/different_targets/effect_mean"
 """The ``patching.h5`` dataset whose largest entry is the default single-edge head."""
 
@@ -208,10 +211,10 @@ def run(cfg: DictConfig) -> Path:
         note = (f"not run: {cfg.model.path} has no attention heads ({net.config.body} body); "
                 f"head, edge and piece-movement-head ablations need a transformer")
         log.warning("ablations: %s", note)
-        with open_partial(path, schema=SCHEMA, config=config, resume=False) as f:
-            f.attrs.update({"note": note, "network_sha256": net.sha256,
-                            "body": net.config.body, "metric": iv.METRIC, "sign": iv.SIGN,
-                            **net_attrs})
+        attrs = {"note": note, "network_sha256": net.sha256, "body": net.config.body,
+                 "metric": iv.METRIC, "sign": iv.SIGN, **net_attrs}
+        ChunkedOutput(path, schema=SCHEMA, config=config, resume=False).finish(
+            lambda f: f.attrs.update(attrs))
         return path
     puzzles = PuzzleSet.load(puzzles_path)
     n = len(puzzles)
@@ -231,111 +234,120 @@ def run(cfg: DictConfig) -> Path:
                  "that part is skipped", "" if heads_source == "none" else
                  ", and none passes the finder's threshold")
 
-    with open_partial(path, schema=SCHEMA, config=config, resume=not cfg.force) as f:
-        if "done" not in f:
-            write_common(f, net, puzzles, {**net_attrs, "puzzles": which,
-                                           "require_pv0_top": require_top})
-            g = f.require_group("heads")
-            g.attrs["hook"] = "blocks.{layer}.attn.hook_z"
-            for m in methods:
-                float_dataset(g, f"{m}/effect", (n, L, H), ("puzzle", "layer", "head"),
-                              **effect_attrs(method=m))
-            if "resample" in methods:
-                donors = np.full(n, -1, np.int64)
-                donors[:limit] = iv.resample_donors(limit, int(ac.seed))
-                label_axes(g.create_dataset("resample_donor", data=donors), "puzzle",
-                           meaning="row of the puzzle whose clean head outputs are used (any "
-                                   "of the considered rows; -1 past max_puzzles)")
-            if edge_on:
-                g = f.require_group("edge")
-                g.attrs.update({"layer": layer, "head": head, **edge_attrs,
-                                "hook": f"blocks.{layer}.attn.hook_pattern",
-                                "query": "1st-move target (PV[0].to_square) token",
-                                "key": "3rd-move target (PV[2].to_square) token",
-                                "numbering": TOKEN_NUMBERING})
-                write_strings(g, "variant_names", iv.EDGE_VARIANTS)
-                float_dataset(g, "effect", (n, len(iv.EDGE_VARIANTS)), ("puzzle", "variant"),
-                              variants=list(iv.EDGE_VARIANTS), **effect_attrs())
-                float_dataset(g, "weight", (n,), ("puzzle",),
-                              meaning="clean attention weight pattern[query, key]")
-                label_axes(g.create_dataset("rank_in_row", shape=(n,), dtype="i8",
-                                            fillvalue=-1), "puzzle",
-                           meaning="rank of the weight in its query row (0 = largest)")
-                label_axes(g.create_dataset("is_head_max", shape=(n,), dtype=bool), "puzzle",
-                           meaning="the weight is the largest of the head's 4096 entries")
-                if ac.edge.full_sweep:
-                    float_dataset(g, "sweep", (n, 64, 64), ("puzzle", "query", "key"),
-                                  renormalized=bool(ac.edge.sweep_renormalize),
-                                  numbering=TOKEN_NUMBERING,
-                                  **effect_attrs(meaning="zero one pattern entry"))
-            if piece_on:
-                g = f.require_group("piece_heads")
-                g.attrs.update({"heads": str(lists), "heads_source": heads_source,
-                                "min_pv_length":
-                                int(ac.piece_heads.min_pv_length), "seed": int(ac.seed),
-                                "piece_rule": piece_rule, "random_key": random_key})
-                write_strings(g, "variant_names", iv.PIECE_VARIANTS)
-                float_dataset(g, "effect", (n, len(iv.PIECE_VARIANTS)), ("puzzle", "variant"),
-                              variants=list(iv.PIECE_VARIANTS), **effect_attrs())
-                label_axes(g.create_dataset("piece", shape=(n,), dtype=STR), "puzzle",
-                           meaning="piece playing PV[2] (knight/bishop/rook; read by "
-                                   f"piece_rule={piece_rule}); '' = not in the subset")
-                label_axes(g.create_dataset("random_key", shape=(n,), dtype="i8",
-                                            fillvalue=-1), "puzzle", numbering=TOKEN_NUMBERING,
-                           meaning=f"key token of the random_square control (random_key="
-                                   f"{random_key}); -1 = none")
+    def create_layout(f: h5py.File) -> None:
+        write_common(f, net, puzzles, {**net_attrs, "puzzles": which,
+                                       "require_pv0_top": require_top})
+        g = f.require_group("heads")
+        g.attrs["hook"] = "blocks.{layer}.attn.hook_z"
+        for m in methods:
+            float_dataset(g, f"{m}/effect", (n, L, H), ("puzzle", "layer", "head"),
+                          **effect_attrs(method=m))
+        if "resample" in methods:
+            donors = np.full(n, -1, np.int64)
+            donors[:limit] = iv.resample_donors(limit, int(ac.seed))
+            label_axes(g.create_dataset("resample_donor", data=donors), "puzzle",
+                       meaning="row of the puzzle whose clean head outputs are used (any "
+                               "of the considered rows; -1 past max_puzzles)")
+        if edge_on:
+            g = f.require_group("edge")
+            g.attrs.update({"layer": layer, "head": head, **edge_attrs,
+                            "hook": f"blocks.{layer}.attn.hook_pattern",
+                            "query": "1st-move target (PV[0].to_square) token",
+                            "key": "3rd-move target (PV[2].to_square) token",
+                            "numbering": TOKEN_NUMBERING})
+            label_axes(write_strings(g, "variant_names", iv.EDGE_VARIANTS), "variant")
+            float_dataset(g, "effect", (n, len(iv.EDGE_VARIANTS)), ("puzzle", "variant"),
+                          variants=list(iv.EDGE_VARIANTS), **effect_attrs())
+            float_dataset(g, "weight", (n,), ("puzzle",),
+                          meaning="clean attention weight pattern[query, key]")
+            label_axes(g.create_dataset("rank_in_row", shape=(n,), dtype="i8",
+                                        fillvalue=-1), "puzzle",
+                       meaning="rank of the weight in its query row (0 = largest)")
+            label_axes(g.create_dataset("is_head_max", shape=(n,), dtype=bool), "puzzle",
+                       meaning="the weight is the largest of the head's 4096 entries")
+            if ac.edge.full_sweep:
+                float_dataset(g, "sweep", (n, 64, 64), ("puzzle", "query", "key"),
+                              renormalized=bool(ac.edge.sweep_renormalize),
+                              numbering=TOKEN_NUMBERING,
+                              **effect_attrs(meaning="zero one pattern entry"))
+        if piece_on:
+            g = f.require_group("piece_heads")
+            g.attrs.update({"heads": str(lists), "heads_source": heads_source,
+                            "min_pv_length": int(ac.piece_heads.min_pv_length),
+                            "seed": int(ac.seed),
+                            "piece_rule": piece_rule, "random_key": random_key})
+            label_axes(write_strings(g, "variant_names", iv.PIECE_VARIANTS), "variant")
+            float_dataset(g, "effect", (n, len(iv.PIECE_VARIANTS)), ("puzzle", "variant"),
+                          variants=list(iv.PIECE_VARIANTS), **effect_attrs())
+            label_axes(g.create_dataset("piece", shape=(n,), dtype=STR), "puzzle",
+                       meaning="piece playing PV[2] (knight/bishop/rook; read by "
+                               f"piece_rule={piece_rule}); '' = not in the subset")
+            label_axes(g.create_dataset("random_key", shape=(n,), dtype="i8",
+                                        fillvalue=-1), "puzzle", numbering=TOKEN_NUMBERING,
+                       meaning=f"key token of the random_square control (random_key="
+                               f"{random_key}); -1 = none")
 
-        mean_z = None
-        if "mean" in methods:
-            if "heads/mean_z" not in f:
-                acc = iv.MeanHeadOutputs()
-                step = min(bs, 64)  # every head's output of 64 boards at a time
-                for s in tqdm(range(0, limit, step), desc="ablations: mean head outputs",
-                              unit="chunk", disable=None):
-                    acc.add(iv.head_outputs(net, [puzzles.clean_board(i)
-                                                  for i in range(s, min(s + step, limit))],
-                                            batch_size=step))
-                label_axes(f.create_dataset("heads/mean_z", data=acc.mean.float().numpy()),
-                           "layer", "head", "square", "d_head", numbering=TOKEN_NUMBERING,
-                           meaning=f"mean hook_z over the {limit} considered clean boards "
-                                   f"(every row within max_puzzles, analysed or not)")
-            mean_z = torch.from_numpy(f["heads/mean_z"][()])
-        donors = f["heads/resample_donor"][()] if "resample" in methods else None
-        for s, e in chunks(f, limit, int(ac.chunk_size), "ablations"):
-            chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
-            rows = screen(f, s, iv.prepare(net, chunk, batch_size=bs),
-                          need_corruption=need_corruption, require_pv0_top=require_top)
-            if len(rows):
-                prep = iv.prepare(net, [chunk[j] for j in rows], batch_size=bs,
-                                  clean_hooks=["blocks.*.hook_resid_pre"])
-                for m in methods:
-                    donor_z = None
-                    if m == "resample":
-                        if limit < 2:
-                            continue
-                        donor_z = iv.head_outputs(net, [puzzles.clean_board(int(j))
-                                                        for j in donors[s + rows]],
-                                                  batch_size=bs)
-                    put(f[f"heads/{m}/effect"], s, e, rows,
-                        iv.head_ablation(prep, m, mean_z=mean_z, donor_z=donor_z))
-                if edge_on:
-                    r = iv.edge_ablation(prep, layer, head, full_sweep=bool(ac.edge.full_sweep),
-                                         sweep_renormalize=bool(ac.edge.sweep_renormalize))
-                    put(f["edge/effect"], s, e, rows, r.effects)
-                    put(f["edge/weight"], s, e, rows, r.weight)
-                    put(f["edge/rank_in_row"], s, e, rows, r.rank_in_row)
-                    put(f["edge/is_head_max"], s, e, rows, r.is_head_max)
-                    if r.sweep is not None:
-                        put(f["edge/sweep"], s, e, rows, r.sweep)
-                if piece_on:
-                    r = iv.piece_head_ablation(prep, lists, seed=int(ac.seed),
-                                               min_pv_length=int(ac.piece_heads.min_pv_length),
-                                               piece_rule=piece_rule, random_key=random_key)
-                    put(f["piece_heads/effect"], s, e, rows, r.effects)
-                    put(f["piece_heads/piece"], s, e, rows, np.array(r.piece, dtype=object))
-                    put(f["piece_heads/random_key"], s, e, rows, r.random_key)
-            f["done"][s:e] = True
-            f.flush()
+    layout = in_memory()
+    create_layout(layout)
+    out_file = ChunkedOutput(path, schema=SCHEMA, config=config, resume=not cfg.force)
+    mean_z = None
+    if "mean" in methods:
+        if MEAN_KEY not in out_file.keys:
+            acc = iv.MeanHeadOutputs()
+            step = min(bs, 64)  # every head's output of 64 boards at a time
+            for s in tqdm(range(0, limit, step), desc="ablations: mean head outputs",
+                          unit="chunk", disable=None):
+                acc.add(iv.head_outputs(net, [puzzles.clean_board(i)
+                                              for i in range(s, min(s + step, limit))],
+                                        batch_size=step))
+            out_file.commit(MEAN_KEY, {"heads/mean_z": acc.mean.float().numpy()})
+        mean_z = torch.from_numpy(out_file.read(MEAN_KEY).arrays["heads/mean_z"])
+    donors = layout["heads/resample_donor"][()] if "resample" in methods else None
+    for key, s, e in chunks(out_file, limit, int(ac.chunk_size), "ablations"):
+        block = RowBlock(layout, s, e)
+        chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
+        rows = screen(block, iv.prepare(net, chunk, batch_size=bs),
+                      need_corruption=need_corruption, require_pv0_top=require_top)
+        if len(rows):
+            prep = iv.prepare(net, [chunk[j] for j in rows], batch_size=bs,
+                              clean_hooks=["blocks.*.hook_resid_pre"])
+            for m in methods:
+                donor_z = None
+                if m == "resample":
+                    if limit < 2:
+                        continue
+                    donor_z = iv.head_outputs(net, [puzzles.clean_board(int(j))
+                                                    for j in donors[s + rows]],
+                                              batch_size=bs)
+                block.put(f"heads/{m}/effect", rows,
+                          iv.head_ablation(prep, m, mean_z=mean_z, donor_z=donor_z))
+            if edge_on:
+                r = iv.edge_ablation(prep, layer, head, full_sweep=bool(ac.edge.full_sweep),
+                                     sweep_renormalize=bool(ac.edge.sweep_renormalize))
+                block.put("edge/effect", rows, r.effects)
+                block.put("edge/weight", rows, r.weight)
+                block.put("edge/rank_in_row", rows, r.rank_in_row)
+                block.put("edge/is_head_max", rows, r.is_head_max)
+                if r.sweep is not None:
+                    block.put("edge/sweep", rows, r.sweep)
+            if piece_on:
+                r = iv.piece_head_ablation(prep, lists, seed=int(ac.seed),
+                                           min_pv_length=int(ac.piece_heads.min_pv_length),
+                                           piece_rule=piece_rule, random_key=random_key)
+                block.put("piece_heads/effect", rows, r.effects)
+                block.put("piece_heads/piece", rows, np.array(r.piece, dtype=object))
+                block.put("piece_heads/random_key", rows, r.random_key)
+        out_file.commit(key, block.arrays, {"start": s})
+    layout.close()
+
+    def finish(f: h5py.File) -> None:
+        create_layout(f)
+        fill_rows(f, out_file, skip=[MEAN_KEY])
+        if mean_z is not None:
+            label_axes(f.create_dataset("heads/mean_z", data=mean_z.numpy()),
+                       "layer", "head", "square", "d_head", numbering=TOKEN_NUMBERING,
+                       meaning=f"mean hook_z over the {limit} considered clean boards "
+                               f"(every row within max_puzzles, analysed or not)")
         subsets = subset_masks(f)
         analysed = f["analysed"][()]
         for m in methods:
@@ -355,6 +367,8 @@ def run(cfg: DictConfig) -> Path:
         write_funnel(f, steps)
         log.info("ablations: funnel %s", ", ".join(f"{name} {int(m.sum())}"
                                                    for name, m, _ in steps))
+
+    out_file.finish(finish)
     log.info("wrote %s", path)
     if ac.figures:
         for fig in figures.ablation_figures(path, out / "figures"):

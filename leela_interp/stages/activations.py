@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.activations import cache_activations, cache_config, check_cache
 from leela_interp.network import load_network
-from leela_interp.outputs.results import sha256_file
+from leela_interp.outputs.results import remove_leftovers, sha256_file
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import model_device, puzzles_net, run_dir
 
@@ -50,6 +50,7 @@ def run(cfg: DictConfig) -> Path:
     if not cfg.force and check_cache(path, network_sha256=network_sha256,
                                      puzzles_sha256=puzzles_sha256, config=config):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
+        remove_leftovers(path)
         return path
     net = load_network(cfg.model.path, policy_head=cfg.model.policy_head,
                        value_head=cfg.model.value_head, device=model_device(cfg),

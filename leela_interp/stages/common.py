@@ -1,15 +1,24 @@
-"""What every stage shares: its run folder, its config section, skipping finished work."""
+"""What every stage shares: its run folder and its lock, its config section, skipping finished
+work."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 from omegaconf import DictConfig, OmegaConf
 
-from leela_interp.errors import ConfigError
-from leela_interp.outputs.results import config_hash, is_complete
+from leela_interp.errors import ConfigError, RunFolderInUseError
+from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,66 @@ def run_dir(cfg: DictConfig) -> Path:
     return path
 
 
+#: The lock file in every run folder (holds the PID and command of the run that has it).
+LOCK = ".lock"
+
+
+def _holder(fd: int) -> dict:
+    """The lock file's record; the holder writes it just after locking, so retry briefly."""
+    for _ in range(20):
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        try:
+            return json.loads(text)
+        except ValueError:
+            time.sleep(0.05)
+    return {}
+
+
+@contextlib.contextmanager
+def lock_run_dir(path: str | Path) -> Iterator[Path]:
+    """Hold the run folder ``path`` (created if needed) for the duration of the block.
+
+    An exclusive ``flock`` on ``path/.lock``, which records this process's PID, command, host
+    and start time. The kernel drops the lock when its process ends, however it ends, so the
+    lock of a killed run is simply taken over (with a log line naming that run).
+
+    Raises:
+        RunFolderInUseError: another live process holds the lock; the message names its PID
+            and command. The second run stops at once and touches nothing.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"out_dir={str(path)!r} cannot be used as a run folder "
+                          f"({exc.strerror or exc}); give a folder you can write") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            h = _holder(fd)
+            raise RunFolderInUseError(
+                f"out_dir {str(path)!r} is in use by PID {h.get('pid', '?')} (command "
+                f"{h.get('command', '?')!r}, host {h.get('host', '?')}, since "
+                f"{h.get('since', '?')}); wait for it to finish, or use another out_dir") \
+                from None
+        stale = _holder(fd) if os.fstat(fd).st_size else {}
+        if stale.get("pid"):
+            log.info("out_dir %s: taking over the lock left by PID %s (command %r), which "
+                     "ended without releasing it", path, stale["pid"], stale.get("command"))
+        record = {"pid": os.getpid(), "command": " ".join(sys.argv),
+                  "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # released cleanly: an empty lock file
+    finally:
+        os.close(fd)  # drops the flock
+
+
 def section(cfg: DictConfig, *keys: str) -> dict:
     """The resolved config sections ``keys`` as one plain dict (what a stage's hash covers)."""
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
@@ -54,9 +123,11 @@ def section(cfg: DictConfig, *keys: str) -> dict:
 
 
 def up_to_date(path: Path, config: dict, force: bool) -> bool:
-    """True (and logged) when ``path`` is complete for ``config`` and ``force`` is off."""
+    """True (and logged) when ``path`` is complete for ``config`` and ``force`` is off; what a
+    run killed while finishing it left behind is then removed."""
     if not force and is_complete(path, config_hash(config)):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
+        remove_leftovers(path)
         return True
     return False
 

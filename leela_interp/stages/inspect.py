@@ -32,6 +32,11 @@ def run(cfg: DictConfig) -> None:
     if not path:
         raise ConfigError("stage=inspect needs the file to inspect: "
                           "leela-interp stage=inspect ++path=runs/default/activations.h5")
+    if not Path(path).is_file() or not h5py.is_hdf5(path):
+        why = "no such file" if not Path(path).exists() else "a folder" if Path(path).is_dir() \
+            else "not an HDF5 file"
+        raise ConfigError(f"path={str(path)!r}: {why}; stage=inspect describes a result file "
+                          f"(puzzles.h5, activations.h5, ...)")
     stats = OmegaConf.select(cfg, "stats", default=True)
     inspect_file(path, stats=bool(stats))
 

@@ -1,15 +1,19 @@
 """``stage=patching``: activation patching from the corrupted board (residual stream and heads).
 
 Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/patching.h5`` and PNG figures under
-``<out_dir>/figures/``. The work is :mod:`leela_interp.experiments.interventions`; the file layout,
-sign convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
-puzzles; skipped when complete for the same network, puzzle set and ``patching`` config;
-``force=true`` redoes it.
+``<out_dir>/figures/``. The work is :mod:`leela_interp.experiments.interventions`; the file
+layout, sign convention and square categories are in ``docs/interventions.md``. Resumable by
+chunks of puzzles (each committed as its own file,
+:class:`~leela_interp.outputs.results.ChunkedOutput`: a kill at any instant loses at most the
+chunk in progress); skipped when complete for the same network, puzzle set and ``patching``
+config; ``force=true`` redoes it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -23,7 +27,7 @@ from leela_interp.experiments import attribution
 from leela_interp.experiments import head_pairs as hp
 from leela_interp.experiments import interventions as iv
 from leela_interp.network import load_network
-from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
+from leela_interp.outputs.results import STR, ChunkedOutput, label_axes, sha256_file, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
@@ -119,36 +123,77 @@ def write_common(f: h5py.File, net, puzzles: PuzzleSet, attrs: dict) -> None:
                        "not); every effect of the other rows is NaN")
 
 
-def screen(f: h5py.File, start: int, chunk: iv.Prepared, *, need_corruption: bool,
+class RowBlock:
+    """The values of rows ``start:stop`` of a chunk, built against the file's layout.
+
+    ``layout`` is an (in-memory) file made by the same code that makes the final file's
+    datasets: each block array takes a dataset's dtype, row shape and fill value from it. The
+    block's :attr:`arrays` are what a chunk commits (:class:`~leela_interp.outputs.results.
+    ChunkedOutput`); :func:`fill_rows` writes them into the final file.
+    """
+
+    def __init__(self, layout: h5py.File, start: int, stop: int) -> None:
+        self.layout, self.start, self.stop = layout, start, stop
+        self.arrays: dict[str, np.ndarray] = {}
+        """Dataset name -> the chunk's rows of it."""
+
+    def set(self, name: str, values) -> None:
+        """Rows ``start:stop`` of dataset ``name`` are ``values`` (one entry per row)."""
+        values = np.asarray(values)
+        if values.dtype.kind not in "OUS":
+            values = values.astype(self.layout[name].dtype, copy=False)
+        self.arrays[name] = values
+
+    def put(self, name: str, rows: np.ndarray, values) -> None:
+        """``values`` (one entry per analysed puzzle) at chunk-relative ``rows``; the chunk's
+        other rows get the dataset's fill value (NaN for effects, ``""`` for strings)."""
+        ds = self.layout[name]
+        n = self.stop - self.start
+        if ds.dtype.kind == "O":
+            block = np.full(n, "", dtype=object)
+        else:
+            block = np.full((n,) + ds.shape[1:], ds.fillvalue, dtype=ds.dtype)
+        block[rows] = values
+        self.arrays[name] = block
+
+
+def fill_rows(f: h5py.File, out: ChunkedOutput, skip: Sequence[int] = ()) -> None:
+    """Write every committed chunk's rows (``meta["start"]``) into ``f``'s datasets, in key
+    order, and set ``done`` on them; chunks with keys in ``skip`` are not row chunks."""
+    for chunk in out.chunks():
+        if chunk.key in skip:
+            continue
+        start = int(chunk.meta["start"])
+        stop = start
+        for name, values in chunk.arrays.items():
+            stop = start + len(values)
+            f[name][start:stop] = values
+        f["done"][start:stop] = True
+
+
+def in_memory() -> h5py.File:
+    """An HDF5 file held in memory only (the layout that chunks are built against)."""
+    return h5py.File(io.BytesIO(), "w")
+
+
+def screen(block: RowBlock, chunk: iv.Prepared, *, need_corruption: bool,
            require_pv0_top: bool) -> np.ndarray:
-    """Write a chunk's selection datasets (``clean_log_odds``, ``clean_top_is_pv0``, ``ok``,
-    ``skip_reason``, ``analysed``) from rows ``start:start + chunk.n`` and return the
-    chunk-relative indices of the puzzles to analyse: those with a usable corrupted board (if
-    ``need_corruption``) on which PV[0] is the net's own top move (if ``require_pv0_top``)."""
-    stop = start + chunk.n
+    """Set a chunk's selection datasets (``clean_log_odds``, ``clean_top_is_pv0``, ``ok``,
+    ``skip_reason``, ``analysed``) in ``block`` and return the chunk-relative indices of the
+    puzzles to analyse: those with a usable corrupted board (if ``need_corruption``) on which
+    PV[0] is the net's own top move (if ``require_pv0_top``)."""
     top = chunk.clean_top_is_pv0
-    f["clean_log_odds"][start:stop] = chunk.clean_log_odds
-    f["clean_top_is_pv0"][start:stop] = top
-    f["ok"][start:stop] = chunk.corrupted_ok
-    f["skip_reason"][start:stop] = np.array(chunk.skip_reason, dtype=object)
+    block.set("clean_log_odds", chunk.clean_log_odds)
+    block.set("clean_top_is_pv0", top)
+    block.set("ok", chunk.corrupted_ok)
+    block.set("skip_reason", np.array(chunk.skip_reason, dtype=object))
     keep = np.ones(chunk.n, bool)
     if need_corruption:
         keep &= chunk.corrupted_ok
     if require_pv0_top:
         keep &= top
-    f["analysed"][start:stop] = keep
+    block.set("analysed", keep)
     return np.nonzero(keep)[0]
-
-
-def put(ds: h5py.Dataset, start: int, stop: int, rows: np.ndarray, values) -> None:
-    """Write ``values`` (one entry per analysed puzzle) to rows ``start + rows`` of ``ds``; the
-    chunk's other rows get the dataset's fill value (NaN for effects)."""
-    if ds.dtype.kind == "O":
-        block = np.full(stop - start, "", dtype=object)
-    else:
-        block = np.full((stop - start,) + ds.shape[1:], ds.fillvalue, dtype=ds.dtype)
-    block[rows] = values
-    ds[start:stop] = block
 
 
 def write_funnel(f: h5py.File, steps: list[tuple[str, np.ndarray, str]]) -> None:
@@ -188,12 +233,13 @@ def selection_steps(f: h5py.File, limit: int, key: str, *, need_corruption: bool
     ]
 
 
-def chunks(f: h5py.File, n: int, size: int, desc: str):
-    """``(start, stop)`` of each chunk not yet done, with a progress bar."""
-    done = f["done"][()]
-    todo = [(s, min(s + size, n)) for s in range(0, n, size) if not done[s:min(s + size, n)].all()]
-    if len(todo) < -(-n // size):
-        log.info("%s: resuming, %d of %d chunks left", desc, len(todo), -(-n // size))
+def chunks(out: ChunkedOutput, n: int, size: int, desc: str):
+    """``(key, start, stop)`` of each chunk of ``size`` rows of ``n`` not yet committed in
+    ``out``, with a progress bar."""
+    total = -(-n // size)
+    todo = [(k, k * size, min((k + 1) * size, n)) for k in range(total) if k not in out.keys]
+    if len(todo) < total:
+        log.info("%s: resuming, %d of %d chunks left", desc, len(todo), total)
     return tqdm(todo, desc=desc, unit="chunk", disable=None)
 
 
@@ -323,74 +369,80 @@ def run(cfg: DictConfig) -> Path:
         clean_hooks.append("blocks.*.attn.hook_z")
         corrupted_hooks.append("blocks.*.attn.hook_z")
 
-    with open_partial(path, schema=SCHEMA, config=config, resume=not cfg.force) as f:
-        if "done" not in f:
-            write_common(f, net, puzzles, {**net_attrs, "overlap_rule": pc.overlap_rule,
-                                           "require_pv0_top": require_top,
-                                           "method": pc.method,
-                                           "method_meaning": METHOD_MEANING[pc.method]})
-            f.attrs["heads"] = ("head patching of every (layer, head)'s hook_z" if heads else
-                                f"not run: the network has no attention heads "
-                                f"({net.config.body} body)" if not has_heads else
-                                "not run: patching.heads=false")
-            write_strings(f, "category_names", iv.COLUMNS)
-            f["category_names"].attrs["meaning"] = (
-                "square_category indexes the first five (a partition of the squares); "
-                "category_max has all eight: follow_up_targets is the union of third_target and "
-                "later_targets (the paper's '3rd-move target'); fifth_target / seventh_target: "
-                "PV[4]'s / PV[6]'s target square where it is a later_targets square")
-            float_dataset(f, "corrupted_log_odds", (n,), ("puzzle",), dtype="f8",
-                          metric=iv.METRIC, units="log-odds")
-            float_dataset(f, "corruption_effect", (n,), ("puzzle",),
-                          **effect_attrs(meaning="the whole corrupted board instead of the "
-                                                 "clean one"))
-            label_axes(f.create_dataset("overlap", shape=(n,), dtype=bool), "puzzle",
-                       rule=pc.overlap_rule,
-                       meaning=OVERLAP_MEANING[pc.overlap_rule])
-            label_axes(f.create_dataset("square_category", shape=(n, 64), dtype="i1"),
-                       "puzzle", "square", categories=list(iv.CATEGORIES),
-                       numbering=TOKEN_NUMBERING,
-                       meaning="index into category_names; squares are clean-board tokens")
+    def create_layout(f: h5py.File) -> None:
+        write_common(f, net, puzzles, {**net_attrs, "overlap_rule": pc.overlap_rule,
+                                       "require_pv0_top": require_top, "method": pc.method,
+                                       "method_meaning": METHOD_MEANING[pc.method]})
+        f.attrs["heads"] = ("head patching of every (layer, head)'s hook_z" if heads else
+                            f"not run: the network has no attention heads "
+                            f"({net.config.body} body)" if not has_heads else
+                            "not run: patching.heads=false")
+        label_axes(write_strings(f, "category_names", iv.COLUMNS), "category")
+        f["category_names"].attrs["meaning"] = (
+            "square_category indexes the first five (a partition of the squares); "
+            "category_max has all eight: follow_up_targets is the union of third_target and "
+            "later_targets (the paper's '3rd-move target'); fifth_target / seventh_target: "
+            "PV[4]'s / PV[6]'s target square where it is a later_targets square")
+        float_dataset(f, "corrupted_log_odds", (n,), ("puzzle",), dtype="f8",
+                      metric=iv.METRIC, units="log-odds")
+        float_dataset(f, "corruption_effect", (n,), ("puzzle",),
+                      **effect_attrs(meaning="the whole corrupted board instead of the "
+                                             "clean one"))
+        label_axes(f.create_dataset("overlap", shape=(n,), dtype=bool), "puzzle",
+                   rule=pc.overlap_rule,
+                   meaning=OVERLAP_MEANING[pc.overlap_rule])
+        label_axes(f.create_dataset("square_category", shape=(n, 64), dtype="i1"),
+                   "puzzle", "square", categories=list(iv.CATEGORIES),
+                   numbering=TOKEN_NUMBERING,
+                   meaning="index into category_names; squares are clean-board tokens")
+        for site in sites:
+            g = f.require_group(f"residual/{site}")
+            g.attrs["hook"] = f"blocks.{{layer}}.hook_{site}"
+            float_dataset(g, "effect", (n, L, 64), ("puzzle", "layer", "square"),
+                          numbering=TOKEN_NUMBERING, **effect_attrs())
+            float_dataset(g, "category_max", (n, L, C), ("puzzle", "layer", "category"),
+                          categories=list(iv.COLUMNS),
+                          **effect_attrs(meaning="max effect over the category's squares; "
+                                                 "NaN if the category is empty"))
+        if heads:
+            g = f.require_group("heads")
+            g.attrs["hook"] = "blocks.{layer}.attn.hook_z"
+            float_dataset(g, "effect", (n, L, H), ("puzzle", "layer", "head"),
+                          **effect_attrs())
+
+    layout = in_memory()
+    create_layout(layout)
+    out_file = ChunkedOutput(path, schema=SCHEMA, config=config, resume=not cfg.force)
+    for key, s, e in chunks(out_file, limit, int(pc.chunk_size), "patching"):
+        block = RowBlock(layout, s, e)
+        chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
+        selection = iv.prepare(net, chunk, batch_size=bs, overlap_rule=pc.overlap_rule)
+        rows = screen(block, selection, need_corruption=True, require_pv0_top=require_top)
+        block.set("overlap", selection.overlap)
+        block.set("square_category", selection.categories)
+        if len(rows):
+            prep = iv.prepare(net, [chunk[j] for j in rows], batch_size=bs,
+                              clean_hooks=clean_hooks, corrupted_hooks=corrupted_hooks,
+                              overlap_rule=pc.overlap_rule)
+            block.put("corrupted_log_odds", rows, prep.corrupted_log_odds)
+            block.put("corruption_effect", rows, prep.clean_log_odds - prep.corrupted_log_odds)
+            est = (attribution.attribution_patching(prep, sites=sites, heads=heads)
+                   if pc.method == "attribution" else None)
             for site in sites:
-                g = f.require_group(f"residual/{site}")
-                g.attrs["hook"] = f"blocks.{{layer}}.hook_{site}"
-                float_dataset(g, "effect", (n, L, 64), ("puzzle", "layer", "square"),
-                              numbering=TOKEN_NUMBERING, **effect_attrs())
-                float_dataset(g, "category_max", (n, L, C), ("puzzle", "layer", "category"),
-                              categories=list(iv.COLUMNS),
-                              **effect_attrs(meaning="max effect over the category's squares; "
-                                                     "NaN if the category is empty"))
+                eff = est.residual[site] if est else iv.residual_patching(
+                    prep, site=site, skip_identical=pc.skip_identical)
+                block.put(f"residual/{site}/effect", rows, eff)
+                block.put(f"residual/{site}/category_max", rows,
+                          iv.category_max(eff, prep.categories, prep.deep_targets))
             if heads:
-                g = f.require_group("heads")
-                g.attrs["hook"] = "blocks.{layer}.attn.hook_z"
-                float_dataset(g, "effect", (n, L, H), ("puzzle", "layer", "head"),
-                              **effect_attrs())
-        for s, e in chunks(f, limit, int(pc.chunk_size), "patching"):
-            chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
-            selection = iv.prepare(net, chunk, batch_size=bs, overlap_rule=pc.overlap_rule)
-            rows = screen(f, s, selection, need_corruption=True, require_pv0_top=require_top)
-            f["overlap"][s:e] = selection.overlap
-            f["square_category"][s:e] = selection.categories
-            if len(rows):
-                prep = iv.prepare(net, [chunk[j] for j in rows], batch_size=bs,
-                                  clean_hooks=clean_hooks, corrupted_hooks=corrupted_hooks,
-                                  overlap_rule=pc.overlap_rule)
-                put(f["corrupted_log_odds"], s, e, rows, prep.corrupted_log_odds)
-                put(f["corruption_effect"], s, e, rows,
-                    prep.clean_log_odds - prep.corrupted_log_odds)
-                est = (attribution.attribution_patching(prep, sites=sites, heads=heads)
-                       if pc.method == "attribution" else None)
-                for site in sites:
-                    eff = est.residual[site] if est else iv.residual_patching(
-                        prep, site=site, skip_identical=pc.skip_identical)
-                    put(f[f"residual/{site}/effect"], s, e, rows, eff)
-                    put(f[f"residual/{site}/category_max"], s, e, rows,
-                        iv.category_max(eff, prep.categories, prep.deep_targets))
-                if heads:
-                    put(f["heads/effect"], s, e, rows, est.heads if est else
-                        iv.head_patching(prep, skip_identical=pc.skip_identical))
-            f["done"][s:e] = True
-            f.flush()
+                block.put("heads/effect", rows, est.heads if est else
+                          iv.head_patching(prep, skip_identical=pc.skip_identical))
+        out_file.commit(key, block.arrays, {"start": s})
+    layout.close()
+
+    def finish(f: h5py.File) -> None:
+        create_layout(f)
+        fill_rows(f, out_file)
         analysed = f["analysed"][()]
         no_overlap = analysed & ~f["overlap"][()]
         subsets = subset_masks(f)
@@ -414,6 +466,8 @@ def run(cfg: DictConfig) -> Path:
         write_funnel(f, steps)
         log.info("patching: funnel %s", ", ".join(f"{name} {int(m.sum())}"
                                                   for name, m, _ in steps))
+
+    out_file.finish(finish)
     log.info("wrote %s", path)
     if pc.figures:
         for fig in figures.patching_figures(path, out / "figures"):

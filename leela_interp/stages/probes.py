@@ -8,8 +8,9 @@ Reads ``<out_dir>/puzzles.h5`` and ``<out_dir>/activations.h5`` (the ``activatio
 ``docs/probes.md``.
 
 Memory: one layer of one network is in memory at a time. Resumable: every finished
-(network, layer) is recorded in ``probes.h5.partial`` and skipped by a rerun with the same
-config. Skips entirely when ``probes.h5`` is complete for the same config and inputs.
+(network, layer) is committed to ``probes.h5.partial.d/`` and skipped by a rerun with the same
+config; ``probes.h5`` is assembled from them at the end. Skips entirely when ``probes.h5`` is
+complete for the same config and inputs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import probes as P
 from leela_interp.network.lc0.weights import net_format, read_net
-from leela_interp.outputs.results import (label_axes, open_partial, read_strings, sha256_file,
-                                         write_strings)
+from leela_interp.outputs.results import (ChunkedOutput, label_axes, read_strings, sha256_file,
+                                          write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
@@ -69,11 +70,27 @@ def _inputs(path: Path) -> dict:
 
 def stage_config(cfg: DictConfig, activations: Path) -> dict:
     """What ``probes.h5`` records and hashes: the ``probes`` section (less the keys that do not
-    change results: ``threads``, ``max_layer_gib``) and the input cache."""
+    change results: ``threads``, ``max_layer_gib``) and every input it reads: the activation
+    cache's identity, the sha256 of ``puzzles.h5`` (the labels and splits) and of the network
+    (its random twin).
+
+    Raises:
+        ConfigError: the activation cache is missing or incomplete, or was made from another
+            ``puzzles.h5`` than the one in the folder now (rerun the activations stage).
+    """
     probes = OmegaConf.to_container(cfg.probes, resolve=True)
     for key in ("threads", "max_layer_gib"):
         probes.pop(key, None)
-    return {"probes": probes, "activations": _inputs(activations)}
+    cache = _inputs(activations)
+    puzzles = activations.parent / "puzzles.h5"
+    puzzles_sha = sha256_file(puzzles) if puzzles.exists() else ""
+    if cache["puzzles_sha256"] != puzzles_sha:
+        raise ConfigError(f"{activations} was made from another puzzles.h5 (sha256 "
+                          f"{cache['puzzles_sha256'][:12]}..., the folder's is "
+                          f"{puzzles_sha[:12] or 'missing'}...): rerun the activations stage "
+                          f"first (leela-interp stage=activations out_dir={activations.parent})")
+    return {"probes": probes, "activations": cache, "puzzles_sha256": puzzles_sha,
+            "network_sha256": sha256_file(cfg.model.path)}
 
 
 def _scale(f: h5py.File, name: str, values, **attrs) -> h5py.Dataset:
@@ -102,11 +119,7 @@ BASELINE_AXES = ("split", "baseline", "target", "seed")
 
 
 def _layout(f: h5py.File, *, nets, splits, probes, targets, layers, seeds, baselines) -> None:
-    """Create every dataset of ``probes.h5`` (a partial file with a layout is kept)."""
-    if f.attrs.get("layout_done", False):
-        return
-    for name in list(f):
-        del f[name]
+    """Create every dataset of ``probes.h5`` in the (fresh) final file."""
     _scale(f, "net", nets, meaning="network whose activations are probed")
     _scale(f, "split", splits, meaning="puzzle subset trained and tested on")
     _scale(f, "probe", probes)
@@ -122,10 +135,10 @@ def _layout(f: h5py.File, *, nets, splits, probes, targets, layers, seeds, basel
              meaning="test-set size (puzzles of the split's test half on which the target is "
                      "defined)")
     _dataset(f, "accuracy", AXES, np.float64, np.nan, units="fraction", meaning="n_correct/n_test")
-    _dataset(f, "done", ("net", "layer"), bool, False, meaning="finished (resume marker)")
+    _dataset(f, "done", ("net", "layer"), bool, False,
+             meaning="probed (all true in a complete file)")
     _dataset(f, "baseline_n_correct", BASELINE_AXES, np.int64, -1, units="puzzles")
     _dataset(f, "baseline_accuracy", BASELINE_AXES, np.float64, np.nan, units="fraction")
-    f.attrs["layout_done"] = True
 
 
 def _twin_activations(cfg: DictConfig, out: Path, hooks: list[str], dtype: str) -> Path:
@@ -236,17 +249,27 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/probes.h5`` and ``figures/probes.png`` (or skip when up to date);
-    returns the path."""
+    returns the path.
+
+    Each finished (net, layer) is a committed chunk of a
+    :class:`~leela_interp.outputs.results.ChunkedOutput` (``probes.h5.partial.d/``); the file is
+    assembled from the chunks when every one is done.
+    """
     out = run_dir(cfg)
     config = stage_config(cfg, out / "activations.h5")
     path = out / OUTPUT
     if up_to_date(path, config, bool(cfg.force)):
-        if not (out / FIGURE).exists():
+        if not (out / FIGURE).exists():  # a run killed between the file and its figure
             plot(path, out / FIGURE)
         return path
     plan = prepare(cfg, out)
     p = cfg.probes
-    with _torch_threads(p.threads), open_partial(path, schema=SCHEMA, config=config) as f:
+    output = ChunkedOutput(path, schema=SCHEMA, config=config, resume=not cfg.force)
+    n_test, baseline_n_correct = _baselines(plan)
+    with _torch_threads(p.threads):
+        _probe_layers(output, plan, n_test, p.dtype, p.get("max_layer_gib"))
+
+    def write(f: h5py.File) -> None:
         _layout(f, nets=list(plan.sources), splits=plan.splits, probes=plan.probes,
                 targets=plan.targets, layers=list(plan.layer_map), seeds=plan.seeds,
                 baselines=plan.baselines)
@@ -258,35 +281,46 @@ def run(cfg: DictConfig) -> Path:
         if "random_twin" in plan.sources:
             f.attrs["random_twin_sha256"] = sha256_file(out / TWIN_NET)
             f.attrs["random_twin_seed"] = int(p.random_twin.seed)
-        _baselines(f, plan)
-        _probe_layers(f, plan, p.dtype, p.get("max_layer_gib"))
+        f["n_test"][...] = n_test
+        f["baseline_n_correct"][...] = baseline_n_correct
+        n_layers = len(plan.layer_map)
+        for chunk in output.chunks():
+            ni, li = divmod(chunk.key, n_layers)
+            f["n_correct"][ni, :, :, :, li, :] = chunk.arrays["n_correct"]
+            f["done"][ni, li] = True
         _summarise(f)
         f.attrs["peak_rss_mb"] = peak_rss_mb()
+
+    output.finish(write)
     plot(path, out / FIGURE)
     log.info("wrote %s and %s (peak RSS %.0f MiB)", path, out / FIGURE, peak_rss_mb())
     return path
 
 
-def _baselines(f: h5py.File, plan: Plan) -> None:
-    """Fill ``n_test`` and ``baseline_n_correct`` (cheap: redone on resume)."""
+def _baselines(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """``n_test [split, target, seed]`` and ``baseline_n_correct [split, baseline, target,
+    seed]`` (cheap: recomputed by a resumed run)."""
+    shape = (len(plan.splits), len(plan.targets), len(plan.seeds))
+    n_test = np.zeros(shape, np.int64)
+    b_correct = np.full((shape[0], len(plan.baselines), *shape[1:]), -1, np.int64)
     for si, s in enumerate(plan.splits):
         for ki, seed in enumerate(plan.seeds):
             train, test = plan.cuts[s, seed]
             res = P.evaluate_baselines(plan.labels, plan.specs, train, test, plan.baselines)
             for bi, b in enumerate(plan.baselines):
                 for ti, t in enumerate(plan.targets):
-                    correct, n = res[b][t]
-                    f["baseline_n_correct"][si, bi, ti, ki] = correct
-                    f["n_test"][si, ti, ki] = n
+                    b_correct[si, bi, ti, ki], n_test[si, ti, ki] = res[b][t]
+    return n_test, b_correct
 
 
-def _probe_layers(f: h5py.File, plan: Plan, dtype: str | None,
+def _probe_layers(output: ChunkedOutput, plan: Plan, n_test: np.ndarray, dtype: str | None,
                   max_layer_gib: float | None) -> None:
-    """Train and test every probe on every (net, layer) not yet done; one layer in memory, or
-    (a layer over ``max_layer_gib``) read from the cache batch by batch."""
+    """Train and test every probe on every (net, layer) not yet committed (chunk key
+    ``net * n_layers + layer``); one layer in memory, or (a layer over ``max_layer_gib``) read
+    from the cache batch by batch."""
     nets, layers = list(plan.sources), list(plan.layer_map)
-    done = f["done"]
-    todo = [(ni, li) for ni in range(len(nets)) for li in range(len(layers)) if not done[ni, li]]
+    todo = [(ni, li) for ni in range(len(nets)) for li in range(len(layers))
+            if ni * len(layers) + li not in output.keys]
     for ni, li in tqdm(todo, desc="probes", unit="layer"):
         net, layer = nets[ni], layers[li]
         path, hook = plan.sources[net], plan.layer_map[layer]
@@ -298,12 +332,13 @@ def _probe_layers(f: h5py.File, plan: Plan, dtype: str | None,
                 log.info("%s layer %d: %.2f GiB > probes.max_layer_gib=%s: reading rows from %s "
                          "as needed", net, layer, gib, max_layer_gib, path)
             acts = P.LayerRows(ds, dtype) if stream else P.load_layer(path, hook, dtype=dtype)
-            _probe_layer(f, plan, ni, li, acts)
+            block = _probe_layer(plan, ni, li, acts, n_test)
+        output.commit(ni * len(layers) + li, {"n_correct": block})
 
 
-def _probe_layer(f: h5py.File, plan: Plan, ni: int, li: int, acts) -> None:
-    """Every probe, split and seed on one (net ``ni``, layer ``li``); results into
-    ``n_correct``."""
+def _probe_layer(plan: Plan, ni: int, li: int, acts, n_test: np.ndarray) -> np.ndarray:
+    """Every probe, split and seed on one (net ``ni``, layer ``li``): ``n_correct [split,
+    probe, target, seed]``."""
     targets = plan.targets
     net, layer = list(plan.sources)[ni], list(plan.layer_map)[li]
     block = np.full((len(plan.splits), len(plan.probes), len(targets), len(plan.seeds)), -1,
@@ -317,14 +352,12 @@ def _probe_layer(f: h5py.File, plan: Plan, ni: int, li: int, acts) -> None:
             for pi, probe in enumerate(plan.probes):
                 for ti, t in enumerate(targets):
                     block[si, pi, ti, ki] = res[probe][t][0]
-    f["n_correct"][ni, :, :, :, li, :] = block
-    f["done"][ni, li] = True
-    f.flush()
-    acc = _accuracy(block, f["n_test"][()])
+    acc = _accuracy(block, n_test)
     log.info("%s layer %d (split %s): %s; peak RSS %.0f MiB", net, layer, plan.splits[0],
              ", ".join(f"{probe}/{t} {np.nanmean(acc[0, pi, ti]):.3f}"
                        for pi, probe in enumerate(plan.probes)
                        for ti, t in enumerate(targets)), peak_rss_mb())
+    return block
 
 
 def _accuracy(n_correct: np.ndarray, n_test: np.ndarray) -> np.ndarray:
