@@ -34,7 +34,8 @@ def asked(monkeypatch) -> list[tuple[str, str]]:
     return calls
 
 
-@pytest.mark.parametrize("device, cuda, expected", [("cuda:1", False, "cuda:1"),
+# CUDA is faked as present (the schema refuses a CUDA device on a machine without one).
+@pytest.mark.parametrize("device, cuda, expected", [("cuda:1", True, "cuda:1"),
                                                     (None, True, "cuda")])
 def test_every_stage_loads_its_nets_on_model_device(tmp_path, monkeypatch, asked, device, cuda,
                                                     expected):
@@ -55,6 +56,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(activations, "run", exhausted)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # else the schema refuses
     cfg = compose_config(write_inputs(tmp_path, ROWS[:2], 2), tmp_path / "run",
                          "stage=activations", "model.batch_size=512", "model.device=cuda:1")
     with pytest.raises(ConfigError, match=r"stage=activations ran out of memory on cuda:1 with "
