@@ -35,25 +35,9 @@ OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5",
            "report": "report.md"}
 
 
-<<<<<<< HEAD
 def make_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
     """``(root, puzzle CSV, strong net, weak net)`` written into ``root`` (see ``config``)."""
-    csv = root / "puzzles.csv"
-    lines = [",".join(COLUMNS)]
-    for i in range(24):
-        fen, moves = ROWS[i % 4].split(",")
-        lines.append(f"p{i:03d},{fen},{moves},,,,,,,")
-    csv.write_text("\n".join(lines) + "\n")
-    strong = write_random_net(root / "strong.pb.gz", body="transformer", policy="attention",
-                              d_model=32, layers=2, heads=4, d_ff=32, seed=1)
-    weak = write_random_net(root / "weak.pb.gz", seed=2)
-    return root, csv, strong, weak
-=======
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
     return (root, *write_inputs(root, ROWS, 24))
->>>>>>> h19
 
 
 @pytest.fixture(scope="module")
