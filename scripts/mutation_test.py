@@ -59,7 +59,7 @@ SELECTIONS: dict[str, tuple[str, ...]] = {
     "leela_interp/puzzle_pipeline.py": ("tests/test_filters.py", "tests/test_puzzle_pipeline.py"),
     "leela_interp/interventions.py": ("tests/test_interventions.py",),
     "leela_interp/probes.py": ("tests/test_probes.py",),
-    "leela_interp/report.py": ("tests/test_report.py", "tests/test_pipeline.py"),
+    "leela_interp/report.py": ("tests/test_report.py",),
 }
 
 SETUP_CFG = """[mutmut]
