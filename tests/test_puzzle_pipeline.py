@@ -486,6 +486,14 @@ def test_the_paper_preset_is_exactly_the_papers_puzzle_set(nets):
     assert project.filters.hard_max_weak_prob > paper.filters.hard_max_weak_prob
 
 
+def test_each_nets_heads_come_from_its_own_section():
+    cfg = PipelineConfig.from_sections(
+        {"path": "s.pb.gz", "policy_head": "optimistic", "value_head": "winner"},
+        {"source": "x.csv", "weak_model": {"path": "w.pb.gz", "policy_head": "vanilla"}})
+    assert cfg.strong == NetSpec("s.pb.gz", "optimistic", "winner")
+    assert cfg.weak == NetSpec("w.pb.gz", "vanilla", None)
+
+
 def test_config_errors_name_the_bad_value(nets):
     with pytest.raises(ConfigError, match="'tensorflow'"):
         config("x.csv", nets, backend="tensorflow")
