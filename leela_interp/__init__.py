@@ -8,25 +8,25 @@ The public API:
 - :func:`policy_index` -- a move's index in lc0's 1858-move policy.
 """
 
-from leela_interp.errors import (ConfigError, LeelaInterpError, UnknownHookError,
-                                 WeightsFormatError)
-from leela_interp.model import LeelaNet, LeelaOutput, load_network
+__version__ = "0.1.0"  # first: leela_interp.outputs.results reads it during the imports below
 
-__version__ = "0.1.0"
+from leela_interp.errors import (ConfigError, HookError, LeelaInterpError, UnknownHookError,
+                                 WeightsFormatError)
+from leela_interp.network import LeelaNet, LeelaOutput, load_network
 
 
 def __getattr__(name: str):
     # encode / policy_index live in modules that import python-chess tables; load on first use.
     if name == "encode":
-        from leela_interp.encoding import encode
+        from leela_interp.board.encoding import encode
 
         return encode
     if name == "policy_index":
-        from leela_interp.policy import policy_index
+        from leela_interp.board.policy import policy_index
 
         return policy_index
     raise AttributeError(f"module 'leela_interp' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "LeelaInterpError", "LeelaNet", "LeelaOutput", "UnknownHookError",
-           "WeightsFormatError", "encode", "load_network", "policy_index"]
+__all__ = ["ConfigError", "HookError", "LeelaInterpError", "LeelaNet", "LeelaOutput",
+           "UnknownHookError", "WeightsFormatError", "encode", "load_network", "policy_index"]

@@ -13,11 +13,17 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from leela_interp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
-# conf/ sits beside the package: the project is installed editable from its checkout
-# (scripts/setup.sh), so the configs users edit are the ones that run.
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+#: The Hydra configs: package data (``leela_interp/conf``), so an installed wheel finds them too.
+CONFIG_PATH = str(Path(__file__).resolve().parent / "conf")
+_CHECKOUT = Path(__file__).resolve().parent.parent
+#: The project's ``data/`` folder (its trained nets and mined puzzles) when the package runs from
+#: its checkout (editable install or ``PYTHONPATH``); None for an installed wheel (see
+#: :func:`data_path`).
+CHECKOUT_DATA = _CHECKOUT / "data" if (_CHECKOUT / "pyproject.toml").is_file() else None
 
 
 def sweep_dir(*, _root_: DictConfig) -> str:
@@ -37,6 +43,27 @@ def job_subdir(out_dir: str, *, _root_: DictConfig) -> str:
     return os.path.relpath(out_dir, sweep_dir(_root_=_root_))
 
 
+def data_path(relative: str, *, _node_, _root_: DictConfig) -> str:
+    """``${leela_interp.data:nets/x.pb.gz}``: a file of the project's data folder, the top-level
+    key ``data_dir`` when set, else the checkout's ``data/`` (:data:`CHECKOUT_DATA`).
+
+    Raises:
+        ConfigError: ``data_dir`` is null and there is no checkout ``data/`` folder (an installed
+            wheel); the message names the key that asked for the file, to pass it directly.
+    """
+    data_dir = _root_.get("data_dir")
+    if data_dir is None:
+        data_dir = CHECKOUT_DATA
+    if data_dir is None:
+        key = _node_._get_full_key(None)
+        raise ConfigError(
+            f"{key} defaults to data/{relative}, a file of the project's data/ folder, which an "
+            f"installed package does not have: pass {key}=FILE, or data_dir=FOLDER (a "
+            f"checkout's data/)")
+    return str(Path(data_dir) / relative)
+
+
+OmegaConf.register_new_resolver("leela_interp.data", data_path, replace=True)
 OmegaConf.register_new_resolver("leela_interp.sweep_dir", sweep_dir, replace=True)
 OmegaConf.register_new_resolver("leela_interp.job_subdir", job_subdir, replace=True)
 

@@ -20,3 +20,11 @@ class ConfigError(LeelaInterpError, ValueError):
 
 class UnknownHookError(LeelaInterpError, KeyError):
     """A hook name (or pattern) matches no hook point of the network."""
+
+
+class HookError(LeelaInterpError, ValueError):
+    """A hook (or a function run with hooks) returned what the pass cannot use: a replacement
+    of the wrong type, shape, dtype or device, or a metric that is not a scalar.
+
+    The message names the hook point and the expected shape and dtype.
+    """

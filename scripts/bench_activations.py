@@ -48,7 +48,7 @@ MAIA = SHARED / "nets" / "maia-1900.pb.gz"
 
 def write_puzzles(path: Path, n: int, distinct: int = 500) -> Path:
     """A ``puzzles.h5`` of ``n`` puzzles cycling through the first ``distinct`` real ones."""
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
 
     rows = []
     with open(CSV, newline="") as f:
@@ -96,8 +96,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from leela_interp import load_network
-    from leela_interp.activations import cache_activations
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.experiments.activations import cache_activations
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
 
     torch.set_num_threads(args.threads)
     net = load_network(args.net)
@@ -131,7 +131,7 @@ def run_child(net: Path, puzzles: Path, out: Path, *, batch: int, threads: int,
 
 
 def bench_rss(args: argparse.Namespace) -> None:
-    from leela_interp.lc0.random_net import write_random_net
+    from leela_interp.network.lc0.random_net import write_random_net
 
     tmp = Path(tempfile.mkdtemp(dir=args.tmp))
     if args.shape == "maia-1900":
@@ -166,7 +166,7 @@ def plain_forward(net_path: Path, puzzles_path: Path, batch: int) -> tuple[float
     import torch
 
     from leela_interp import load_network
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
 
     net = load_network(net_path)
     ps = PuzzleSet.load(puzzles_path)
@@ -181,7 +181,7 @@ def bench_throughput(args: argparse.Namespace) -> None:
     import torch
 
     from leela_interp import load_network
-    from leela_interp.activations import cache_activations
+    from leela_interp.experiments.activations import cache_activations
 
     if not MAIA.exists():
         sys.exit(f"needs {MAIA}")
@@ -235,7 +235,7 @@ def bench_throughput(args: argparse.Namespace) -> None:
 
 def bench_read(args: argparse.Namespace) -> None:
     """Read speed of one hook for all puzzles / 256 random puzzles, by rows per chunk."""
-    from leela_interp.activations import ActivationFile, _chunk_rows
+    from leela_interp.experiments.activations import ActivationFile, _chunk_rows
 
     n, d, hooks = args.n[0], args.d_model, args.hooks
     tmp = Path(tempfile.mkdtemp(dir=args.tmp))

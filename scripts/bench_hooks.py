@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from leela_interp import load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

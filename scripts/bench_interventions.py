@@ -1,9 +1,9 @@
 """Cost of the all-heads patching sweep vs the naive (L*H + 1) full forward passes per puzzle.
 
-The sweep (:func:`leela_interp.interventions.head_patching`) runs one clean and one corrupted
-forward pass per puzzle, then each (layer l, head h) intervention restarts from the cached clean
-stream entering block l, with many interventions stacked in one batch. The naive method runs one
-full forward pass from the planes per (layer, head), plus the clean one.
+The sweep (:func:`leela_interp.experiments.interventions.head_patching`) runs one clean and one
+corrupted forward pass per puzzle, then each (layer l, head h) intervention restarts from the cached
+clean stream entering block l, with many interventions stacked in one batch. The naive method runs
+one full forward pass from the planes per (layer, head), plus the clean one.
 
 Two measures, both printed:
 
@@ -34,9 +34,9 @@ import chess
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from leela_interp import interventions as iv
 from leela_interp import load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.experiments import interventions as iv
+from leela_interp.network.lc0.random_net import write_random_net
 
 PUZZLES = [  # (FEN after the setup move is pushed below, moves, pawn removed for the corruption)
     ("r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24", "f2g3 e6e7 b2b1 b3c1", "a2"),

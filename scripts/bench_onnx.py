@@ -4,9 +4,9 @@
 
 CPU, fp32, ``torch.set_num_threads(threads)`` and onnxruntime ``intra_op_num_threads=threads``.
 Nets: maia-1900 (../shared/nets, skipped if absent) and a seeded random 256x6x8h PE_DENSE smolgen
-transformer (mish). Each net is exported with :func:`leela_interp.onnx_io.export_onnx`; the same
-file is run by onnxruntime and converted by onnx2torch (the approach of the leela-interp paper's
-code). For maia-1900 lc0's own ``leela2onnx`` export (../shared/nets/onnx) is also run.
+transformer (mish). Each net is exported with :func:`leela_interp.network.onnx.export_onnx`; the
+same file is run by onnxruntime and converted by onnx2torch (the approach of the leela-interp
+paper's code). For maia-1900 lc0's own ``leela2onnx`` export (../shared/nets/onnx) is also run.
 Positions/s is the best of ``rounds`` timings of ``batches`` batches of identical planes (board
 encoding excluded), the backends timed in turn within each round; the load average is printed
 with each net, since a busy machine slows every backend. The max |policy logit| difference from the native module is printed too.
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from leela_interp import load_network
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.onnx_io import OnnxRuntimeNet, export_onnx
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.network.onnx import OnnxRuntimeNet, export_onnx
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TRANSFORMER = dict(body="transformer", policy="attention", d_model=256, layers=6, heads=8,
@@ -76,15 +76,21 @@ def import_onnx2torch():
     return convert, ""
 
 
-def rates(fns: list, planes, batches: int, rounds: int) -> list[float]:
+def rates(fns: list, planes, batches: int, rounds: int, gap: float = 0.1) -> list[float]:
     """Positions/s of each function: best of ``rounds``, the functions timed in turn each round
-    (so that a change in the machine's load affects all of them alike)."""
+    (so that a change in the machine's load affects all of them alike).
+
+    Each timing starts after ``gap`` seconds idle: onnxruntime's and OpenMP's worker threads
+    spin for a while after a call, and without the pause they take CPU from the candidate
+    timed next (on 2 cores that cost the native forward timed after onnxruntime ~15%).
+    """
     for fn in fns:  # warm-up
         fn(planes)
         fn(planes)
     best = [float("inf")] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            time.sleep(gap)
             start = time.perf_counter()
             for _ in range(batches):
                 fn(planes)

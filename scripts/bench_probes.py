@@ -17,8 +17,8 @@ runs ``leela-interp stage=probes`` in a child process and prints the child's pea
 (``ru_maxrss``) and wall time.
 
 With ``--row-reads K`` it first times K batches of 64 random rows (puzzles) read from layer 0
-of the cache three ways: :class:`~leela_interp.probes.LayerRows` (``os.pread`` at the rows'
-file offsets, what the stage does for layers over ``probes.max_layer_gib``), h5py's row-list
+of the cache three ways: :class:`~leela_interp.experiments.probes.LayerRows` (``os.pread`` at the
+rows' file offsets, what the stage does for layers over ``probes.max_layer_gib``), h5py's row-list
 indexing ``ds[sorted_rows]``, and h5py one row at a time; milliseconds per batch, the same
 rows for each. ``--skip-stage`` stops after that.
 
@@ -43,11 +43,10 @@ import chess
 import h5py
 import numpy as np
 
-from leela_interp import probes as P
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import write_strings
+from leela_interp.experiments import probes as P
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.outputs.results import sha256_file, write_strings
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT.parent / "shared" / "data" / "puzzles" / "lichess_sample.csv"

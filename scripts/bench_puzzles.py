@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from leela_interp.oracle import Oracle, OracleConfig
-from leela_interp.puzzle_pipeline import NetSpec, evaluate_moves, load_net
-from leela_interp.puzzles import read_puzzles
+from leela_interp.puzzles.lichess import read_puzzles
+from leela_interp.puzzles.oracle import Oracle, OracleConfig
+from leela_interp.puzzles.pipeline import NetSpec, evaluate_moves, load_net
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leela_interp.model.loading import load_network  # noqa: E402
-from leela_interp.puzzles import read_puzzles  # noqa: E402
+from leela_interp.network.loading import load_network  # noqa: E402
+from leela_interp.puzzles.lichess import read_puzzles  # noqa: E402
 
 
 def evaluate(net, puzzles, batch_size: int = 512) -> dict[str, float]:

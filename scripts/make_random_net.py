@@ -1,6 +1,7 @@
 """Write a seeded random lc0 network: ``python scripts/make_random_net.py OUT.pb.gz [key=value ...]``.
 
-Keys are the fields of :class:`leela_interp.lc0.random_net.RandomNetSpec` plus ``seed``, e.g.::
+Keys are the fields of :class:`leela_interp.network.lc0.random_net.RandomNetSpec` plus ``seed``,
+e.g.::
 
     python scripts/make_random_net.py t82_random.pb.gz body=transformer policy=attention \
         d_model=768 layers=15 heads=24 d_ff=1024 embedding=PE_MAP smolgen_gen=256 \
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from leela_interp.lc0.random_net import RandomNetSpec, write_random_net
+from leela_interp.network.lc0.random_net import RandomNetSpec, write_random_net
 
 
 def main(argv: list[str]) -> None:

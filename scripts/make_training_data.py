@@ -10,7 +10,7 @@ Every searched position is recorded with its labels:
 * ``best_move``: Stockfish's first multipv move (UCI, python-chess notation: castling is
   ``e1g1``), the policy target;
 * ``multipv_moves`` / ``multipv_cp``: all multipv moves and their scores (centipawns from the
-  side to move, mates as ``+-(100000 - n)`` as in :mod:`leela_interp.oracle`; ``-1000000``
+  side to move, mates as ``+-(100000 - n)`` as in :mod:`leela_interp.puzzles.oracle`; ``-1000000``
   pads positions with fewer legal moves than ``--multipv``), for an optional
   soft policy target;
 * ``wdl``: a (win, draw, loss) target for the side to move, from the best score through

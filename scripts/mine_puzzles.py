@@ -1,6 +1,6 @@
 """Mine Lichess-format puzzles from PGN files or the project's own training-data games.
 
-Rules, determinism and output format: :mod:`leela_interp.mining`. Games are processed in
+Rules, determinism and output format: :mod:`leela_interp.puzzles.mining`. Games are processed in
 chunks (``--chunk-games``); after each chunk the CSV so far is rewritten, so progress is
 visible, and every Stockfish result goes to the sqlite ``--cache``, so a killed run restarts
 where it stopped at the cost of reading the cache.
@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leela_interp.mining import (MiningConfig, MiningStats, candidates_from_shards,  # noqa: E402
+from leela_interp.puzzles.lichess import write_puzzles  # noqa: E402
+from leela_interp.puzzles.mining import (MiningConfig, MiningStats, candidates_from_shards,  # noqa: E402
                                  mine_puzzles, read_pgn)
-from leela_interp.puzzles import write_puzzles  # noqa: E402
 
 log = logging.getLogger("mine_puzzles")
 

@@ -8,8 +8,8 @@ packages without installing into the project's venv::
     echo "$PWD/.venv/lib/python3.11/site-packages" \\
         > /tmp/venv-mut/lib/python3.11/site-packages/project.pth
     /tmp/venv-mut/bin/pip install mutmut==3.8.1
-    nice -n 19 /tmp/venv-mut/bin/python scripts/mutation_test.py leela_interp/policy.py \\
-        leela_interp/encoding.py --report /tmp/mutation.md
+    nice -n 19 /tmp/venv-mut/bin/python scripts/mutation_test.py leela_interp/board/policy.py \\
+        leela_interp/board/encoding.py --report /tmp/mutation.md
 
 For each module it clones this repository's HEAD into a work folder (no ``../shared`` beside
 it: the tests a fresh clone runs), writes mutmut's ``setup.cfg`` there (mutate only that module,
@@ -48,18 +48,18 @@ MUTMUT = Path(sys.executable).with_name("mutmut")
 
 #: Core module -> the tests that should kill its mutants.
 SELECTIONS: dict[str, tuple[str, ...]] = {
-    "leela_interp/encoding.py": ("tests/test_encoding.py", "tests/test_policy.py"),
-    "leela_interp/policy.py": ("tests/test_policy.py",),
-    "leela_interp/model/transformer.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
-    "leela_interp/model/cnn.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
-    "leela_interp/model/heads.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
-    "leela_interp/model/network.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
-    "leela_interp/model/loading.py": ("tests/test_conformance.py", "tests/test_lc0_weights.py"),
-    "leela_interp/corruptions.py": ("tests/test_corruptions.py",),
-    "leela_interp/puzzle_pipeline.py": ("tests/test_filters.py", "tests/test_puzzle_pipeline.py"),
-    "leela_interp/interventions.py": ("tests/test_interventions.py",),
-    "leela_interp/probes.py": ("tests/test_probes.py",),
-    "leela_interp/report.py": ("tests/test_report.py",),
+    "leela_interp/board/encoding.py": ("tests/test_encoding.py", "tests/test_policy.py"),
+    "leela_interp/board/policy.py": ("tests/test_policy.py",),
+    "leela_interp/network/transformer.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/network/cnn.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/network/heads.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/network/net.py": ("tests/test_hooks.py", "tests/test_conformance.py"),
+    "leela_interp/network/loading.py": ("tests/test_conformance.py", "tests/test_lc0_weights.py"),
+    "leela_interp/puzzles/corruptions.py": ("tests/test_corruptions.py",),
+    "leela_interp/puzzles/pipeline.py": ("tests/test_filters.py", "tests/test_puzzle_pipeline.py"),
+    "leela_interp/experiments/interventions.py": ("tests/test_interventions.py",),
+    "leela_interp/experiments/probes.py": ("tests/test_probes.py",),
+    "leela_interp/outputs/report.py": ("tests/test_report.py",),
 }
 
 SETUP_CFG = """[mutmut]

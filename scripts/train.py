@@ -2,7 +2,7 @@
 
 The network starts as ``random_net(RandomNetSpec(body="transformer", policy="attention", ...),
 seed)`` (the project's seeded random BT-style net: PE_DENSE embedding, gating, smolgen, WDL and
-moves-left heads) built into a native :class:`~leela_interp.model.network.LeelaNet`, and is
+moves-left heads) built into a native :class:`~leela_interp.network.net.LeelaNet`, and is
 trained with AdamW on
 
 * policy: cross-entropy over the legal moves (illegal logits masked out) against
@@ -30,14 +30,16 @@ encoded once (112 input planes as lc0 masks, legal-move mask, targets) into ``ca
 
 Resumable: a checkpoint (model, optimiser, step) is written atomically to
 ``<run_dir>/checkpoint.pt`` every ``checkpoint_every`` steps and a rerun resumes from it. Uses CUDA when available (``device: auto``). At the end the network is
-written with :func:`leela_interp.lc0.export.save_network` to ``out``.
+written with :func:`leela_interp.network.lc0.export.save_network` to ``out``.
 
-Configuration: a YAML file (``conf/train/strong.yaml``, ``conf/train/weak.yaml``) plus
-``key=value`` overrides, e.g.::
+Configuration: a YAML file (``leela_interp/conf/train/strong.yaml``,
+``leela_interp/conf/train/weak.yaml``) plus ``key=value`` overrides, e.g.::
 
-    nohup nice -n 19 python scripts/train.py conf/train/strong.yaml > runs/train_strong.log 2>&1 &
-    python scripts/train.py conf/train/weak.yaml steps=100 run_dir=runs/try
-    python scripts/train.py conf/train/strong.yaml export_only=true out=runs/snapshot.pb.gz
+    nohup nice -n 19 python scripts/train.py leela_interp/conf/train/strong.yaml \\
+        > runs/train_strong.log 2>&1 &
+    python scripts/train.py leela_interp/conf/train/weak.yaml steps=100 run_dir=runs/try
+    python scripts/train.py leela_interp/conf/train/strong.yaml export_only=true \\
+        out=runs/snapshot.pb.gz
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from leela_interp.encoding import encode_bitboards, planes_from_bitboards  # noqa: E402
-from leela_interp.lc0.export import save_network  # noqa: E402
-from leela_interp.lc0.random_net import RandomNetSpec, random_net  # noqa: E402
-from leela_interp.model.loading import build_network  # noqa: E402
-from leela_interp.policy import legal_moves_and_indices, policy_index  # noqa: E402
+from leela_interp.board.encoding import encode_bitboards, planes_from_bitboards  # noqa: E402
+from leela_interp.board.policy import legal_moves_and_indices, policy_index  # noqa: E402
+from leela_interp.network.lc0.export import save_network  # noqa: E402
+from leela_interp.network.lc0.random_net import RandomNetSpec, random_net  # noqa: E402
+from leela_interp.network.loading import build_network  # noqa: E402
 
 log = logging.getLogger("train")
 

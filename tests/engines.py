@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-CONF_PATH = str(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "puzzles"
-                               / "paper.yaml").oracle.path)
-"""``puzzles.oracle.path`` of ``conf/puzzles/paper.yaml`` (Debian's /usr/games/stockfish)."""
+CONF_PATH = str(OmegaConf.load(Path(__file__).resolve().parents[1] / "leela_interp" / "conf"
+                               / "puzzles" / "paper.yaml").oracle.path)
+"""``puzzles.oracle.path`` of ``leela_interp/conf/puzzles/paper.yaml`` (Debian's
+/usr/games/stockfish)."""
 
 STOCKFISH: str | None = shutil.which(CONF_PATH) or shutil.which("stockfish")
 """The Stockfish binary the tests run, or None when there is none."""

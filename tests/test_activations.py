@@ -17,11 +17,12 @@ import torch
 from omegaconf import OmegaConf
 
 from leela_interp import load_network
-from leela_interp.activations import (SCHEMA, ActivationCacheMismatchError, ActivationFile,
-                                      cache_activations, iter_activation, load_activation)
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import partial_path
+from leela_interp.experiments.activations import (SCHEMA, ActivationCacheMismatchError,
+                                                  ActivationFile, cache_activations,
+                                                  iter_activation, load_activation)
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.outputs.results import partial_path
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 #: Ten Lichess puzzles (CC0, ../shared/data/puzzles/lichess_sample.csv): id, FEN, Moves.
 PUZZLES = [
@@ -254,7 +255,7 @@ def test_sigkill_mid_write_then_rerun_equals_uninterrupted(puzzles, tmp_path):
         import torch
         from leela_interp import load_network
         torch.set_num_threads(1)
-        from leela_interp.activations import cache_activations
+        from leela_interp.experiments.activations import cache_activations
         def die(rows):
             if rows == 4:
                 os.kill(os.getpid(), signal.SIGKILL)

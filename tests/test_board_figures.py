@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leela_interp import board_figures as bf
-from leela_interp.encoding import square_to_token, transform_for
+from leela_interp.board.encoding import square_to_token, transform_for
+from leela_interp.outputs import board_figures as bf
 
 WHITE = chess.Board("r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K w - - 1 25")
 BLACK = chess.Board("5rk1/1p3ppp/pQ3b2/8/8/1P3N2/P4PPP/3R2K1 b - - 3 27")

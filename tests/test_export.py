@@ -19,11 +19,11 @@ from lc0_reference import lc0_evaluate
 from positions import lc0_positions
 
 from leela_interp.errors import WeightsFormatError
-from leela_interp.lc0.export import network_to_proto, save_network
-from leela_interp.lc0.random_net import RandomNetSpec, random_net
-from leela_interp.lc0.weights import read_net
-from leela_interp.model.activations import Activation
-from leela_interp.model.loading import build_network, load_network
+from leela_interp.network.lc0.export import network_to_proto, save_network
+from leela_interp.network.lc0.random_net import RandomNetSpec, random_net
+from leela_interp.network.lc0.weights import read_net
+from leela_interp.network.loading import build_network, load_network
+from leela_interp.network.nonlinear import Activation
 
 DATA_NETS = Path(__file__).resolve().parents[1] / "data" / "nets"
 
@@ -105,7 +105,7 @@ def test_proto_fields():
     assert proto.weights.headcount == 4 and len(proto.weights.encoder) == 2
     # gates and smolgen_w in lc0's layout: [d_model][64] and [4096][gen]
     gate = net.embed.mult_gate.detach().T.reshape(-1).numpy()
-    from leela_interp.lc0.weights import decode_layer
+    from leela_interp.network.lc0.weights import decode_layer
     np.testing.assert_allclose(decode_layer(proto.weights.ip_mult_gate), gate,
                                atol=float(gate.max() - gate.min()) / 65535)
 

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from leela_interp import figures
+from leela_interp.outputs import figures
 from leela_interp.stages import probes as probes_stage
 from test_report import write_probes
 

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from leela_interp import puzzle_pipeline
-from leela_interp.oracle import OracleConfig, PuzzleVerdict
-from leela_interp.policy import NUM_MOVES, legal_moves_and_indices, policy_index
-from leela_interp.puzzle_pipeline import FilterConfig, NetSpec, PipelineConfig, build_puzzles
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.puzzles import COLUMNS, Puzzle
+from leela_interp.board.policy import NUM_MOVES, legal_moves_and_indices, policy_index
+from leela_interp.puzzles import pipeline as puzzle_pipeline
+from leela_interp.puzzles.lichess import COLUMNS, Puzzle
+from leela_interp.puzzles.oracle import OracleConfig, PuzzleVerdict
+from leela_interp.puzzles.pipeline import FilterConfig, NetSpec, PipelineConfig, build_puzzles
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 # (id, FEN, Moves): real Lichess puzzles (CC0, from ../shared/data/puzzles/lichess_sample.csv);
 # the PV is Moves[1:], its even plies the solver's.
@@ -144,7 +144,8 @@ def table_net(table: dict[str, dict[int, float]]) -> TableNet:
 
 
 class TableOracle:
-    """Stands in for :class:`~leela_interp.oracle.Oracle`: the verdicts of :data:`UNIQUE`."""
+    """Stands in for :class:`~leela_interp.puzzles.oracle.Oracle`: the verdicts of
+    :data:`UNIQUE`."""
 
     engine_name = "table oracle"
     checked: list[str] = []

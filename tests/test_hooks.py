@@ -11,7 +11,7 @@ import torch
 from positions import lc0_positions
 
 from leela_interp import UnknownHookError, load_network
-from leela_interp.lc0.random_net import write_random_net
+from leela_interp.network.lc0.random_net import write_random_net
 
 TRANSFORMER = dict(body="transformer", policy="attention", d_model=32, layers=3, heads=4,
                    d_ff=48, embedding="PE_DENSE", smolgen=True, default_activation="mish")
@@ -64,12 +64,31 @@ def test_hook_names_are_module_paths_with_shapes(net):
 
 
 def test_patching_every_hook_with_its_own_value_is_bit_identical(net, planes):
-    clean, cache = net.run_with_cache(planes)
+    _, cache = net.run_with_cache(planes)
     assert set(cache) == set(net.hook_names())
     for name in cache:
-        out = net.run_with_hooks(planes, fwd_hooks=[(name, lambda t, hook: cache[hook.name])])
-        for a, b in zip(_outputs(clean), _outputs(out)):
+        # Cached and patched with one hooked point, so both runs take the same attention path.
+        observed, own = net.run_with_cache(planes, names=name)
+        out = net.run_with_hooks(planes, fwd_hooks=[(name, lambda t, hook: own[hook.name])])
+        for a, b in zip(_outputs(observed), _outputs(out)):
             assert torch.equal(a, b), name
+
+
+def test_no_hooked_tensor_is_overwritten_later_in_the_forward(net, planes):
+    # The modules work in place on fresh tensors; a tensor a hook has seen must stay as it was,
+    # whether its point is hooked alone or with every other point.
+    seen = {}
+
+    def keep(t, hook):
+        seen[hook.name] = (t, t.clone())
+
+    for names in [None, *net.hook_dict]:
+        seen.clear()
+        with net.hooks([(names, keep)]):
+            net(planes)
+        assert seen
+        for name, (t, copy) in seen.items():
+            assert torch.equal(t, copy), (names, name)
 
 
 def test_start_at_layer_reproduces_the_full_forward(net, planes):

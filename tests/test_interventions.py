@@ -21,16 +21,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from leela_interp import interventions as iv
 from leela_interp import load_network
+from leela_interp.board.encoding import square_to_token, transform_for
+from leela_interp.board.policy import legal_moves_and_indices
 from leela_interp.cli import CONFIG_PATH
-from leela_interp.encoding import square_to_token, transform_for
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.policy import legal_moves_and_indices
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import is_complete, read_strings
+from leela_interp.experiments import interventions as iv
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.outputs.results import is_complete, read_strings, sha256_file
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 TRANSFORMER = dict(body="transformer", policy="attention", d_model=32, layers=3, heads=4,
                    d_ff=48, embedding="PE_DENSE", smolgen=True, default_activation="mish")
@@ -535,7 +534,7 @@ def test_log_odds_is_the_legal_softmax_log_odds():
     board = chess.Board()
     logits = torch.randn(1, 1858)
     move = chess.Move.from_uci("e2e4")
-    from leela_interp.policy import legal_mask, policy_index
+    from leela_interp.board.policy import legal_mask, policy_index
 
     got = iv.log_odds(logits, legal_mask([board]), torch.tensor([policy_index(board, move)]))
     assert float(got[0]) == pytest.approx(ref_log_odds(board, logits[0], move, 1), abs=1e-9)

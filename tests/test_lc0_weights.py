@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from leela_interp import WeightsFormatError, load_network
-from leela_interp.lc0.proto import Net
-from leela_interp.lc0.random_net import RandomNetSpec, random_net, write_random_net
-from leela_interp.lc0.weights import (decode_layer, encode_layer, net_format, read_net,
-                                      write_net)
+from leela_interp.network.lc0.proto import Net
+from leela_interp.network.lc0.random_net import RandomNetSpec, random_net, write_random_net
+from leela_interp.network.lc0.weights import (decode_layer, encode_layer, net_format, read_net,
+                                              write_net)
 
 
 @pytest.fixture()

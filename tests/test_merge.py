@@ -7,9 +7,9 @@ import pytest
 from test_puzzle_pipeline import OPEN, PERMISSIVE, config, nets, repeated, write_csv  # noqa: F401
 
 from leela_interp.errors import ConfigError
-from leela_interp.puzzle_pipeline import build_puzzles
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.shards import merge_puzzles
+from leela_interp.puzzles.pipeline import build_puzzles
+from leela_interp.puzzles.puzzle_set import PuzzleSet
+from leela_interp.puzzles.shards import merge_puzzles
 
 
 def _contents(path):

@@ -1,4 +1,4 @@
-"""ONNX in and out (leela_interp.onnx_io).
+"""ONNX in and out (leela_interp.network.onnx).
 
 * lc0's own ``leela2onnx`` exports of maia-1100/1900 (../shared/nets/onnx) load into the native
   module, which then matches lc0's engine on the matching .pb.gz over 500 positions with
@@ -27,10 +27,10 @@ from positions import lc0_positions
 
 from leela_interp import WeightsFormatError, load_network
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.onnx_io import (OnnxRuntimeNet, build_onnx_model, export_onnx, load_onnx,
-                                  read_onnx_net)
-from leela_interp.onnx_io.writer import _Style
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.network import load_onnx
+from leela_interp.network.onnx import OnnxRuntimeNet, build_onnx_model, export_onnx, read_onnx_net
+from leela_interp.network.onnx.writer import _Style
 
 TOL = 1e-4
 _T = dict(body="transformer", policy="attention")
@@ -105,7 +105,7 @@ def test_lc0_export_matches_lc0_engine(name, positions, lc0, caplog):
     onnx_path, pb_path = NETS / "onnx" / f"{name}.onnx", NETS / f"{name}.pb.gz"
     if not onnx_path.exists() or not pb_path.exists():
         pytest.skip(f"needs {onnx_path} and {pb_path} (../shared is absent)")
-    with caplog.at_level(logging.WARNING, logger="leela_interp.onnx_io"):
+    with caplog.at_level(logging.WARNING, logger="leela_interp.network.onnx"):
         net = load_network(onnx_path)
     assert "do not record the input format" in caplog.text  # no .pb.gz next to the .onnx
     c = net.config
@@ -302,7 +302,7 @@ def test_input_format_sources(variant_nets, tmp_path, caplog):
     del model.metadata_props[:]  # as lc0 writes it: no metadata
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
-    with caplog.at_level(logging.WARNING, logger="leela_interp.onnx_io"):
+    with caplog.at_level(logging.WARNING, logger="leela_interp.network.onnx"):
         assert load_onnx(bare).config.input_format == 1
     assert "assuming 1" in caplog.text and str(bare) in caplog.text
     assert load_onnx(bare, input_format=4).config.input_format == 4

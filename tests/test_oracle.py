@@ -1,5 +1,5 @@
-"""Tests of leela_interp.oracle against the real Stockfish binary (the ``stockfish`` fixture of
-conftest.py: the conf's ``puzzles.oracle.path`` or PATH; skipped with the reason when absent)."""
+"""Tests of leela_interp.puzzles.oracle against the real Stockfish binary (the ``stockfish`` fixture
+of conftest.py: the conf's ``puzzles.oracle.path`` or PATH; skipped with the reason when absent)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ import chess
 import pytest
 
 from leela_interp.errors import ConfigError
-from leela_interp.oracle import (
-    MATE_CP,
-    MATE_THRESHOLD_CP,
-    Analysis,
-    Oracle,
-    OracleConfig,
-    PuzzleVerdict,
-    StockfishNotFoundError,
-)
-from leela_interp.puzzles import Puzzle
+from leela_interp.puzzles.lichess import Puzzle
+from leela_interp.puzzles.oracle import (MATE_CP, MATE_THRESHOLD_CP, Analysis, Oracle, OracleConfig,
+                                         PuzzleVerdict, StockfishNotFoundError, )
 
 DEPTH = 8  # low, to keep the tests fast; results are still deterministic
 

@@ -14,15 +14,19 @@ import h5py
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf.errors import InterpolationResolutionError
 
 from tiny_run import compose_config, write_inputs
 
-from leela_interp.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.lc0.weights import sha256_file
+from leela_interp import cli
+from leela_interp.board.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
+from leela_interp.cli import CONFIG_PATH
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.outputs.results import sha256_file
 from leela_interp.stages import PIPELINE, run_stages
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(CONFIG_PATH)
+CHECKOUT = Path(__file__).resolve().parents[1]
 # Real Lichess rows (CC0), repeated under new ids.
 ROWS = [
     "r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24,f2g3 e6e7 b2b1 b3c1 b1c1 h6c1",
@@ -163,11 +167,9 @@ def test_defaults_run_the_pipeline_on_the_shipped_nets_and_puzzles():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config")
         paper = compose("config", overrides=["puzzles=paper"])
-    root = CONF.parent
     assert cfg.stage == "all"
     for path in (cfg.model.path, cfg.puzzles.source, cfg.puzzles.weak_model.path):
-        assert (root / path).is_file(), path
-    assert cfg.puzzles.source.startswith("data/") and cfg.model.path.startswith("data/")
+        assert Path(path).is_file() and Path(path).is_relative_to(CHECKOUT / "data"), path
     # puzzles=paper restores the paper's thresholds and asks for a source
     assert paper.puzzles.filters.hard_max_weak_prob == 0.05
     assert paper.puzzles.filters.correct_min_strong_prob == 0.5
@@ -177,9 +179,26 @@ def test_defaults_run_the_pipeline_on_the_shipped_nets_and_puzzles():
         str(paper.puzzles.source)
 
 
+def test_data_defaults_follow_data_dir_or_name_the_key_to_pass(tmp_path, monkeypatch):
+    """The defaults in data/ come from ``data_dir`` when set; with neither it nor a checkout
+    data/ (an installed wheel) reading one stops with a ConfigError (OmegaConf wraps what a
+    resolver raises) naming the key to pass."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"data_dir={tmp_path}"])
+        bare = compose("config", overrides=["model.path=given.pb.gz"])
+    assert cfg.model.path == str(tmp_path / "nets" / "strong-bt-64x4.pb.gz")
+    assert cfg.puzzles.weak_model.path == str(tmp_path / "nets" / "weak-bt-32x2.pb.gz")
+    monkeypatch.setattr(cli, "CHECKOUT_DATA", None)
+    assert bare.model.path == "given.pb.gz"
+    message = (r"ConfigError.*puzzles\.source defaults to data/puzzles/mined\.csv.*"
+               r"pass puzzles\.source=FILE, or data_dir=FOLDER")
+    with pytest.raises(InterpolationResolutionError, match=message):
+        str(bare.puzzles.source)
+
+
 def leela_interp(cwd: Path, *args: str) -> None:
     """Run the ``leela-interp`` command (this checkout's package) in ``cwd``."""
-    env = {**os.environ, "PYTHONPATH": str(CONF.parent)}
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}
     subprocess.run([sys.executable, "-m", "leela_interp.cli", *args], cwd=cwd, env=env,
                    check=True, capture_output=True, timeout=300)
 

@@ -29,12 +29,12 @@ from lc0_reference import PUZZLES, lc0_game_state
 from positions import endgames as make_endgames
 from positions import lc0_positions
 
-from leela_interp.encoding import encode, transform_for
+from leela_interp.board.encoding import encode, transform_for
+from leela_interp.board.policy import (ATTENTION_POLICY_MAP, CONV_POLICY_MAP, NUM_MOVES,
+                                       POLICY_MOVES, MoveNotInPolicyError, legal_mask,
+                                       legal_moves_and_indices, policy_index, policy_move)
 from leela_interp.errors import LeelaInterpError
-from leela_interp.lc0.random_net import RandomNetSpec, random_net
-from leela_interp.policy import (
-    ATTENTION_POLICY_MAP, CONV_POLICY_MAP, NUM_MOVES, POLICY_MOVES, MoveNotInPolicyError, legal_mask,
-    legal_moves_and_indices, policy_index, policy_move)
+from leela_interp.network.lc0.random_net import RandomNetSpec, random_net
 
 
 # --------------------------------------------------------------------------- positions
@@ -247,7 +247,7 @@ def test_maps_cover_every_index_once():
 
 def _layer(values):
     """A LINEAR16 layer of ``values`` and the float32 values lc0 decodes from it."""
-    from leela_interp.lc0.proto import Layer
+    from leela_interp.network.lc0.proto import Layer
 
     v = np.asarray(values, dtype=np.float64).ravel()
     lo, hi = float(v.min()), float(v.max())

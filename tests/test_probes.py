@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from leela_interp import probes as P
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import net_format, read_net, sha256_file
-from leela_interp.results import write_strings
+from leela_interp.experiments import probes as P
+from leela_interp.network.lc0.weights import net_format, read_net
+from leela_interp.outputs.results import sha256_file, write_strings
 
 PAPER_TARGETS = [
     {"name": "target", "ply": 2, "square": "to", "condition": {"ply": 0, "square": "to"}},
@@ -282,7 +282,7 @@ def test_random_twin_has_the_real_architecture(tmp_path, shared_dir):
      "value": "classical"},
 ])
 def test_random_twin_of_project_nets(tmp_path, spec):
-    from leela_interp.lc0.random_net import write_random_net
+    from leela_interp.network.lc0.random_net import write_random_net
 
     real = write_random_net(tmp_path / "real.pb.gz", seed=5, **spec)
     twin = P.write_random_twin(real, tmp_path / "twin.pb.gz", seed=0)
@@ -294,7 +294,7 @@ def test_random_twin_of_project_nets(tmp_path, spec):
 
 
 def _write_puzzles(path: Path) -> None:
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
 
     ids, fens, moves = zip(*PUZZLES)
     moves = [m.split() for m in moves]
@@ -314,8 +314,8 @@ def run_folder(tmp_path):
     """A run folder with puzzles.h5 (20 real puzzles) and an activations.h5 computed here with
     ``net.run_with_cache`` on a small random CNN, in the contract layout (reversed row order)."""
     from leela_interp import load_network
-    from leela_interp.lc0.random_net import write_random_net
-    from leela_interp.puzzle_set import PuzzleSet
+    from leela_interp.network.lc0.random_net import write_random_net
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
 
     out = tmp_path / "run"
     out.mkdir()
@@ -394,8 +394,8 @@ def test_stage_stores_what_the_library_computes_on_the_same_splits(run_folder):
     and seed, recomputed here from puzzles.h5 and activations.h5; accuracy = n_correct/n_test."""
     from omegaconf import OmegaConf
 
-    from leela_interp.puzzle_set import PuzzleSet
-    from leela_interp.results import read_strings
+    from leela_interp.outputs.results import read_strings
+    from leela_interp.puzzles.puzzle_set import PuzzleSet
     from leela_interp.stages import run_stages
 
     out, net_path = run_folder
@@ -475,7 +475,7 @@ def test_stage_resumes_and_checks_inputs(run_folder, monkeypatch):
     with pytest.raises(ConfigError, match="not in"):
         stage.run(_compose(out, net_path, "probes.layers=[7]"))
     other = out.parent / "other.pb.gz"
-    from leela_interp.lc0.random_net import write_random_net
+    from leela_interp.network.lc0.random_net import write_random_net
 
     write_random_net(other, seed=9, channels=8, blocks=3, se_channels=2)
     with pytest.raises(ConfigError, match="rerun the activations stage"):

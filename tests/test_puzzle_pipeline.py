@@ -1,4 +1,4 @@
-"""Tests of the puzzles stage (leela_interp.puzzle_pipeline, leela_interp.stages.puzzles).
+"""Tests of the puzzles stage (leela_interp.puzzles.pipeline, leela_interp.stages.puzzles).
 
 Networks are small seeded random CNNs (near-uniform policies, so the filter thresholds are set
 for them); Stockfish runs at a low depth and is skipped with a reason when absent.
@@ -21,32 +21,20 @@ import zstandard
 from engines import STOCKFISH
 
 from leela_interp import load_network
-from leela_interp.corruptions import (
-    SelectionThresholds,
-    corruption_candidates,
-    score_candidates,
-    select_corruption,
-)
+from leela_interp.board.encoding import square_to_token, transform_for
+from leela_interp.board.policy import NUM_MOVES, policy_index
 from leela_interp.errors import ConfigError
-from leela_interp.encoding import square_to_token, transform_for
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.oracle import MATE_CP, OracleConfig, StockfishNotFoundError
-from leela_interp.policy import NUM_MOVES, policy_index
-from leela_interp.puzzle_pipeline import (
-    COLUMNS,
-    FUNNEL,
-    FilterConfig,
-    NetSpec,
-    PipelineConfig,
-    build_puzzles,
-    choose_corruptions,
-    evaluate_moves,
-    load_net,
-)
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.puzzles import COLUMNS as CSV_COLUMNS
-from leela_interp.puzzles import Puzzle, read_puzzles
-from leela_interp.results import partial_path
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.outputs.results import partial_path
+from leela_interp.puzzles.corruptions import (SelectionThresholds, corruption_candidates,
+                                              score_candidates, select_corruption, )
+from leela_interp.puzzles.lichess import COLUMNS as CSV_COLUMNS
+from leela_interp.puzzles.lichess import Puzzle, read_puzzles
+from leela_interp.puzzles.oracle import MATE_CP, OracleConfig, StockfishNotFoundError
+from leela_interp.puzzles.pipeline import (COLUMNS, FUNNEL, FilterConfig, NetSpec, PipelineConfig,
+                                           build_puzzles, choose_corruptions, evaluate_moves,
+                                           load_net, )
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 DEPTH = 6
 HEADER = ",".join(CSV_COLUMNS)
@@ -280,7 +268,7 @@ def test_batched_corruption_choice_equals_per_puzzle_selection(nets, thresholds,
 
 def test_onnxruntime_backend_gives_the_torch_numbers(nets):
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("leela_interp.onnx_io")
+    pytest.importorskip("leela_interp.network.onnx")
     puzzles = parse(GOOD)
     boards = [b for p in puzzles for b in p.boards()]
     moves = [m for p in puzzles for m in p.pv_moves]
@@ -302,7 +290,7 @@ def test_bad_rows_and_a_truncated_zst_are_counted_and_good_rows_kept(tmp_path, n
     frame2 = compressor.compress(("\n".join(repeated(40)) + "\n").encode())
     path = tmp_path / "damaged.csv.zst"
     path.write_bytes(frame1 + frame2[: len(frame2) // 2])
-    with caplog.at_level("INFO", logger="leela_interp.puzzle_pipeline"):
+    with caplog.at_level("INFO"):
         summary = build_puzzles(config(path, nets, filters=OPEN), tmp_path / "run" / "puzzles.h5")
     assert f"{summary.path}: {summary.rows} puzzles kept;" in caplog.text
     with h5py.File(summary.path, "r") as f:
@@ -386,7 +374,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, nets, orac
 
 def test_a_run_killed_between_rows_and_progress_is_cut_back(tmp_path, nets, monkeypatch):
     # Rows of chunk 2 are appended, then the run dies before its progress is saved.
-    from leela_interp import puzzle_pipeline
+    from leela_interp.puzzles import pipeline as puzzle_pipeline
 
     source = write_csv(tmp_path / "p.csv", repeated(20))
     cfg = config(source, nets, chunk_size=4)

@@ -1,4 +1,5 @@
-"""Tests of leela_interp.puzzles: the Puzzle type and the streaming, validating CSV reader."""
+"""Tests of leela_interp.puzzles.lichess: the Puzzle type and the streaming, validating CSV
+reader."""
 
 from __future__ import annotations
 
@@ -8,16 +9,10 @@ import chess
 import pytest
 import zstandard
 
-from leela_interp import puzzles as puzzles_module
 from leela_interp.errors import ConfigError
-from leela_interp.puzzles import (
-    COLUMNS,
-    Puzzle,
-    PuzzleReader,
-    ReadCounts,
-    read_puzzles,
-    write_puzzles,
-)
+from leela_interp.puzzles import lichess as puzzles_module
+from leela_interp.puzzles.lichess import (COLUMNS, Puzzle, PuzzleReader, ReadCounts, read_puzzles,
+                                          write_puzzles, )
 
 SAMPLE_CSV = (
     Path(__file__).resolve().parents[1].parent

@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from leela_interp.report import CSP, Table, data_uri, gallery_puzzles, html_page, write_report
-from leela_interp.results import label_axes, open_partial, read_strings, write_strings
+from leela_interp.outputs.report import CSP, Table, data_uri, gallery_puzzles, html_page, write_report
+from leela_interp.outputs.results import label_axes, open_partial, read_strings, write_strings
 
 COLUMNS = ["first_target", "third_target", "later_targets", "corrupted", "other",
            "follow_up_targets"]
@@ -135,7 +135,7 @@ def test_report_html_has_the_same_tables_and_figures_inline_and_no_script(tmp_pa
 
 
 def test_html_page_renders_headings_lists_code_and_panels():
-    from leela_interp.views import Panel
+    from leela_interp.outputs.views import Panel
 
     page = html_page(["# Title `x`", "## Title x", "", "- a **b**", "- c", "text <b>", "",
                       "```json", '{"k": "<v>"}', "```", Table(["h"], [["1"]]),

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from leela_interp.errors import ConfigError
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import (is_complete, label_axes, open_partial, partial_path,
-                                  read_strings, write_strings)
+from leela_interp.outputs.results import (is_complete, label_axes, open_partial, partial_path,
+                                          read_strings, write_strings)
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 
 def test_partial_file_becomes_complete_only_on_success(tmp_path):
@@ -84,7 +84,7 @@ def test_result_files_record_the_command_and_git_commit(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from leela_interp import results
+    from leela_interp.outputs import results
 
     monkeypatch.setattr(sys, "argv", ["leela-interp", "stage=patching", "out_dir=runs/a b"])
     with open_partial(tmp_path / "x.h5", schema="t/1", config={"a": 1}):
@@ -92,7 +92,7 @@ def test_result_files_record_the_command_and_git_commit(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "x.h5") as f:
         assert f.attrs["command"] == "leela-interp stage=patching 'out_dir=runs/a b'"
         commit = f.attrs["git_commit"]
-    repo = Path(results.__file__).resolve().parents[1]
+    repo = Path(results.__file__).resolve().parents[2]
     if shutil.which("git") is None or not (repo / ".git").exists():
         assert commit == "unknown"
         return

@@ -20,8 +20,8 @@ import pytest
 
 from tiny_run import ABLATIONS_MAX, METHODS, N_PUZZLES, PATCHING_MAX
 
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import read_strings
+from leela_interp.outputs.results import read_strings
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 CATEGORIES = ("first_target", "third_target", "later_targets", "corrupted", "other",
               "follow_up_targets")

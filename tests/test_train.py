@@ -16,7 +16,7 @@ import pytest
 
 from engines import STOCKFISH, needs_stockfish
 
-from leela_interp.model.loading import load_network
+from leela_interp.network.loading import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = needs_stockfish

@@ -11,11 +11,11 @@ import pytest
 import torch
 from test_board_figures import boards, classes, square_fills
 
-from leela_interp import board_figures as bf
-from leela_interp import views
-from leela_interp.encoding import square_to_token, transform_for
+from leela_interp.board.encoding import square_to_token, transform_for
 from leela_interp.errors import ConfigError
-from leela_interp.results import read_strings
+from leela_interp.outputs import board_figures as bf
+from leela_interp.outputs import views
+from leela_interp.outputs.results import read_strings
 
 
 def puzzles(run) -> dict:

@@ -16,10 +16,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from leela_interp.lc0.random_net import write_random_net
-from leela_interp.puzzles import COLUMNS
+from leela_interp.cli import CONFIG_PATH
+from leela_interp.network.lc0.random_net import write_random_net
+from leela_interp.puzzles.lichess import COLUMNS
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(CONFIG_PATH)
 # Real Lichess rows (CC0, ../shared/data/puzzles/lichess_sample.csv): FEN, Moves.
 ROWS = [
     "r6k/pp2r2p/4Rp1Q/3p4/8/1N1P2R1/PqP2bPP/7K b - - 0 24,f2g3 e6e7 b2b1 b3c1 b1c1 h6c1",
@@ -69,13 +70,13 @@ def write_inputs(root: Path, rows: list[str], n: int) -> tuple[Path, Path, Path]
     return csv, strong, weak
 
 
-def compose_config(inputs: tuple[Path, Path, Path], out_dir: Path, *extra: str) -> DictConfig:
-    """The config of ``stage=all`` on :func:`write_inputs`' files, with every puzzle filter
-    relaxed so that random nets keep the puzzles, the cheapest probes and ablations, no figures,
-    and every puzzle with a corruption analysed (a random net rarely ranks PV[0] first);
-    ``extra`` overrides come last."""
+def overrides(inputs: tuple[Path, Path, Path], out_dir: Path, *extra: str) -> list[str]:
+    """The command-line overrides of ``stage=all`` on :func:`write_inputs`' files, with every
+    puzzle filter relaxed so that random nets keep the puzzles, the cheapest probes and
+    ablations, no figures, and every puzzle with a corruption analysed (a random net rarely ranks
+    PV[0] first); ``extra`` overrides come last."""
     csv, strong, weak = inputs
-    overrides = [
+    return [
         "stage=all", f"out_dir={out_dir}", f"model.path={strong}", "threads=1",
         f"puzzles.source={csv}", f"puzzles.weak_model.path={weak}",
         "puzzles.oracle.enabled=false", "puzzles.filters.hard_max_weak_prob=0.5",
@@ -86,8 +87,12 @@ def compose_config(inputs: tuple[Path, Path, Path], out_dir: Path, *extra: str) 
         "probes.splits=[all]", "probes.bilinear.epochs=1", "patching.figures=false",
         "ablations.figures=false", "patching.require_pv0_top=false",
         "ablations.require_pv0_top=false", *extra]
+
+
+def compose_config(inputs: tuple[Path, Path, Path], out_dir: Path, *extra: str) -> DictConfig:
+    """The config of :func:`overrides`."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides(inputs, out_dir, *extra))
 
 
 def make_run(root: Path) -> Path:

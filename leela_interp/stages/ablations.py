@@ -21,17 +21,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from leela_interp import interventions as iv
-from leela_interp.encoding import TOKEN_NUMBERING
+from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import STR, is_complete, label_axes, open_partial, write_strings
+from leela_interp.experiments import interventions as iv
+from leela_interp.outputs.results import (STR, is_complete, label_axes, open_partial, sha256_file,
+                                         write_strings)
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 from leela_interp.stages.patching import (chunks, considered, effect_attrs, float_dataset,
-                                          load_model, put, puzzles_input, screen,
-                                          selection_steps, stage_config, subset_masks,
-                                          write_common, write_funnel, write_summary)
+                                          load_model, put, puzzles_input, screen, selection_steps,
+                                          stage_config, subset_masks, write_common, write_funnel,
+                                          write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def edge_head(cfg: DictConfig, net, patching_path: Path) -> tuple[int, int, dict
 
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/ablations.h5`` (or skip it when up to date) and its figures."""
-    from leela_interp import figures
+    from leela_interp.outputs import figures
 
     ac = cfg.ablations
     methods = _methods(ac.method)

@@ -1,8 +1,8 @@
 """``stage=activations``: cache the chosen hooks' activations of the run's puzzle set.
 
 Reads ``<out_dir>/puzzles.h5`` and writes ``<out_dir>/activations.h5`` with
-:func:`leela_interp.activations.cache_activations` (layout: ``docs/activations.md``). Skips
-when the file is complete for the same network, puzzle set and ``activations`` config; resumes
+:func:`leela_interp.experiments.activations.cache_activations` (layout: ``docs/activations.md``).
+Skips when the file is complete for the same network, puzzle set and ``activations`` config; resumes
 an interrupted run; refuses a cache made with another network or puzzle set unless
 ``force=true``.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from leela_interp.activations import cache_activations, cache_config, check_cache
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.model import load_network
-from leela_interp.puzzle_set import PuzzleSet
+from leela_interp.experiments.activations import cache_activations, cache_config, check_cache
+from leela_interp.network import load_network
+from leela_interp.outputs.results import sha256_file
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import h5py
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError
-from leela_interp.results import config_hash, is_complete
+from leela_interp.outputs.results import config_hash, is_complete
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from leela_interp.model import load_network
+from leela_interp.network import load_network
 
 
 def run(cfg: DictConfig) -> dict[str, object]:

@@ -5,8 +5,8 @@ group attributes, then every dataset with its shape, dtype, chunks, compression,
 attributes and, for numeric data, count / NaN count / mean / std / min / max. Statistics are
 computed in a streaming way (blocks of about 64 MiB along the first axis, float64 accumulators,
 Chan's pairwise update), so a 70 GB cache is inspected in flat memory. ``+stats=false`` skips
-them (structure only, instant). ``++path=`` works whether or not ``conf/config.yaml`` declares
-``path``.
+them (structure only, instant). ``++path=`` works whether or not
+``leela_interp/conf/config.yaml`` declares ``path``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from leela_interp.shards import merge_puzzles
+from leela_interp.puzzles.shards import merge_puzzles
 from leela_interp.stages.common import run_dir
 
 

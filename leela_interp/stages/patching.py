@@ -1,8 +1,8 @@
 """``stage=patching``: activation patching from the corrupted board (residual stream and heads).
 
 Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/patching.h5`` and PNG figures under
-``<out_dir>/figures/``. The work is :mod:`leela_interp.interventions`; the file layout, sign
-convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
+``<out_dir>/figures/``. The work is :mod:`leela_interp.experiments.interventions`; the file layout,
+sign convention and square categories are in ``docs/interventions.md``. Resumable by chunks of
 puzzles; skipped when complete for the same network, puzzle set and ``patching`` config;
 ``force=true`` redoes it.
 """
@@ -18,13 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from leela_interp import interventions as iv
-from leela_interp.encoding import TOKEN_NUMBERING
+from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import sha256_file
-from leela_interp.model import load_network
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import STR, label_axes, open_partial, write_strings
+from leela_interp.experiments import attribution
+from leela_interp.experiments import interventions as iv
+from leela_interp.network import load_network
+from leela_interp.outputs.results import STR, label_axes, open_partial, sha256_file, write_strings
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,11 @@ OVERLAP_MEANING = {
     "third_only": "corrupted squares touch the 1st or 3rd move's target, or those two targets "
                   "coincide: left out of the category means"}
 """The ``overlap`` dataset's ``meaning`` under each of :data:`iv.OVERLAP_RULES`."""
+METHOD_MEANING = {
+    "exact": "every effect from its own patched forward pass",
+    "attribution": "every effect estimated to first order, -(corrupted - clean) . "
+                   "d log-odds / d activation (leela_interp.experiments.attribution)"}
+"""The root attribute ``method_meaning`` under each ``patching.method``."""
 
 
 # --------------------------------------------------------------------------- shared stage glue
@@ -230,7 +235,7 @@ def considered(n: int, max_puzzles) -> int:
 
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
-    from leela_interp import figures
+    from leela_interp.outputs import figures
 
     pc = cfg.patching
     sites = list(pc.sites) if OmegaConf.is_list(pc.sites) else [pc.sites]
@@ -238,6 +243,9 @@ def run(cfg: DictConfig) -> Path:
         if site not in iv.RESIDUAL_SITES:
             raise ConfigError(f"patching.sites: unknown site {site!r}; choose from "
                               f"{list(iv.RESIDUAL_SITES)}")
+    if pc.method not in attribution.METHODS:
+        raise ConfigError(f"patching.method={pc.method!r}; choose from "
+                          f"{list(attribution.METHODS)}")
     if pc.overlap_rule not in iv.OVERLAP_RULES:
         raise ConfigError(f"patching.overlap_rule={pc.overlap_rule!r}; choose from "
                           f"{list(iv.OVERLAP_RULES)}")
@@ -275,7 +283,9 @@ def run(cfg: DictConfig) -> Path:
     with open_partial(path, schema=SCHEMA, config=config, resume=not cfg.force) as f:
         if "done" not in f:
             write_common(f, net, puzzles, {**net_attrs, "overlap_rule": pc.overlap_rule,
-                                           "require_pv0_top": require_top})
+                                           "require_pv0_top": require_top,
+                                           "method": pc.method,
+                                           "method_meaning": METHOD_MEANING[pc.method]})
             f.attrs["heads"] = ("head patching of every (layer, head)'s hook_z" if heads else
                                 f"not run: the network has no attention heads "
                                 f"({net.config.body} body)" if not has_heads else
@@ -324,13 +334,16 @@ def run(cfg: DictConfig) -> Path:
                 put(f["corrupted_log_odds"], s, e, rows, prep.corrupted_log_odds)
                 put(f["corruption_effect"], s, e, rows,
                     prep.clean_log_odds - prep.corrupted_log_odds)
+                est = (attribution.attribution_patching(prep, sites=sites, heads=heads)
+                       if pc.method == "attribution" else None)
                 for site in sites:
-                    eff = iv.residual_patching(prep, site=site, skip_identical=pc.skip_identical)
+                    eff = est.residual[site] if est else iv.residual_patching(
+                        prep, site=site, skip_identical=pc.skip_identical)
                     put(f[f"residual/{site}/effect"], s, e, rows, eff)
                     put(f[f"residual/{site}/category_max"], s, e, rows,
                         iv.category_max(eff, prep.categories))
                 if heads:
-                    put(f["heads/effect"], s, e, rows,
+                    put(f["heads/effect"], s, e, rows, est.heads if est else
                         iv.head_patching(prep, skip_identical=pc.skip_identical))
             f["done"][s:e] = True
             f.flush()

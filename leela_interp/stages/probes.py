@@ -28,12 +28,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from leela_interp import probes as P
-from leela_interp.encoding import TOKEN_NUMBERING
+from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.lc0.weights import net_format, read_net, sha256_file
-from leela_interp.puzzle_set import PuzzleSet
-from leela_interp.results import label_axes, open_partial, read_strings, write_strings
+from leela_interp.experiments import probes as P
+from leela_interp.network.lc0.weights import net_format, read_net
+from leela_interp.outputs.results import (label_axes, open_partial, read_strings, sha256_file,
+                                         write_strings)
+from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ def _layout(f: h5py.File, *, nets, splits, probes, targets, layers, seeds, basel
 
 def _twin_activations(cfg: DictConfig, out: Path, hooks: list[str], dtype: str) -> Path:
     """Write the random twin of ``model.path`` and cache its activations (skipped when current)."""
-    from leela_interp.activations import cache_activations
-    from leela_interp.model import load_network
+    from leela_interp.experiments.activations import cache_activations
+    from leela_interp.network import load_network
 
     twin = P.write_random_twin(cfg.model.path, out / TWIN_NET, seed=int(cfg.probes.random_twin.seed))
     path = out / TWIN_ACTIVATIONS
@@ -364,8 +365,8 @@ def plot(path: str | Path, png: str | Path) -> Path:
     test-set size per seed; solid lines the model, dashed its random twin, shaded bands the
     2-sigma error bars, dotted horizontal lines the no-activation baselines; a panel without any
     test puzzle says "no data". Written as PNG, SVG and PDF (``figures.save_figure``)."""
-    # (leela_interp.figures selects matplotlib's Agg backend)
-    from leela_interp.figures import n_range, no_data, save_figure
+    # (leela_interp.outputs.figures selects matplotlib's Agg backend)
+    from leela_interp.outputs.figures import n_range, no_data, save_figure
 
     import matplotlib.pyplot as plt  # noqa: E402
 

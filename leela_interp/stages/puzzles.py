@@ -1,8 +1,8 @@
 """``stage=puzzles``: Lichess puzzles -> ``puzzles.h5`` in the run folder.
 
-The work is :func:`leela_interp.puzzle_pipeline.build_puzzles`; this module only reads the
+The work is :func:`leela_interp.puzzles.pipeline.build_puzzles`; this module only reads the
 config (``model`` = the strong net, ``puzzles`` = everything else, see
-``conf/puzzles/paper.yaml``) and names the output. Output layout: ``docs/puzzles.md``.
+``leela_interp/conf/puzzles/paper.yaml``) and names the output. Output layout: ``docs/puzzles.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from leela_interp.puzzle_pipeline import BuildSummary, PipelineConfig, build_puzzles
+from leela_interp.puzzles.pipeline import BuildSummary, PipelineConfig, build_puzzles
 from leela_interp.stages.common import run_dir, section
 
 #: The stage's output, in the run folder.

@@ -8,7 +8,7 @@ import logging
 from omegaconf import DictConfig
 
 from leela_interp.errors import ConfigError
-from leela_interp.report import write_report
+from leela_interp.outputs.report import write_report
 from leela_interp.stages.common import run_dir
 
 log = logging.getLogger(__name__)

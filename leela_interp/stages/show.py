@@ -1,7 +1,7 @@
 """``stage=show puzzle_id=ID``: one puzzle's drill-down, as the report's gallery shows it.
 
 Writes ``<out_dir>/show/<ID>.html`` (self-contained, like ``report.html``) and each picture of
-:func:`leela_interp.views.drilldown` as ``<out_dir>/show/<ID>/<name>.svg``, ``.png`` and
+:func:`leela_interp.outputs.views.drilldown` as ``<out_dir>/show/<ID>/<name>.svg``, ``.png`` and
 ``.pdf`` (``name``: ``card``, ``strip``, ``attention``; a picture that cannot be drawn, e.g.
 attention on a net without heads, is left out and its reason is in the page). The attention
 row needs the network: ``model.path`` when it is the one ``patching.h5`` was computed with,
@@ -15,10 +15,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from leela_interp import board_figures as bf
-from leela_interp import views
 from leela_interp.errors import ConfigError
-from leela_interp.report import html_page
+from leela_interp.outputs import board_figures as bf
+from leela_interp.outputs import views
+from leela_interp.outputs.report import html_page
 from leela_interp.stages.common import run_dir
 
 log = logging.getLogger(__name__)

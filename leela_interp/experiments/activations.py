@@ -1,0 +1,537 @@
+"""Activation caches: chosen hook activations of a puzzle set, streamed to ``activations.h5``.
+
+:func:`cache_activations` runs the network over the puzzle set batch by batch and writes each
+batch straight to disk, so memory stays flat in the number of puzzles. Work happens in
+``activations.h5.partial`` (see :mod:`leela_interp.outputs.results`): after every batch the file
+records how many rows are complete (root attribute ``rows_done``), a rerun continues after the last
+complete batch, and only a finished file is renamed to ``activations.h5``.
+
+File layout (schema ``leela_interp.activations/1``)::
+
+    /                       attrs: schema, config (JSON), config_hash, network_sha256,
+                                   puzzles_sha256, complete, rows_done, hooks (JSON list),
+                                   boards (JSON list), network_path, leela_interp_version
+    /puzzle_ids             [N] UTF-8 Lichess puzzle ids (row i = puzzle i of the puzzle set)
+    /clean/<hook name>      [N, *hook shape], e.g. clean/blocks.3.hook_resid_post [N, 64, d_model]
+    /corrupted/<hook name>  same; rows of puzzles without a corrupted board are NaN
+    /corrupted/valid        [N] bool: which corrupted rows are real
+
+Every activation dataset labels its axes (``puzzle``, ``square``, ``d_model``, ``head``,
+``query``, ``key``, ...) and carries ``pov = "side_to_move"`` and ``square_order = "rank*8+file
+in the side-to-move frame"``: token ``t`` is ``rank * 8 + file`` seen from the side to move, as
+everywhere in this package (``leela_interp.board.encoding.square_to_token`` converts). A dataset
+with a ``square``, ``query`` or ``key`` axis also carries ``numbering =
+leela_interp.board.encoding.TOKEN_NUMBERING``. Each board is encoded in its own frame: a corrupted
+board's tokens are the clean board's squares whenever both have the same side to move and
+canonical transform (the puzzles patching uses; the others are ``ok = false`` there).
+
+Read one hook for some puzzles with :func:`load_activation`, stream it with
+:func:`iter_activation`, or open the file once with :class:`ActivationFile`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from leela_interp.board.encoding import TOKEN_NUMBERING
+from leela_interp.errors import ConfigError, LeelaInterpError
+from leela_interp.outputs.results import (config_hash, label_axes, open_partial, partial_path,
+                                          read_strings, sha256_file, write_strings)
+from leela_interp.puzzles.puzzle_set import PuzzleSet
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "leela_interp.activations/1"
+#: Point of view of every cached value.
+POV = "side_to_move"
+#: Token order of every ``square`` / ``query`` / ``key`` axis.
+SQUARE_ORDER = "rank*8+file in the side-to-move frame"
+#: Axes indexed by tokens; a dataset with one carries ``numbering = TOKEN_NUMBERING``.
+SQUARE_AXES = frozenset({"square", "query", "key"})
+#: ``boards`` choices and the groups each one writes.
+BOARDS = {"clean": ("clean",), "corrupted": ("corrupted",), "both": ("clean", "corrupted")}
+#: ``dtype`` choices.
+DTYPES = {"float32": np.float32, "float16": np.float16}
+#: ``compression`` choices (``none`` = no filter). gzip and lzf also use the shuffle filter.
+COMPRESSIONS = ("none", "lzf", "gzip")
+#: Target size of one HDF5 chunk: ``chunk_rows`` whole puzzles of one hook.
+CHUNK_BYTES = 4 << 20
+
+
+class ActivationCacheMismatchError(LeelaInterpError, ValueError):
+    """An activation cache was made with another network or puzzle set than the one in use."""
+
+
+# --- axis names ------------------------------------------------------------------------------
+
+_ATTENTION_MAPS = ("hook_pattern", "hook_scores", "hook_smolgen")
+_PER_HEAD = ("hook_q", "hook_k", "hook_v", "hook_z")
+
+
+def axis_names(hook: str, shape: Sequence[int]) -> tuple[str, ...]:
+    """Axis labels of one hook's activation for one board (no leading ``puzzle`` axis).
+
+    >>> axis_names("blocks.3.hook_resid_post", (64, 768))
+    ('square', 'd_model')
+    >>> axis_names("blocks.3.attn.hook_pattern", (24, 64, 64))
+    ('head', 'query', 'key')
+    """
+    leaf = hook.rsplit(".", 1)[-1]
+    shape = tuple(shape)
+    if len(shape) == 3 and leaf in _ATTENTION_MAPS:
+        return ("head", "query", "key")
+    if len(shape) == 3 and leaf in _PER_HEAD:
+        return ("head", "square", "d_head")
+    if len(shape) == 2 and shape[0] == 64:
+        if leaf == "hook_scores":  # policy_head.hook_scores: from-square x to-square
+            return ("query", "key")
+        if hook.endswith("mlp.hook_post") or hook.endswith("ffn.hook_post"):
+            return ("square", "d_mlp")
+        return ("square", "d_model")
+    if len(shape) == 1:
+        if hook.startswith("policy_head") and leaf == "hook_logits":
+            return ("move",)
+        if hook.startswith("value_head") and leaf == "hook_logits":
+            return ("wdl",) if shape[0] == 3 else ("value",)
+        if hook.startswith("mlh_head") and leaf == "hook_logits":
+            return ("moves_left",)
+        if ".se." in hook:
+            return ("d_model",)
+    return tuple(f"dim_{i}" for i in range(len(shape)))
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def puzzle_set_sha256(puzzles: PuzzleSet) -> str:
+    """sha256 of a puzzle set's content (ids, FENs, moves, corrupted FENs), for in-memory sets."""
+    digest = hashlib.sha256()
+    for row in zip(puzzles.ids, puzzles.fens, puzzles.moves, puzzles.corrupted_fens):
+        digest.update(json.dumps([row[0], row[1], list(row[2]), row[3]]).encode())
+    return digest.hexdigest()
+
+
+def cache_config(*, hooks: str | Sequence[str], boards: str, dtype: str, compression: str,
+                 model: Mapping | None = None) -> dict:
+    """The config an activation cache records and hashes (decides skipping and resuming).
+
+    ``batch_size`` is left out on purpose: it does not change the values, so a resume may use
+    another one. ``model`` holds what changes values besides the weights (dtype, head choice);
+    the weights themselves are identified by ``network_sha256``.
+    """
+    hooks = [hooks] if isinstance(hooks, str) else [str(h) for h in hooks]
+    if boards not in BOARDS:
+        raise ConfigError(f"activations.boards={boards!r}; choose one of {list(BOARDS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"activations.dtype={dtype!r}; choose one of {list(DTYPES)}")
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"activations.compression={compression!r}; "
+                          f"choose one of {list(COMPRESSIONS)}")
+    if not hooks:
+        raise ConfigError("activations.hooks is empty; give hook names or globs, "
+                          "e.g. ['blocks.*.hook_resid_post']")
+    return {"hooks": hooks, "boards": boards, "dtype": dtype, "compression": compression,
+            "model": dict(model or {})}
+
+
+def check_cache(path: str | Path, *, network_sha256: str, puzzles_sha256: str,
+                config: Mapping | None = None) -> bool:
+    """Whether ``path`` is a complete cache for this network, puzzle set and (if given) config.
+
+    Returns False when the file is missing, incomplete, or made under another config.
+
+    Raises:
+        ActivationCacheMismatchError: the file was made with another network or puzzle set.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return False
+    _check_identity(path, attrs, network_sha256, puzzles_sha256)
+    if not attrs.get("complete", False):
+        return False
+    return config is None or attrs.get("config_hash") == config_hash(config)
+
+
+def _check_identity(path: Path, attrs: Mapping, network_sha256: str | None,
+                    puzzles_sha256: str | None) -> None:
+    for what, key, expected, fix in (
+            ("network", "network_sha256", network_sha256, "model.path"),
+            ("puzzle set", "puzzles_sha256", puzzles_sha256, "the run folder's puzzles.h5")):
+        found = attrs.get(key)
+        if expected is None or found is None or found == expected:
+            continue
+        extra = f" ({attrs['network_path']})" if key == "network_sha256" and \
+            attrs.get("network_path") else ""
+        raise ActivationCacheMismatchError(
+            f"{path} was made with another {what}: its {key} is {found!r}{extra}, but this run's "
+            f"is {expected!r}. Check {fix}, use another out_dir, or rebuild the cache with "
+            f"force=true (cache_activations(..., overwrite=True)).")
+
+
+def _chunk_rows(row_bytes: int, batch_size: int, n: int) -> int:
+    """Rows per chunk: about CHUNK_BYTES, at most one batch, and a divisor of the batch size
+    (so full batches write whole chunks and never read a chunk back)."""
+    rows = max(1, min(CHUNK_BYTES // max(row_bytes, 1), batch_size, max(n, 1)))
+    while batch_size % rows:
+        rows -= 1
+    return rows
+
+
+def _create_layout(f: h5py.File, *, ids: Sequence[str], shapes: Mapping[str, tuple[int, ...]],
+                   groups: Sequence[str], valid: np.ndarray, dtype: str, compression: str,
+                   batch_size: int) -> None:
+    for name in list(f):
+        del f[name]
+    n = len(ids)
+    write_strings(f, "puzzle_ids", ids)
+    label_axes(f["puzzle_ids"], "puzzle")
+    np_dtype = np.dtype(DTYPES[dtype])
+    filters = {} if compression == "none" else {"compression": compression, "shuffle": True}
+    for group_name in groups:
+        g = f.create_group(group_name)
+        g.attrs["pov"] = POV
+        g.attrs["square_order"] = SQUARE_ORDER
+        for hook, shape in shapes.items():
+            rows = _chunk_rows(int(np.prod(shape)) * np_dtype.itemsize, batch_size, n)
+            ds = g.create_dataset(hook, shape=(n, *shape), maxshape=(None, *shape),
+                                  chunks=(rows, *shape), dtype=np_dtype, fillvalue=np.nan,
+                                  **filters)
+            axes = axis_names(hook, shape)
+            label_axes(ds, "puzzle", *axes, pov=POV, square_order=SQUARE_ORDER,
+                       hook=hook, board=group_name)
+            if SQUARE_AXES & set(axes):
+                ds.attrs["numbering"] = TOKEN_NUMBERING
+        if group_name == "corrupted":
+            label_axes(g.create_dataset("valid", data=valid), "puzzle")
+    f.attrs["rows_done"] = 0  # last: a layout without it is redone on resume
+
+
+def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    if t.dtype not in (torch.float32, torch.float16, torch.float64):
+        t = t.float()
+    return t.cpu().numpy().astype(dtype, copy=False)
+
+
+def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
+                      hooks: str | Sequence[str] = "blocks.*.hook_resid_post",
+                      boards: str = "both", dtype: str = "float32", compression: str = "none",
+                      batch_size: int = 256, puzzles_sha256: str | None = None,
+                      config: Mapping | None = None, attrs: Mapping | None = None,
+                      overwrite: bool = False, progress: bool = True,
+                      after_batch: Callable[[int], None] | None = None) -> Path:
+    """Run ``net`` over every puzzle and write the chosen hooks' activations to ``path``.
+
+    Resumable and safe: work goes into ``path + ".partial"``; a rerun with the same network,
+    puzzle set and config continues after the last complete batch; ``path`` appears only when
+    every row is written. If ``path`` is already complete for the same network, puzzle set and
+    config, nothing is done.
+
+    Args:
+        net: a :class:`~leela_interp.network.net.LeelaNet`.
+        puzzles: a :class:`PuzzleSet`, or the path of a ``puzzles.h5`` (its file sha256 is then
+            the puzzle set's identity).
+        path: the output file, normally ``run_dir / "activations.h5"``.
+        hooks: hook names or globs (``net.hook_names()`` lists them).
+        boards: ``"clean"``, ``"corrupted"`` or ``"both"``.
+        dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk).
+        compression: ``"none"``, ``"lzf"`` (fast) or ``"gzip"`` (smaller, slow).
+        batch_size: puzzles per forward pass and per write (memory is about two batches).
+            The forward pass runs where ``net`` is (move it first for a GPU).
+        puzzles_sha256: identity of an in-memory puzzle set; default: the file's sha256 when
+            ``puzzles`` is a path, else :func:`puzzle_set_sha256`.
+        config: what the file records and hashes; default :func:`cache_config` of the arguments
+            plus the net's dtype and head choice.
+        attrs: extra root attributes to record (not hashed), e.g. the stage's
+            ``puzzles_net`` check (:func:`leela_interp.stages.common.puzzles_net`).
+        overwrite: rebuild even if a complete or partial cache exists (also one made with
+            another network or puzzle set).
+        progress: show a tqdm progress bar.
+        after_batch: called with the number of complete rows after each batch is on disk
+            (tests use it to simulate a crash).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ActivationCacheMismatchError: ``path`` or its partial file was made with another network
+            or puzzle set (and ``overwrite`` is off).
+        ConfigError: a bad ``boards`` / ``dtype`` / ``compression`` value, or no hooks.
+        UnknownHookError: a hook name or glob that matches nothing.
+    """
+    path = Path(path)
+    if isinstance(puzzles, (str, Path)):
+        puzzles_sha256 = puzzles_sha256 or sha256_file(puzzles)
+        puzzles = PuzzleSet.load(puzzles)
+    puzzles_sha256 = puzzles_sha256 or puzzle_set_sha256(puzzles)
+    network_sha256 = net.sha256 or "unknown"
+    param = next(net.parameters())
+    if config is None:
+        config = cache_config(hooks=hooks, boards=boards, dtype=dtype, compression=compression,
+                              model={"dtype": str(param.dtype).removeprefix("torch."),
+                                     "policy_head": net.config.policy_head,
+                                     "value_head": net.config.value_head})
+    else:
+        cache_config(hooks=hooks, boards=boards, dtype=dtype, compression=compression)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}; must be >= 1")
+    hook_names = net.match_hooks(hooks)
+    shapes = {name: shape for name, shape in net.hook_names().items() if name in hook_names}
+    groups = BOARDS[boards]
+    n = len(puzzles)
+    valid = np.array([bool(fen) for fen in puzzles.corrupted_fens], dtype=bool)
+
+    if not overwrite:
+        if check_cache(path, network_sha256=network_sha256, puzzles_sha256=puzzles_sha256,
+                       config=config):
+            log.info("%s is complete for this network, puzzle set and config", path)
+            return path
+        check_cache(partial_path(path), network_sha256=network_sha256,
+                    puzzles_sha256=puzzles_sha256)
+    np_dtype = np.dtype(DTYPES[dtype])
+
+    with open_partial(path, schema=SCHEMA, config=config, resume=not overwrite) as f:
+        f.attrs["network_sha256"] = network_sha256
+        f.attrs["puzzles_sha256"] = puzzles_sha256
+        f.attrs["network_path"] = getattr(net, "path", "") or ""
+        f.attrs.update(dict(attrs or {}))
+        done = int(f.attrs.get("rows_done", -1))
+        if done >= 0 and read_strings(f["puzzle_ids"]) != list(puzzles.ids):
+            done = -1  # same sha256 but other ids cannot happen; be safe and start over
+        if done < 0:
+            _create_layout(f, ids=puzzles.ids, shapes=shapes, groups=groups, valid=valid,
+                           dtype=dtype, compression=compression, batch_size=batch_size)
+            done = 0
+        elif done:
+            log.info("resuming %s after %d of %d rows", partial_path(path), done, n)
+        f.attrs["hooks"] = json.dumps(list(shapes))
+        f.attrs["boards"] = json.dumps(list(groups))
+        datasets = {(g, hook): f[g][hook] for g in groups for hook in shapes}
+        bar = tqdm(total=n, initial=done, unit="puzzle", desc="activations", disable=not progress)
+        try:
+            for start in range(done, n, batch_size):
+                stop = min(start + batch_size, n)
+                for g in groups:
+                    _write_batch(net, puzzles, g, start, stop, valid, shapes, datasets, np_dtype)
+                f.flush()
+                f.attrs["rows_done"] = stop
+                f.flush()
+                bar.update(stop - start)
+                if after_batch is not None:
+                    after_batch(stop)
+        finally:
+            bar.close()
+    return path
+
+
+@torch.inference_mode()
+def _write_batch(net, puzzles: PuzzleSet, group: str, start: int, stop: int, valid: np.ndarray,
+                 shapes: Mapping[str, tuple[int, ...]],
+                 datasets: Mapping[tuple[str, str], h5py.Dataset], np_dtype: np.dtype) -> None:
+    if group == "clean":
+        rows = np.arange(start, stop)
+        boards = [puzzles.clean_board(i) for i in rows]
+    else:
+        rows = np.flatnonzero(valid[start:stop]) + start
+        boards = [puzzles.corrupted_board(i) for i in rows]
+    full = len(rows) == stop - start
+    cache: dict[str, torch.Tensor] = {}
+    if len(rows):
+        _, cache = net.run_with_cache(net.encode(boards), names=list(shapes))
+    for hook, shape in shapes.items():
+        if full:
+            values = _to_numpy(cache[hook], np_dtype)
+        else:
+            values = np.full((stop - start, *shape), np.nan, dtype=np_dtype)
+            if len(rows):
+                values[rows - start] = _to_numpy(cache[hook], np_dtype)
+        datasets[group, hook][start:stop] = values
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+class ActivationFile:
+    """A complete ``activations.h5``, opened read-only. Use as a context manager or ``close()``.
+
+    >>> with ActivationFile("runs/default/activations.h5") as cache:  # doctest: +SKIP
+    ...     x = cache.load("blocks.3.hook_resid_post", indices=[0, 5, 7])   # [3, 64, d_model]
+
+    Raises:
+        FileNotFoundError: no such file (the message names the stage that writes it).
+        ValueError: not an activation cache, or an incomplete one.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            hint = " (an unfinished run's partial file exists: rerun the activations stage)" \
+                if partial_path(self.path).exists() else ""
+            raise FileNotFoundError(f"{self.path} not found: run the activations stage first "
+                                    f"(leela-interp stage=activations){hint}")
+        self.file = h5py.File(self.path, "r")
+        attrs = self.file.attrs
+        if attrs.get("schema") != SCHEMA:
+            self.file.close()
+            raise ValueError(f"{self.path} is not an activation cache "
+                             f"(schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
+        if not attrs.get("complete", False):
+            self.file.close()
+            raise ValueError(f"{self.path} is incomplete (rows_done={attrs.get('rows_done')})")
+
+    def __enter__(self) -> "ActivationFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def hooks(self) -> list[str]:
+        """Cached hook names, in forward order."""
+        return json.loads(self.file.attrs["hooks"])
+
+    @property
+    def boards(self) -> list[str]:
+        """``["clean"]``, ``["corrupted"]`` or ``["clean", "corrupted"]``."""
+        return json.loads(self.file.attrs["boards"])
+
+    @property
+    def puzzle_ids(self) -> list[str]:
+        return read_strings(self.file["puzzle_ids"])
+
+    @property
+    def network_sha256(self) -> str:
+        return str(self.file.attrs["network_sha256"])
+
+    @property
+    def puzzles_sha256(self) -> str:
+        return str(self.file.attrs["puzzles_sha256"])
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.file.attrs["config"])
+
+    def __len__(self) -> int:
+        return int(self.file["puzzle_ids"].shape[0])
+
+    def check(self, *, network_sha256: str | None = None,
+              puzzles_sha256: str | None = None) -> None:
+        """Raise :class:`ActivationCacheMismatchError` unless the given identities match."""
+        _check_identity(self.path, self.file.attrs, network_sha256, puzzles_sha256)
+
+    def dataset(self, hook: str, board: str = "clean") -> h5py.Dataset:
+        """The raw h5py dataset of ``hook`` (``[N, *shape]``).
+
+        Raises:
+            KeyError: the board or hook is not in this cache (the message lists what is).
+        """
+        if board not in self.boards:
+            raise KeyError(f"{self.path} has no {board!r} boards; it has {self.boards}")
+        group = self.file[board]
+        if hook not in group:
+            raise KeyError(f"{self.path} has no hook {hook!r}; it has {self.hooks}")
+        return group[hook]
+
+    def valid(self, board: str = "clean") -> np.ndarray:
+        """``[N]`` bool: rows that hold a real board (all True for ``clean``)."""
+        if board not in self.boards:
+            raise KeyError(f"{self.path} has no {board!r} boards; it has {self.boards}")
+        if board == "corrupted":
+            return self.file["corrupted/valid"][()]
+        return np.ones(len(self), dtype=bool)
+
+    def load(self, hook: str, *, board: str = "clean",
+             indices: Sequence[int] | np.ndarray | slice | None = None,
+             device: str | torch.device | None = None) -> torch.Tensor:
+        """``hook``'s activations of the puzzles ``indices`` (None = all), ``[len, *shape]``.
+
+        ``indices`` may be in any order and repeat; rows come back in that order. Reads whole
+        chunks, so memory is the result plus one chunk.
+        """
+        ds = self.dataset(hook, board)
+        n = ds.shape[0]
+        if indices is None:
+            indices = slice(None)
+        if isinstance(indices, slice):
+            return _tensor(ds[indices], device)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"indices out of range for {n} puzzles")
+        idx = np.where(idx < 0, idx + n, idx)
+        out = np.empty((idx.size, *ds.shape[1:]), dtype=ds.dtype)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        if not idx.size:
+            return _tensor(out, device)
+        rows = ds.chunks[0]
+        bounds = np.flatnonzero(np.diff(sorted_idx // rows)) + 1
+        for part_pos, part in zip(np.split(order, bounds), np.split(sorted_idx, bounds)):
+            lo, hi = int(part[0]), int(part[-1]) + 1
+            out[part_pos] = ds[lo:hi][part - lo]
+        return _tensor(out, device)
+
+    def iter(self, hook: str, *, board: str = "clean", chunk: int | None = None,
+             device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
+        """Stream ``hook`` in puzzle order, ``chunk`` rows at a time (the last may be shorter).
+
+        Block ``k`` holds rows ``k*chunk .. k*chunk+chunk-1``. Default ``chunk``: whole HDF5
+        chunks adding up to about 64 MiB.
+        """
+        ds = self.dataset(hook, board)
+        if chunk is None:
+            row_bytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+            chunk = ds.chunks[0] * max(1, (64 << 20) // max(row_bytes * ds.chunks[0], 1))
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk!r}; must be >= 1")
+        for start in range(0, ds.shape[0], chunk):
+            yield _tensor(ds[start:start + chunk], device)
+
+
+def _tensor(values: np.ndarray, device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(values))
+    return t.to(device) if device is not None else t
+
+
+def load_activation(path: str | Path, hook: str, *, board: str = "clean",
+                    indices: Sequence[int] | np.ndarray | slice | None = None,
+                    device: str | torch.device | None = None) -> torch.Tensor:
+    """One hook's activations for some puzzles as a tensor ``[len(indices), *hook shape]``.
+
+    Args:
+        path: a complete ``activations.h5``.
+        hook: a cached hook name, e.g. ``"blocks.3.hook_resid_post"``.
+        board: ``"clean"`` or ``"corrupted"`` (rows without a corrupted board are NaN).
+        indices: puzzle rows (any order, repeats allowed) or a slice; None = every puzzle.
+        device: move the tensor there; None = CPU.
+
+    Raises:
+        FileNotFoundError, ValueError: see :class:`ActivationFile`.
+        KeyError: the hook or board is not in the cache.
+    """
+    with ActivationFile(path) as cache:
+        return cache.load(hook, board=board, indices=indices, device=device)
+
+
+def iter_activation(path: str | Path, hook: str, board: str = "clean", chunk: int | None = None,
+                    *, device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
+    """Stream one hook in puzzle order, ``chunk`` puzzles per tensor (:meth:`ActivationFile.iter`).
+
+    >>> total = sum(x.double().sum() for x in iter_activation(p, "blocks.0.hook_resid_post"))
+    ... # doctest: +SKIP
+    """
+    with ActivationFile(path) as cache:
+        yield from cache.iter(hook, board=board, chunk=chunk, device=device)

@@ -1,6 +1,0 @@
-"""Native PyTorch modules for lc0 networks (see :func:`load_network`)."""
-
-from leela_interp.model.loading import build_network, load_network
-from leela_interp.model.network import LeelaNet, LeelaOutput, ModelConfig
-
-__all__ = ["LeelaNet", "LeelaOutput", "ModelConfig", "build_network", "load_network"]
