@@ -15,9 +15,10 @@ import torch
 from leela_interp.errors import ConfigError
 from leela_interp.puzzles.corruptions import (KINDS, CandidateBatch, Corruption,
                                               SelectionThresholds, candidate_mask,
-                                              corruption_candidates, jensen_shannon, log_odds,
-                                              log_odds_from_log_prob, score_candidates,
-                                              select_corruption, select_corruptions, )
+                                              corruption_candidates, counterfactual_pair,
+                                              jensen_shannon, log_odds, log_odds_from_log_prob,
+                                              score_candidates, select_corruption,
+                                              select_corruptions, )
 
 SAMPLE_CSV = (
     Path(__file__).resolve().parents[1].parent
@@ -308,6 +309,36 @@ def test_select_corruptions_returns_flat_indices_per_puzzle():
         select_corruptions([1, 5], weak, value, prob, jsd)
     with pytest.raises(ValueError, match="entries"):
         select_corruptions([0, 4], weak, value, prob, jsd)
+    for bad in ([], 0):
+        with pytest.raises(ValueError, match="offsets"):
+            select_corruptions(bad, weak, value, prob, jsd)
+    # Each puzzle gets its own slice of oracle_drop_cp: only the last puzzle's clear the margin.
+    oracle = np.array([0, 0, 0, 200, 200])
+    assert select_corruptions(offsets, weak, value, prob, jsd, oracle_drop_cp=oracle,
+                              thresholds=SelectionThresholds(min_oracle_drop_cp=150)) == \
+        [None, None, 4]
+
+
+@pytest.mark.parametrize("name", ["weak_log_odds_drop", "strong_value_drop", "strong_prob"])
+def test_a_bad_array_is_named_in_the_error(name):
+    ok = dict(weak_log_odds_drop=[0.0] * 2, strong_value_drop=[0.5] * 2, strong_prob=[0.0] * 2)
+    with pytest.raises(ValueError, match=f"^{name} must be one-dimensional"):
+        candidate_mask(**dict(ok, **{name: [[0.0, 0.0]]}))
+
+
+@pytest.mark.parametrize("history", ["none", "setup"])
+def test_counterfactual_pair_is_the_board_after_the_setup_move_and_its_corruption(history):
+    moves = ["e2e4", "e7e5"]
+    without_a2 = "rnbqkbnr/pppppppp/8/8/4P3/8/1PPP1PPP/RNBQKBNR b KQkq - 0 1"
+    clean, corrupted = counterfactual_pair(chess.STARTING_FEN, moves, without_a2,
+                                           history=history)
+    expected = chess.Board()
+    expected.push_uci("e2e4")
+    assert clean.fen() == expected.fen()
+    assert clean.move_stack == (expected.move_stack if history == "setup" else [])
+    assert corrupted.board_fen() == without_a2.split()[0]
+    assert corrupted.move_stack == clean.move_stack and corrupted.turn == chess.BLACK
+    assert counterfactual_pair(chess.STARTING_FEN, moves, "", history=history) == (clean, None)
 
 
 @pytest.mark.parametrize(

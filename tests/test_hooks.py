@@ -99,6 +99,23 @@ def test_start_at_layer_reproduces_the_full_forward(net, planes):
         for a, b in zip(_outputs(clean), _outputs(out)):
             assert torch.allclose(a, b, atol=1e-6, rtol=0)
         assert torch.equal(net(planes, stop_at_layer=layer), resid)
+    # float64 residuals are cast to the net's dtype; the moves-left head is there when the net has it
+    out = net(start_at_layer=0, resid=cache["blocks.0.hook_resid_pre"].double())
+    assert torch.allclose(out.policy_logits, clean.policy_logits, atol=1e-5, rtol=0)
+    assert (out.mlh is not None) == net.config.moves_left
+    with pytest.raises(ValueError, match="give planes, or start_at_layer and resid"):
+        net()
+
+
+def test_summary_names_the_format_and_the_architecture(net):
+    c = net.config
+    summary = net.summary()
+    assert {k: summary[k] for k in ("body", "layers", "width", "heads", "policy", "value",
+                                     "moves_left", "policy_head", "value_head")} == \
+        dict(body=c.body, layers=c.n_layers, width=c.d_model, heads=c.n_heads, policy=c.policy,
+             value=c.value, moves_left=c.moves_left, policy_head=c.policy_head,
+             value_head=c.value_head)
+    assert summary["parameters"] == sum(p.numel() for p in net.parameters())
 
 
 def test_zeroing_a_head_pattern_equals_removing_its_contribution(net, planes):

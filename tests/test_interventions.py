@@ -367,6 +367,24 @@ def wire_head(net, key_token: int) -> None:
         net.smolgen_w.weight[:, 0] = bias.flatten()
 
 
+def test_piece_heads_of_a_chunk_without_a_long_enough_pv_are_all_nan(transformer_run):
+    _, net, puzzles = transformer_run
+    prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(2)])
+    result = iv.piece_head_ablation(prep, PIECE_HEADS, min_pv_length=99)
+    assert result.effects.dtype == np.float32 and result.effects.shape == (2, 3)
+    assert np.isnan(result.effects).all() and result.piece == ["", ""]
+    assert result.random_key.tolist() == [-1, -1]
+
+
+def test_mean_head_outputs_is_the_mean_over_every_added_row():
+    mean = iv.MeanHeadOutputs()
+    batches = [torch.arange(6.0).reshape(3, 2), torch.tensor([[10.0, -4.0]])]
+    for z in batches:
+        mean.add(z)
+    assert mean.count == 4
+    torch.testing.assert_close(mean.mean, torch.cat(batches).double().mean(0))
+
+
 def test_built_network_one_head_moves_the_information(tmp_path):
     net = built_network(tmp_path)
     clean = chess.Board("r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3")

@@ -218,6 +218,12 @@ def test_mis_sized_dense_tensor(tmp_path):
     _raises(_rewrite(src, tmp_path / "size.pb.gz", edit),
             "tensor encoder[0].ffn.dense2_w has 10 values, expected 1536")
 
+    def bias(n):
+        n.weights.encoder[0].ffn.dense2_b.CopyFrom(encode_layer(np.ones(10)))
+
+    _raises(_rewrite(src, tmp_path / "bias.pb.gz", bias),
+            "tensor encoder[0].ffn.dense2_b has 10 values, expected 32")
+
 
 def test_onnx_only_net(tmp_path):
     net = Net(magic=0x1C0)

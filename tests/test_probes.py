@@ -241,11 +241,14 @@ def test_layer_rows_reads_rows_on_demand_with_the_same_results(tmp_path):
     cfg = {"logreg": P.LogRegConfig(components=2, max_iter=30)}
     with h5py.File(path, "a") as f:  # a compressed copy: read through h5py, not os.pread
         f.create_dataset("clean/gzip", data=x, chunks=(64, 64, x.shape[-1]), compression="gzip")
+        # chunks of 7 rows (the stage's batch, not 64 = the square axis) still use os.pread
+        f.create_dataset("clean/by7", data=x, chunks=(7, 64, x.shape[-1]))
     with h5py.File(path, "r") as f:
         lazy = P.LayerRows(f["clean"]["blocks.0.hook_resid_post"], "float16")
         gz = P.LayerRows(f["clean"]["gzip"], "float16")
-        assert lazy._fd is not None and gz._fd is None
-        for view in (lazy, gz):
+        by7 = P.LayerRows(f["clean"]["by7"], "float16")
+        assert lazy._fd is not None and by7._fd is not None and gz._fd is None
+        for view in (lazy, gz, by7):
             assert view.shape == loaded.shape and view.dtype == loaded.dtype
             assert np.array_equal(view[rows], loaded[rows])
             assert np.array_equal(view[rows, squares], loaded[rows, squares])

@@ -282,7 +282,7 @@ def test_onnxruntime_backend_gives_the_torch_numbers(nets):
 # --- bad input is counted, good rows are kept ---------------------------------------------------
 
 
-def test_bad_rows_and_a_truncated_zst_are_counted_and_good_rows_kept(tmp_path, nets):
+def test_bad_rows_and_a_truncated_zst_are_counted_and_good_rows_kept(tmp_path, nets, caplog):
     first = [GOOD[0], BAD["bad_fen"], GOOD[1], BAD["illegal_move"], BAD["empty_moves"], GOOD[2],
              BAD["duplicate_id"], GOOD[3]]
     compressor = zstandard.ZstdCompressor()
@@ -290,7 +290,9 @@ def test_bad_rows_and_a_truncated_zst_are_counted_and_good_rows_kept(tmp_path, n
     frame2 = compressor.compress(("\n".join(repeated(40)) + "\n").encode())
     path = tmp_path / "damaged.csv.zst"
     path.write_bytes(frame1 + frame2[: len(frame2) // 2])
-    summary = build_puzzles(config(path, nets, filters=OPEN), tmp_path / "run" / "puzzles.h5")
+    with caplog.at_level("INFO"):
+        summary = build_puzzles(config(path, nets, filters=OPEN), tmp_path / "run" / "puzzles.h5")
+    assert f"{summary.path}: {summary.rows} puzzles kept;" in caplog.text
     with h5py.File(summary.path, "r") as f:
         rejected = dict(f["counts/rejected"].attrs)
         read_errors = dict(f["counts/read_errors"].attrs)
@@ -452,6 +454,14 @@ def test_the_paper_preset_is_exactly_the_papers_puzzle_set(nets):
     project = _preset("project", nets)
     assert project.oracle_enabled and project.filters.unique and project.limit is None
     assert project.filters.hard_max_weak_prob > paper.filters.hard_max_weak_prob
+
+
+def test_each_nets_heads_come_from_its_own_section():
+    cfg = PipelineConfig.from_sections(
+        {"path": "s.pb.gz", "policy_head": "optimistic", "value_head": "winner"},
+        {"source": "x.csv", "weak_model": {"path": "w.pb.gz", "policy_head": "vanilla"}})
+    assert cfg.strong == NetSpec("s.pb.gz", "optimistic", "winner")
+    assert cfg.weak == NetSpec("w.pb.gz", "vanilla", None)
 
 
 def test_config_errors_name_the_bad_value(nets):

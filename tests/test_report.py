@@ -7,6 +7,7 @@ and every table and headline compared with the HDF5 values it shows.
 import html
 import math
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -261,6 +262,19 @@ def assert_variants(section: str, caption: str, g: h5py.Group) -> None:
     assert [r[0] for r in rows] == read_strings(g["variant_names"])
     for i, row in enumerate(rows):
         assert shows(row[1], mean[i], err[i]) and row[2] == str(n[i]), (caption, row)
+
+
+def test_real_report_gallery_uses_the_configs_defaults(tiny_run, report):
+    """``write_report(run)`` with no gallery arguments draws the gallery ``stage=report`` draws
+    with conf's defaults (``report.gallery.k`` random puzzles, ``report.gallery.seed``)."""
+    from omegaconf import OmegaConf
+
+    import leela_interp
+
+    conf = Path(leela_interp.__file__).parent / "conf" / "config.yaml"
+    gallery = OmegaConf.load(conf).report.gallery
+    page = (tiny_run / "report.html").read_text()
+    assert page.count(f"random (seed {gallery.seed})") == gallery.k > 0
 
 
 def test_real_report_puzzle_funnel_is_puzzles_h5s(tiny_run, report):
