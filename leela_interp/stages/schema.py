@@ -317,6 +317,9 @@ def _fields(cls, prefix: str = ""):
 def _wrap_single_names(cfg: DictConfig, cls=Config, prefix: str = "") -> None:
     """A scalar given for a list key becomes a one-item list, in ``cfg`` itself."""
     for key, f, tp in _fields(cls, prefix):
+        if not (dataclasses.is_dataclass(tp) or _is_list(tp)):
+            continue  # not resolved here: a data default (``${leela_interp.data:...}``) may
+            # fail outside a checkout, which only the stage that reads it must report
         node = OmegaConf.select(cfg, key, throw_on_missing=False)
         if dataclasses.is_dataclass(tp) and isinstance(node, DictConfig):
             _wrap_single_names(cfg, tp, key + ".")
@@ -332,8 +335,11 @@ def _check(cfg: DictConfig, cls=Config, prefix: str = "") -> None:
             continue
         if OmegaConf.is_missing(cfg, key):
             continue  # checked where it is needed (a path the stage reads)
-        value = OmegaConf.select(cfg, key)
         meta = f.metadata
+        if not meta:
+            continue  # its type is checked by the merge; nothing else to check (and a data
+            # default is resolved only by the stage that reads it)
+        value = OmegaConf.select(cfg, key)
         if isinstance(value, ListConfig):
             items = list(value)
             if len(items) < meta.get("min_len", 0):
