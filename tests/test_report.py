@@ -264,6 +264,11 @@ def assert_variants(section: str, caption: str, g: h5py.Group) -> None:
         assert shows(row[1], mean[i], err[i]) and row[2] == str(n[i]), (caption, row)
 
 
+def test_real_report_starts_with_the_default_title_and_the_run_folder(tiny_run, report):
+    assert (tiny_run / "report.md").read_text().startswith(
+        f"# leela-interp report: `{tiny_run}`\n")  # as in the README's example
+
+
 def test_real_report_gallery_uses_the_configs_defaults(tiny_run, report):
     """``write_report(run)`` with no gallery arguments draws the gallery ``stage=report`` draws
     with conf's defaults (``report.gallery.k`` random puzzles, ``report.gallery.seed``)."""
