@@ -54,8 +54,10 @@ from leela_interp.outputs.results import diff_files  # noqa: E402  (the checker,
 
 OUTCOMES = ("handled", "clear error", "raw traceback", "silent", "stuck")
 CLASSES = ("network", "csv", "kill", "config", "concurrent", "order")
-#: Attributes that differ between runs of other commands (the command line, measurements).
-RUN_SPECIFIC = ("command", "peak_rss_mb")
+#: Attributes that differ between runs of other commands or folders: the command line,
+#: measurements, the path of an input in the run folder, and the sha256 of an input file
+#: (puzzles.h5 records its command, so its hash differs between two folders' runs).
+RUN_SPECIFIC = ("command", "peak_rss_mb", "source_file", "source_sha256", "puzzles_sha256")
 OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5", "patching": "patching.h5",
            "ablations": "ablations.h5", "probes": "probes.h5"}
 BASE = ["threads=1", "puzzles.threads=1", "puzzles.oracle.enabled=false",
