@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from leela_interp.outputs.report import CSP, Table, data_uri, gallery_puzzles, html_page, write_report
+from leela_interp.outputs.report import (CSP, Table, data_uri, gallery_puzzles, html_page,
+                                         write_report)
 from leela_interp.outputs.results import label_axes, open_partial, read_strings, write_strings
 
 COLUMNS = ["first_target", "third_target", "later_targets", "corrupted", "other",

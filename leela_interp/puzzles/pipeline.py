@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 
 from leela_interp.board.encoding import (CHESS_NUMBERING, TOKEN_NUMBERING, encode_bitboards,
                                          planes_from_bitboards, squares_to_tokens, transform_for)
-from leela_interp.board.policy import NUM_MOVES, legal_mask, legal_moves_and_indices, policy_index, \
-    policy_move
+from leela_interp.board.policy import (NUM_MOVES, legal_mask, legal_moves_and_indices,
+                                       policy_index, policy_move)
 from leela_interp.errors import ConfigError
 from leela_interp.outputs.results import STR, ChunkedOutput, config_hash, is_complete, \
     label_axes, remove_leftovers, sha256_file

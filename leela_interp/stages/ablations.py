@@ -68,11 +68,11 @@ def piece_head_lists(cfg: DictConfig, net, puzzles: PuzzleSet, puzzles_path: Pat
     """The piece-movement-head lists and where they come from.
 
     Any list of ``ablations.piece_heads.heads`` given: those (``"config"``). All empty and
-    ``ablations.piece_heads.find.enabled``: the heads :mod:`leela_interp.experiments.piece_heads` selects
-    on the positions before each puzzle's setup move (``puzzles.h5``'s ``fen``, the first
-    ``find.max_positions``), read from ``<out>/piece_heads.h5``, which is written first unless
-    it is complete for the same network, puzzles and ``find`` config (and its figure when
-    ``ablations.figures``).
+    ``ablations.piece_heads.find.enabled``: the heads
+    :mod:`leela_interp.experiments.piece_heads` selects on the positions before each puzzle's
+    setup move (``puzzles.h5``'s ``fen``, the first ``find.max_positions``), read from
+    ``<out>/piece_heads.h5``, which is written first unless it is complete for the same
+    network, puzzles and ``find`` config (and its figure when ``ablations.figures``).
 
     Returns:
         ``(lists, source)``; ``source`` is ``"config"``, ``"none"`` (empty, no finder) or a

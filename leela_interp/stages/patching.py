@@ -283,8 +283,9 @@ def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed
                      subsets: dict[str, np.ndarray], *, batch_size: int,
                      chunk_size: int) -> None:
     """The ``heads/pairs`` group: joint patching of every pair of the ``top_n`` heads of
-    ``heads/summary/all/effect_mean`` (:mod:`leela_interp.experiments.head_pairs`) on the analysed puzzles,
-    its interaction with the singles, and their summaries (redone whole on a rerun).
+    ``heads/summary/all/effect_mean`` (:mod:`leela_interp.experiments.head_pairs`) on the
+    analysed puzzles, its interaction with the singles, and their summaries (computed in the
+    finishing step from the committed single-head effects, so redone whole on a rerun).
 
     Raises:
         ConfigError: ``top_n`` below 2.

@@ -2,8 +2,8 @@
 
 Reads ``<out_dir>/puzzles.h5`` and ``<out_dir>/activations.h5`` (the ``activations`` stage's
 ``clean/blocks.{layer}.{site}`` datasets), writes ``<out_dir>/probes.h5`` and
-``<out_dir>/figures/probes.png``. With ``probes.random_twin.enabled`` it also writes the random twin of
-``model.path`` (``random_twin.pb.gz``) and caches its activations
+``<out_dir>/figures/probes.png``. With ``probes.random_twin.enabled`` it also writes the random
+twin of ``model.path`` (``random_twin.pb.gz``) and caches its activations
 (``random_twin_activations.h5``, same layout). Method, baselines and file layout:
 ``docs/probes.md``.
 
@@ -146,7 +146,8 @@ def _twin_activations(cfg: DictConfig, out: Path, hooks: list[str], dtype: str) 
     from leela_interp.experiments.activations import cache_activations
     from leela_interp.network import load_network
 
-    twin = P.write_random_twin(cfg.model.path, out / TWIN_NET, seed=int(cfg.probes.random_twin.seed))
+    twin = P.write_random_twin(cfg.model.path, out / TWIN_NET,
+                               seed=int(cfg.probes.random_twin.seed))
     path = out / TWIN_ACTIVATIONS
     stale = False
     if path.exists():
