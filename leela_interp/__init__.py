@@ -8,8 +8,6 @@ The public API:
 - :func:`policy_index` -- a move's index in lc0's 1858-move policy.
 """
 
-__version__ = "0.1.0"  # first: leela_interp.outputs.results reads it during the imports below
-
 import os
 
 # PyTorch's OpenMP runtime (libgomp) reads OMP_WAIT_POLICY once, when torch is first imported. Its
@@ -21,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from leela_interp.errors import (ConfigError, HookError, LeelaInterpError, UnknownHookError,
                                  WeightsFormatError)
+from leela_interp.identity import __version__
 from leela_interp.network import LeelaNet, LeelaOutput, load_network
 
 
@@ -37,5 +36,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'leela_interp' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "HookError", "LeelaInterpError", "LeelaNet", "LeelaOutput",
+__all__ = ["__version__", "ConfigError", "HookError", "LeelaInterpError", "LeelaNet", "LeelaOutput",
            "UnknownHookError", "WeightsFormatError", "encode", "load_network", "policy_index"]

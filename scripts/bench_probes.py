@@ -44,8 +44,9 @@ import h5py
 import numpy as np
 
 from leela_interp.experiments import probes as P
+from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.random_net import write_random_net
-from leela_interp.outputs.results import sha256_file, write_strings
+from leela_interp.outputs.results import write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,8 +27,9 @@ from leela_interp.board.policy import legal_moves_and_indices
 from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
+from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.random_net import write_random_net
-from leela_interp.outputs.results import is_complete, read_strings, sha256_file
+from leela_interp.outputs.results import is_complete, read_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 TRANSFORMER = dict(body="transformer", policy="attention", d_model=32, layers=3, heads=4,

@@ -21,8 +21,8 @@ from tiny_run import compose_config, write_inputs
 from leela_interp import cli
 from leela_interp.board.encoding import CHESS_NUMBERING, TOKEN_NUMBERING
 from leela_interp.cli import CONFIG_PATH
+from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.random_net import write_random_net
-from leela_interp.outputs.results import sha256_file
 from leela_interp.stages import PIPELINE, run_stages
 
 CONF = Path(CONFIG_PATH)

@@ -12,8 +12,9 @@ import torch
 
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import probes as P
+from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.weights import net_format, read_net
-from leela_interp.outputs.results import chunks_dir, sha256_file, write_strings
+from leela_interp.outputs.results import chunks_dir, write_strings
 
 PAPER_TARGETS = [
     {"name": "target", "ply": 2, "square": "to", "condition": {"ply": 0, "square": "to"}},

@@ -31,8 +31,8 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               fill_rows, float_dataset, has_heads, in_memory,
                                               screen, selection_steps, subset_masks,
                                               write_common, write_funnel, write_summary)
-from leela_interp.outputs.results import (STR, ChunkedOutput, is_complete, label_axes,
-                                          sha256_file, write_strings)
+from leela_interp.identity import sha256_file
+from leela_interp.outputs.results import STR, ChunkedOutput, is_complete, label_axes, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)

@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
+from leela_interp.identity import sha256_file
 from leela_interp.outputs.results import (RowsFile, config_hash, has_partial, label_axes,
                                           partial_path, read_strings, remove_leftovers,
-                                          sha256_file, write_strings)
+                                          write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)

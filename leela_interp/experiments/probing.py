@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import probes as P
+from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.weights import net_format, read_net
-from leela_interp.outputs.results import (ChunkedOutput, label_axes, read_strings, sha256_file,
-                                          write_strings)
+from leela_interp.outputs.results import ChunkedOutput, label_axes, read_strings, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)

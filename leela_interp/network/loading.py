@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from leela_interp.errors import ConfigError, WeightsFormatError
+from leela_interp.identity import sha256_file
 from leela_interp.network.cnn import InputConv, ResidualBlock
 from leela_interp.network.heads import (AttentionPolicyHead, ClassicalPolicyHead, ConvPolicyHead,
                                         ValueHead)
@@ -23,7 +24,6 @@ from leela_interp.network.lc0 import weights as lc0w
 from leela_interp.network.net import LeelaNet, ModelConfig
 from leela_interp.network.nonlinear import NONE, SELU, default_activation, resolve
 from leela_interp.network.transformer import Embedding, EncoderBlock, Smolgen, deepnorm_alpha
-from leela_interp.outputs.results import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from leela_interp.identity import sha256_file
 from leela_interp.outputs.figures import n_range
-from leela_interp.outputs.results import is_complete, read_strings, sha256_file
+from leela_interp.outputs.results import is_complete, read_strings
 
 
 def _fmt(mean: float, err: float | None = None, digits: int = 3) -> str:

@@ -55,8 +55,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from leela_interp import __version__
 from leela_interp.errors import RunFolderInUseError
+from leela_interp.identity import __version__
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes: how a result file names the network, puzzle set or earlier
-    result file it was computed from (``network_sha256``, ``puzzles_sha256``, ...)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- fault points

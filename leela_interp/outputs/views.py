@@ -234,7 +234,7 @@ def network(run: str | Path, path: str | Path | None = None):
         ConfigError: no ``patching.h5``, or no such file with that sha256 (pass ``path``).
     """
     from leela_interp.network import load_network
-    from leela_interp.outputs.results import sha256_file
+    from leela_interp.identity import sha256_file
 
     patching = _file(run, "patching.h5", "patching")
     with h5py.File(patching, "r") as f:

@@ -49,8 +49,8 @@ import h5py
 import torch
 from tqdm.auto import tqdm
 
-from leela_interp.outputs.results import (ChunkedOutput, config_hash, is_complete,
-                                          remove_leftovers, sha256_file)
+from leela_interp.identity import sha256_file
+from leela_interp.outputs.results import ChunkedOutput, config_hash, is_complete, remove_leftovers
 from leela_interp.puzzles.config import PipelineConfig
 from leela_interp.puzzles.evaluation import load_net
 from leela_interp.puzzles.filters import ChunkFilter

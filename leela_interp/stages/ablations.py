@@ -25,7 +25,7 @@ from leela_interp.experiments import piece_heads as ph
 from leela_interp.experiments.ablations import (OUTPUT, AblationSettings, edge_head,
                                                 write_ablations)
 from leela_interp.experiments.effects import has_heads
-from leela_interp.outputs.results import sha256_file
+from leela_interp.identity import sha256_file
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import (effects_config, load_model, puzzles_input, puzzles_net,
                                         run_dir, up_to_date)

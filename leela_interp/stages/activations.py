@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.activations import cache_activations, cache_config, check_cache
-from leela_interp.outputs.results import remove_leftovers, sha256_file
+from leela_interp.identity import sha256_file
+from leela_interp.outputs.results import remove_leftovers
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import load_model, puzzles_net, run_dir
 

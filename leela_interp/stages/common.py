@@ -18,7 +18,8 @@ import h5py
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError, RunFolderInUseError
-from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers, sha256_file
+from leela_interp.identity import sha256_file
+from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.probing import (FIGURE, OUTPUT, ProbeSettings, cache_identity,
                                               peak_rss_mb, plot, write_probes)
-from leela_interp.outputs.results import sha256_file
+from leela_interp.identity import sha256_file
 from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)

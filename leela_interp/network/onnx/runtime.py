@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from leela_interp.errors import WeightsFormatError
+from leela_interp.identity import sha256_file
 from leela_interp.network.net import LeelaNet, LeelaOutput
 from leela_interp.network.onnx.graph import _last_dims, _output_roles
 from leela_interp.network.onnx.reader import read_model, resolve_input_format
 from leela_interp.network.onnx.writer import build_onnx_model
-from leela_interp.outputs.results import sha256_file
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from leela_interp.errors import ConfigError
+from leela_interp.identity import __version__
 from leela_interp.network.net import LeelaNet
 from leela_interp.network.nonlinear import (MISH, RELU, RELU_2, SELU, SELU_ALPHA, SELU_SCALE,
                                             SIGMOID, SWISH, TANH)
@@ -390,8 +391,6 @@ def build_onnx_model(net: LeelaNet, *, opset: int = 17, batch_dynamic: bool = Tr
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [dim, 112, 8, 8])]
     graph = helper.make_graph(w.nodes, "org.lczero/converted", inputs, outputs,
                               list(w.inits.values()))
-    from leela_interp import __version__
-
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="leela_interp",
                               producer_version=__version__)
