@@ -35,6 +35,7 @@ import torch
 
 from leela_interp.experiments import attribution
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import patching as pt
 from leela_interp import load_network
 from leela_interp.puzzles.corruptions import corruption_candidates
 from leela_interp.network.lc0.random_net import write_random_net
@@ -105,7 +106,7 @@ def main() -> None:
     def run_exact():
         prep = iv.prepare(net, puzzles[:n_exact], batch_size=args.batch, clean_hooks=hooks,
                           corrupted_hooks=hooks)
-        return (iv.residual_patching(prep), iv.head_patching(prep) if has_heads else None)
+        return (pt.residual_patching(prep), pt.head_patching(prep) if has_heads else None)
 
     def run_attribution():
         prep = iv.prepare(net, puzzles, batch_size=args.batch, corrupted_hooks=hooks)

@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from leela_interp import load_network
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import patching as pt
 from leela_interp.network.lc0.random_net import write_random_net
 
 PUZZLES = [  # (FEN after the setup move is pushed below, moves, pawn removed for the corruption)
@@ -66,7 +67,7 @@ def sweep(net, ps, batch_size: int):
     prep = iv.prepare(net, ps, batch_size=batch_size,
                       clean_hooks=["blocks.*.hook_resid_pre", "blocks.*.attn.hook_z"],
                       corrupted_hooks=["blocks.*.attn.hook_z"])
-    return iv.head_patching(prep)
+    return pt.head_patching(prep)
 
 
 def naive(net, ps, batch_size: int):

@@ -13,6 +13,7 @@ from test_interventions import CNN, TRANSFORMER, make_cfg, write_fixture
 
 from leela_interp.experiments import attribution
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import patching as pt
 from leela_interp import load_network
 from leela_interp.errors import ConfigError
 from leela_interp.network.lc0.random_net import write_random_net
@@ -63,7 +64,7 @@ def test_estimates_equal_the_first_order_term_by_hand(setup):
 
 def test_estimates_track_exact_patching(setup):
     net, prep, est = setup
-    exact = iv.residual_patching(prep)
+    exact = pt.residual_patching(prep)
     ok = prep.corrupted_ok
     assert np.isnan(est.residual["resid_post"][~ok]).all()
     same = exact[ok] == 0  # here: last-layer squares no legal move reads; zero gradient too
@@ -73,7 +74,7 @@ def test_estimates_track_exact_patching(setup):
     assert np.nanmin(result["pearson"]) > 0.8, result  # 0.85-0.999 here
     assert result["top_k_overlap"].mean() >= 0.7, result  # 0.87-0.93 here
     if est.heads is not None:
-        heads = attribution.agreement(iv.head_patching(prep), est.heads, k=3)
+        heads = attribution.agreement(pt.head_patching(prep), est.heads, k=3)
         assert np.nanmean(heads["spearman"]) > 0.9, heads  # 0.999 here
 
 

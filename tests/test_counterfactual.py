@@ -14,6 +14,7 @@ import torch
 
 from leela_interp.board.encoding import AUX_PLANE_BASE, PLANES_PER_BOARD, encode
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import patching as pt
 from leela_interp.experiments.activations import cache_activations
 from leela_interp.network import load_network
 from leela_interp.network.lc0.random_net import write_random_net
@@ -69,11 +70,11 @@ def test_a_null_corruption_gives_exactly_zero(nets, body, history, tmp_path):
     prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(len(puzzles))],
                       batch_size=64)
     assert prep.corrupted_ok.all()
-    residual = iv.residual_patching(prep)
+    residual = pt.residual_patching(prep)
     assert np.array_equal(residual, np.zeros_like(residual))
     assert np.array_equal(prep.clean_log_odds, prep.corrupted_log_odds)
     if body == "transformer":
-        heads = iv.head_patching(prep)
+        heads = pt.head_patching(prep)
         assert np.array_equal(heads, np.zeros_like(heads))
     path = cache_activations(net, puzzles, tmp_path / "activations.h5",
                              hooks="blocks.*.hook_resid_post", boards="both", progress=False)

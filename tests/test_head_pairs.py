@@ -13,6 +13,7 @@ from leela_interp import load_network
 from leela_interp.board.policy import legal_mask, policy_index
 from leela_interp.experiments import head_pairs as hp
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import patching as pt
 from leela_interp.errors import ConfigError
 from leela_interp.network.lc0.random_net import write_random_net
 
@@ -79,7 +80,7 @@ def test_joint_patching_equals_full_forward_passes_with_both_heads_patched(prep)
 
 
 def test_interaction_is_joint_minus_the_two_singles(prep):
-    single = iv.head_patching(prep)
+    single = pt.head_patching(prep)
     joint = hp.pair_patching(prep, HEADS)
     inter = hp.interaction(joint, single, HEADS)
     ok = prep.corrupted_ok

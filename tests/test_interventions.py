@@ -27,6 +27,9 @@ from leela_interp.board.policy import legal_moves_and_indices
 from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import ablations as ab
+from leela_interp.experiments import patching as pt
+from leela_interp.experiments import piece_heads as ph
 from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.random_net import write_random_net
 from leela_interp.outputs.results import is_complete, read_strings
@@ -270,7 +273,7 @@ def test_edge_ablation_matches_plain_hooks(transformer_run):
     for p, v in pick(eff):
         clean, _, pv = puzzle_at(puzzles, p)
         q, k, _ = tokens(clean, pv, net.config.input_format)
-        fn = pattern_edit(head, q, k, iv.EDGE_VARIANTS[v])
+        fn = pattern_edit(head, q, k, ab.EDGE_VARIANTS[v])
         assert eff[p, v] == pytest.approx(ref_effect(net, clean, pv[0], [(name, fn)]), abs=ATOL)
         assert weight[p] == pytest.approx(float(cached(net, clean, name)[head, q, k]), abs=1e-6)
 
@@ -371,14 +374,14 @@ def wire_head(net, key_token: int) -> None:
 def test_piece_heads_of_a_chunk_without_a_long_enough_pv_are_all_nan(transformer_run):
     _, net, puzzles = transformer_run
     prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, i) for i in range(2)])
-    result = iv.piece_head_ablation(prep, PIECE_HEADS, min_pv_length=99)
+    result = ph.piece_head_ablation(prep, PIECE_HEADS, min_pv_length=99)
     assert result.effects.dtype == np.float32 and result.effects.shape == (2, 3)
     assert np.isnan(result.effects).all() and result.piece == ["", ""]
     assert result.random_key.tolist() == [-1, -1]
 
 
 def test_mean_head_outputs_is_the_mean_over_every_added_row():
-    mean = iv.MeanHeadOutputs()
+    mean = ab.MeanHeadOutputs()
     batches = [torch.arange(6.0).reshape(3, 2), torch.tensor([[10.0, -4.0]])]
     for z in batches:
         mean.add(z)
@@ -411,17 +414,17 @@ def test_built_network_one_head_moves_the_information(tmp_path):
     full = float(prep.clean_log_odds[0] - prep.corrupted_log_odds[0])
     assert full > 0.05
 
-    heads = iv.head_patching(prep)[0]
+    heads = pt.head_patching(prep)[0]
     order = np.argsort(-heads, axis=None)
     assert np.unravel_index(order[0], heads.shape) == (L_STAR, H_STAR)
     assert heads[L_STAR, H_STAR] > 0.05
     others = np.delete(heads.flatten(), L_STAR * net.config.n_heads + H_STAR)
     assert np.abs(others).max() < 1e-6
-    zero = iv.head_ablation(prep, "zero")[0]
+    zero = ab.head_ablation(prep, "zero")[0]
     assert np.unravel_index(np.argmax(np.abs(zero)), zero.shape) == (L_STAR, H_STAR)
     assert np.abs(np.delete(zero.flatten(), L_STAR * net.config.n_heads + H_STAR)).max() < 1e-6
 
-    resid = iv.residual_patching(prep, site="resid_post")[0]  # [layer, square]
+    resid = pt.residual_patching(prep, site="resid_post")[0]  # [layer, square]
     for layer in range(L_STAR):  # before the head acts: only the corrupted square matters
         assert resid[layer, K] == pytest.approx(full, abs=1e-4)
         assert np.abs(np.delete(resid[layer], K)).max() < 1e-6
@@ -511,7 +514,7 @@ def test_stages_skip_when_complete_and_resume_by_chunks(tmp_path, monkeypatch):
     cfg = make_cfg(tmp_path / "run", net_path, "patching.chunk_size=2", "patching.figures=false",
                    *ALL_PUZZLES)
     calls = []
-    real = iv.residual_patching
+    real = pt.residual_patching
 
     def flaky(prep, **kw):
         calls.append(prep.puzzles[0].index)
@@ -519,7 +522,7 @@ def test_stages_skip_when_complete_and_resume_by_chunks(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real(prep, **kw)
 
-    monkeypatch.setattr(iv, "residual_patching", flaky)
+    monkeypatch.setattr(pt, "residual_patching", flaky)
     with pytest.raises(RuntimeError):
         patching.run(cfg)
     assert not (tmp_path / "run" / "patching.h5").exists()
@@ -582,9 +585,9 @@ def test_head_choice_is_checked_against_the_net(tmp_path):
         with pytest.raises(ConfigError, match=r"outside this net: layers 0\.\.2, heads 0\.\.3"):
             iv.resolve_head(net, layer, head)
     with pytest.raises(ConfigError, match="unknown piece type 'queen'"):
-        iv.check_head_lists(net, {"queen": [[0, 0]]})
+        ph.check_head_lists(net, {"queen": [[0, 0]]})
     with pytest.raises(ConfigError, match="outside this net"):
-        iv.check_head_lists(net, {"rook": [[0, 9]]})
+        ph.check_head_lists(net, {"rook": [[0, 9]]})
     cnn = load_network(write_random_net(tmp_path / "c.pb.gz", seed=4, **CNN))
     with pytest.raises(ConfigError, match="no attention heads"):
         iv.resolve_head(cnn, 0, 0)
@@ -695,31 +698,31 @@ def test_piece_rule_initial_leaves_out_a_piece_that_arrives_with_pv0():
     there with PV[0] (here a knight, and a pawn promoting to one) is not in its subset."""
     arrives = iv.Puzzle(chess.Board("4k3/8/8/8/8/8/8/4K1N1 w - - 0 1"),
                         tuple(chess.Move.from_uci(m) for m in ("g1f3", "e8d8", "f3e5")))
-    assert iv.moving_piece(arrives, "initial") == ""
-    assert iv.moving_piece(arrives, "moved") == "knight"
+    assert ph.moving_piece(arrives, "initial") == ""
+    assert ph.moving_piece(arrives, "moved") == "knight"
     promotes = iv.Puzzle(chess.Board("4k3/P7/8/8/8/8/8/4K3 w - - 0 1"),
                          tuple(chess.Move.from_uci(m) for m in ("a7a8n", "e8d8", "a8b6")))
-    assert (iv.moving_piece(promotes, "initial"), iv.moving_piece(promotes, "moved")) == \
+    assert (ph.moving_piece(promotes, "initial"), ph.moving_piece(promotes, "moved")) == \
         ("", "knight")
     stays = iv.Puzzle(chess.Board("4k3/8/8/8/8/8/8/2B1K3 w - - 0 1"),
                       tuple(chess.Move.from_uci(m) for m in ("e1e2", "e8d8", "c1g5")))
-    assert iv.moving_piece(stays, "initial") == iv.moving_piece(stays, "moved") == "bishop"
+    assert ph.moving_piece(stays, "initial") == ph.moving_piece(stays, "moved") == "bishop"
     with pytest.raises(ConfigError, match="unknown piece rule 'after'"):
-        iv.moving_piece(stays, "after")
+        ph.moving_piece(stays, "after")
 
 
 def test_random_key_any_draws_every_square_exclude_never_the_third_move():
     """The paper's control draws any of the 64 squares (the 3rd move's own squares too)."""
     third, source = 20, 5
-    anywhere = {iv.random_key_token("any", 0, i, third, source) for i in range(2000)}
+    anywhere = {ph.random_key_token("any", 0, i, third, source) for i in range(2000)}
     assert anywhere == set(range(64))
-    excluded = {iv.random_key_token("exclude_third_move", 0, i, third, source)
+    excluded = {ph.random_key_token("exclude_third_move", 0, i, third, source)
                 for i in range(2000)}
     assert excluded == set(range(64)) - {third, source}
-    assert iv.random_key_token("any", 3, 7, third, source) == \
-        iv.random_key_token("any", 3, 7, third, source)  # seeded by (seed, puzzle index)
+    assert ph.random_key_token("any", 3, 7, third, source) == \
+        ph.random_key_token("any", 3, 7, third, source)  # seeded by (seed, puzzle index)
     with pytest.raises(ConfigError, match="unknown random_key rule"):
-        iv.random_key_token("uniform", 0, 0, third, source)
+        ph.random_key_token("uniform", 0, 0, third, source)
 
 
 def test_ablations_default_to_the_puzzles_with_a_corruption(tmp_path):

@@ -41,7 +41,7 @@ def boards():
 
 def test_move_masks_are_each_lone_pieces_moves_on_an_empty_board():
     masks = ph.move_masks()
-    for p, kind in enumerate(ph.PIECES.values()):
+    for p, kind in enumerate(ph.PIECE_TYPES.values()):
         for square in chess.SQUARES:
             board = chess.Board(None)
             board.set_piece_at(square, chess.Piece(kind, chess.WHITE))

@@ -140,6 +140,7 @@ def test_the_schemas_choices_are_the_modules_own():
     """The schema copies each module's tuple of choices (it imports no torch): they must agree."""
     from leela_interp.experiments import attribution
     from leela_interp.experiments import interventions as iv
+    from leela_interp.experiments import piece_heads as ph
     from leela_interp.network import loading
     from leela_interp.puzzles import lichess
     from leela_interp.stages import schema
@@ -147,7 +148,7 @@ def test_the_schemas_choices_are_the_modules_own():
     assert schema.PATCHING_METHODS == tuple(attribution.METHODS)
     assert schema.RESIDUAL_SITES == tuple(iv.RESIDUAL_SITES)
     assert schema.OVERLAP_RULES == tuple(iv.OVERLAP_RULES)
-    assert schema.PIECE_RULES == tuple(iv.PIECE_RULES)
-    assert schema.RANDOM_KEY_RULES == tuple(iv.RANDOM_KEY_RULES)
+    assert schema.PIECE_RULES == tuple(ph.PIECE_RULES)
+    assert schema.RANDOM_KEY_RULES == tuple(ph.RANDOM_KEY_RULES)
     assert set(schema.DTYPES) == set(loading.DTYPES)
     assert schema.HISTORIES == tuple(lichess.HISTORIES)

@@ -16,9 +16,11 @@ its config section.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import chess
 import h5py
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
+from leela_interp.experiments import piece_heads as ph
 from leela_interp.experiments.effects import (RowBlock, chunks, considered, effect_attrs,
                                               fill_rows, float_dataset, has_heads, in_memory,
                                               screen, selection_steps, subset_masks,
@@ -46,6 +49,206 @@ MEAN_KEY = 99_999_999
 """The chunk key of ``heads/mean_z`` (after every row chunk's key)."""
 EDGE_SOURCE = "heads/summary/different_targets/effect_mean"
 """The ``patching.h5`` dataset whose largest entry is the default single-edge head."""
+ABLATION_METHODS: tuple[str, ...] = ("zero", "mean", "resample")
+"""Head-ablation methods: the head's output ``hook_z`` set to 0, to its mean over the puzzle set
+(per square), or to its value on another puzzle's clean board."""
+EDGE_VARIANTS: tuple[str, ...] = ("edge", "edge_renorm", "others", "others_renorm")
+"""Single-edge ablation variants: zero the one pattern entry (query = 1st-move target, key =
+3rd-move target); the control zeroes every *other* entry of the head; ``_renorm`` rescales each
+changed query row to sum 1 (rows left with no mass stay zero)."""
+
+
+def head_outputs(net, boards: Sequence[chess.Board], *, batch_size: int = 256) -> torch.Tensor:
+    """Every head's output ``hook_z`` on ``boards``: ``[B, n_layers, n_heads, 64, d_head]``."""
+    iv.require_heads(net)
+    planes = net.encode(list(boards))
+    parts = []
+    for s in range(0, len(planes), batch_size):
+        with torch.no_grad():
+            _, c = net.run_with_cache(planes[s:s + batch_size], names="blocks.*.attn.hook_z")
+        parts.append(torch.stack([c[f"blocks.{l}.attn.hook_z"]
+                                  for l in range(net.config.n_layers)], dim=1))
+    return torch.cat(parts)
+
+
+class MeanHeadOutputs:
+    """Running mean of every head's output over a puzzle set, per square
+    (``[n_layers, n_heads, 64, d_head]``, float64): ``add`` chunks, read ``mean``."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, z: torch.Tensor) -> None:
+        """Add ``[B, n_layers, n_heads, 64, d_head]`` head outputs."""
+        s = z.double().sum(0).cpu()
+        self.total = s if self.total is None else self.total + s
+        self.count += z.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self.total is None or self.count == 0:
+            raise ValueError("no head outputs added")
+        return self.total / self.count
+
+
+def resample_donors(n: int, seed: int) -> np.ndarray:
+    """For each of ``n`` puzzles a donor puzzle ``!= itself`` (seeded; -1 everywhere if n < 2)."""
+    if n < 2:
+        return np.full(n, -1, np.int64)
+    rng = np.random.default_rng(seed)
+    return (np.arange(n) + 1 + rng.integers(0, n - 1, size=n)) % n
+
+
+def head_ablation(prep: iv.Prepared, method: str, *, mean_z: torch.Tensor | None = None,
+                  donor_z: torch.Tensor | None = None) -> np.ndarray:
+    """Ablate each (layer, head)'s output ``hook_z`` on the clean board, one head at a time.
+
+    Args:
+        prep: the chunk.
+        method: ``zero``, ``mean`` (``mean_z`` ``[L, H, 64, d_head]``, e.g.
+            :class:`MeanHeadOutputs`) or ``resample`` (``donor_z`` ``[P, L, H, 64, d_head]``:
+            the head outputs of each puzzle's donor board, :func:`head_outputs`).
+
+    Returns:
+        Effects ``[P, n_layers, n_heads]`` (float32).
+    """
+    net = prep.net
+    iv.require_heads(net)
+    if method not in ABLATION_METHODS:
+        raise ConfigError(f"unknown ablation method {method!r}; choose from "
+                          f"{list(ABLATION_METHODS)}")
+    if method == "mean" and mean_z is None:
+        raise ValueError("mean ablation needs mean_z")
+    if method == "resample" and donor_z is None:
+        raise ValueError("resample ablation needs donor_z")
+    n_layers, n_heads = net.config.n_layers, net.config.n_heads
+    out = np.full((prep.n, n_layers, n_heads), np.nan, np.float32)
+    rp = np.repeat(np.arange(prep.n), n_heads)
+    rh = np.tile(np.arange(n_heads), prep.n)
+    for layer in range(n_layers):
+        hook = f"blocks.{layer}.attn.hook_z"
+
+        def ablate(t, rows, layer=layer):
+            t = t.clone()
+            ar = np.arange(len(rows))
+            if method == "zero":
+                t[ar, rh[rows]] = 0.0
+            elif method == "mean":
+                t[ar, rh[rows]] = mean_z[layer, rh[rows]].to(t.device, t.dtype)
+            else:
+                t[ar, rh[rows]] = donor_z[rp[rows], layer, rh[rows]].to(t.device, t.dtype)
+            return t
+
+        start = prep.resid_in(layer)
+        logits = iv.run_rows(net, layer, len(rp), lambda rows: start[rp[rows]],
+                          edits=[(hook, ablate)], batch_size=prep.batch_size)
+        out[rp, layer, rh] = iv.row_effects(prep, rp, logits)
+    return out
+
+
+@dataclass
+class EdgeResult:
+    """Single-edge ablation of one (layer, head) for a chunk of puzzles.
+
+    Attributes:
+        effects: ``[P, 4]`` in :data:`EDGE_VARIANTS` order (NaN where PV has < 3 moves).
+        weight: the clean pattern entry (query = 1st-move target, key = 3rd-move target) ``[P]``.
+        rank_in_row: its rank within its query row (0 = the row's largest entry) ``[P]``.
+        is_head_max: whether it is the largest of the head's 4096 entries ``[P]``.
+        sweep: ``[P, 64 query, 64 key]`` single-entry effects, when requested.
+    """
+
+    effects: np.ndarray
+    weight: np.ndarray
+    rank_in_row: np.ndarray
+    is_head_max: np.ndarray
+    sweep: np.ndarray | None = field(default=None)
+
+
+def _renorm_rows(head: torch.Tensor, ar: torch.Tensor, q: torch.Tensor) -> None:
+    rows = head[ar, q]
+    s = rows.sum(-1, keepdim=True)
+    head[ar, q] = torch.where(s > 0, rows / s.clamp_min(torch.finfo(rows.dtype).tiny), rows)
+
+
+def edge_ablation(prep: iv.Prepared, layer: int, head: int, *, full_sweep: bool = False,
+                  sweep_renormalize: bool = False) -> EdgeResult:
+    """Zero one attention weight of (``layer``, ``head``) on the clean board, and the control.
+
+    Variants (:data:`EDGE_VARIANTS`): ``edge`` zeroes ``pattern[query = 1st-move target, key =
+    3rd-move target]``; ``others`` zeroes every other entry of the head (the control); the
+    ``_renorm`` variants then rescale each query row that still has mass to sum 1. With
+    ``full_sweep`` every one of the 4096 entries is zeroed in turn (``sweep_renormalize``
+    rescales its row).
+    """
+    net = prep.net
+    layer, head = iv.resolve_head(net, layer, head)
+    hook = f"blocks.{layer}.attn.hook_pattern"
+    pattern = prep.cache("clean", hook)[hook][:, head]  # [P, 64, 64]
+    valid = np.nonzero(prep.third >= 0)[0]
+    effects = np.full((prep.n, len(EDGE_VARIANTS)), np.nan, np.float32)
+    weight = np.full(prep.n, np.nan, np.float32)
+    rank = np.full(prep.n, -1, np.int64)
+    is_max = np.zeros(prep.n, bool)
+    sweep = np.full((prep.n, 64, 64), np.nan, np.float32) if full_sweep else None
+    if len(valid) == 0:
+        return EdgeResult(effects, weight, rank, is_max, sweep)
+    q_all = torch.as_tensor(prep.first)
+    k_all = torch.as_tensor(prep.third)
+    pv = torch.as_tensor(valid)
+    w = pattern[pv, q_all[pv], k_all[pv]]
+    weight[valid] = w.float().cpu().numpy()
+    row = pattern[pv, q_all[pv]]
+    rank[valid] = (row > w[:, None]).sum(1).cpu().numpy()
+    is_max[valid] = (pattern[pv].flatten(1).max(1).values <= w).cpu().numpy()
+    start = prep.resid_in(layer)
+
+    nv = len(EDGE_VARIANTS)
+    rp = np.repeat(valid, nv)
+    rv = np.tile(np.arange(nv), len(valid))
+
+    def ablate(t, rows):
+        t = t.clone()
+        hd = t[:, head]  # a view
+        p = torch.as_tensor(rp[rows])
+        v = torch.as_tensor(rv[rows], device=t.device)
+        ar = torch.arange(len(rows), device=t.device)
+        q, k = q_all[p].to(t.device), k_all[p].to(t.device)
+        kept = hd[ar, q, k].clone()
+        edge = (v == 0) | (v == 1)
+        others = ~edge
+        renorm = (v == 1) | (v == 3)
+        hd[ar[edge], q[edge], k[edge]] = 0.0
+        if others.any():
+            hd[ar[others]] = 0.0
+            hd[ar[others], q[others], k[others]] = kept[others]
+        if renorm.any():
+            _renorm_rows(hd, ar[renorm], q[renorm])
+        return t
+
+    logits = iv.run_rows(net, layer, len(rp), lambda rows: start[rp[rows]],
+                      edits=[(hook, ablate)], batch_size=prep.batch_size)
+    effects[rp, rv] = iv.row_effects(prep, rp, logits)
+    if full_sweep:
+        sp = np.repeat(valid, 4096)
+        sq = np.tile(np.arange(4096) // 64, len(valid))
+        sk = np.tile(np.arange(4096) % 64, len(valid))
+
+        def single(t, rows):
+            t = t.clone()
+            hd = t[:, head]
+            ar = torch.arange(len(rows), device=t.device)
+            q = torch.as_tensor(sq[rows], device=t.device)
+            hd[ar, q, torch.as_tensor(sk[rows], device=t.device)] = 0.0
+            if sweep_renormalize:
+                _renorm_rows(hd, ar, q)
+            return t
+
+        logits = iv.run_rows(net, layer, len(sp), lambda rows: start[sp[rows]],
+                          edits=[(hook, single)], batch_size=prep.batch_size)
+        sweep[sp, sq, sk] = iv.row_effects(prep, sp, logits)
+    return EdgeResult(effects, weight, rank, is_max, sweep)
 
 
 def _choice(key: str, value, choices) -> str:
@@ -65,7 +268,7 @@ class AblationSettings:
     """
 
     methods: tuple[str, ...] = ("zero", "mean", "resample")
-    """Head-ablation methods (:data:`iv.ABLATION_METHODS`)."""
+    """Head-ablation methods (:data:`ABLATION_METHODS`)."""
     puzzles: str = "corrupted"
     """Which puzzles are analysed (:data:`PUZZLE_CHOICES`)."""
     require_pv0_top: bool = True
@@ -85,20 +288,20 @@ class AblationSettings:
     min_pv_length: int = 5
     """Piece-movement heads: puzzles with at least this many PV moves."""
     piece_rule: str = "initial"
-    """Where the piece playing PV[2] is read (:data:`iv.PIECE_RULES`)."""
+    """Where the piece playing PV[2] is read (:data:`ph.PIECE_RULES`)."""
     random_key: str = "any"
-    """Key square of the random-square control (:data:`iv.RANDOM_KEY_RULES`)."""
+    """Key square of the random-square control (:data:`ph.RANDOM_KEY_RULES`)."""
     batch_size: int = 256
     """Positions per forward pass."""
 
     def __post_init__(self) -> None:
         for m in self.methods:
-            if m not in iv.ABLATION_METHODS:
+            if m not in ABLATION_METHODS:
                 raise ConfigError(f"ablations.method: unknown method {m!r}; choose from "
-                                  f"{list(iv.ABLATION_METHODS)}")
+                                  f"{list(ABLATION_METHODS)}")
         _choice("ablations.puzzles", self.puzzles, PUZZLE_CHOICES)
-        _choice("ablations.piece_heads.piece_rule", self.piece_rule, iv.PIECE_RULES)
-        _choice("ablations.piece_heads.random_key", self.random_key, iv.RANDOM_KEY_RULES)
+        _choice("ablations.piece_heads.piece_rule", self.piece_rule, ph.PIECE_RULES)
+        _choice("ablations.piece_heads.random_key", self.random_key, ph.RANDOM_KEY_RULES)
 
 
 @dataclass(frozen=True)
@@ -197,7 +400,7 @@ def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSetti
                       **effect_attrs(method=m))
     if "resample" in methods:
         donors = np.full(n, -1, np.int64)
-        donors[:limit] = iv.resample_donors(limit, settings.seed)
+        donors[:limit] = resample_donors(limit, settings.seed)
         label_axes(g.create_dataset("resample_donor", data=donors), "puzzle",
                    meaning="row of the puzzle whose clean head outputs are used (any "
                            "of the considered rows; -1 past max_puzzles)")
@@ -208,9 +411,9 @@ def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSetti
                         "query": "1st-move target (PV[0].to_square) token",
                         "key": "3rd-move target (PV[2].to_square) token",
                         "numbering": TOKEN_NUMBERING})
-        label_axes(write_strings(g, "variant_names", iv.EDGE_VARIANTS), "variant")
-        float_dataset(g, "effect", (n, len(iv.EDGE_VARIANTS)), ("puzzle", "variant"),
-                      variants=list(iv.EDGE_VARIANTS), **effect_attrs())
+        label_axes(write_strings(g, "variant_names", EDGE_VARIANTS), "variant")
+        float_dataset(g, "effect", (n, len(EDGE_VARIANTS)), ("puzzle", "variant"),
+                      variants=list(EDGE_VARIANTS), **effect_attrs())
         float_dataset(g, "weight", (n,), ("puzzle",),
                       meaning="clean attention weight pattern[query, key]")
         label_axes(g.create_dataset("rank_in_row", shape=(n,), dtype="i8",
@@ -230,9 +433,9 @@ def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSetti
                         "seed": settings.seed,
                         "piece_rule": settings.piece_rule,
                         "random_key": settings.random_key})
-        label_axes(write_strings(g, "variant_names", iv.PIECE_VARIANTS), "variant")
-        float_dataset(g, "effect", (n, len(iv.PIECE_VARIANTS)), ("puzzle", "variant"),
-                      variants=list(iv.PIECE_VARIANTS), **effect_attrs())
+        label_axes(write_strings(g, "variant_names", ph.PIECE_VARIANTS), "variant")
+        float_dataset(g, "effect", (n, len(ph.PIECE_VARIANTS)), ("puzzle", "variant"),
+                      variants=list(ph.PIECE_VARIANTS), **effect_attrs())
         label_axes(g.create_dataset("piece", shape=(n,), dtype=STR), "puzzle",
                    meaning="piece playing PV[2] (knight/bishop/rook; read by "
                            f"piece_rule={settings.piece_rule}); '' = not in the subset")
@@ -300,11 +503,11 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
     mean_z = None
     if "mean" in methods:
         if MEAN_KEY not in out_file.keys:
-            acc = iv.MeanHeadOutputs()
+            acc = MeanHeadOutputs()
             step = min(bs, 64)  # every head's output of 64 boards at a time
             for s in tqdm(range(0, limit, step), desc="ablations: mean head outputs",
                           unit="chunk", disable=None):
-                acc.add(iv.head_outputs(net, [puzzles.clean_board(i)
+                acc.add(head_outputs(net, [puzzles.clean_board(i)
                                               for i in range(s, min(s + step, limit))],
                                         batch_size=step))
             out_file.commit(MEAN_KEY, {"heads/mean_z": acc.mean.float().numpy()})
@@ -323,13 +526,13 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                 if m == "resample":
                     if limit < 2:
                         continue
-                    donor_z = iv.head_outputs(net, [puzzles.clean_board(int(j))
+                    donor_z = head_outputs(net, [puzzles.clean_board(int(j))
                                                     for j in donors[s + rows]],
                                               batch_size=bs)
                 block.put(f"heads/{m}/effect", rows,
-                          iv.head_ablation(prep, m, mean_z=mean_z, donor_z=donor_z))
+                          head_ablation(prep, m, mean_z=mean_z, donor_z=donor_z))
             if edge is not None:
-                r = iv.edge_ablation(prep, edge.layer, edge.head, full_sweep=settings.full_sweep,
+                r = edge_ablation(prep, edge.layer, edge.head, full_sweep=settings.full_sweep,
                                      sweep_renormalize=settings.sweep_renormalize)
                 block.put("edge/effect", rows, r.effects)
                 block.put("edge/weight", rows, r.weight)
@@ -338,7 +541,7 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                 if r.sweep is not None:
                     block.put("edge/sweep", rows, r.sweep)
             if piece_on:
-                r = iv.piece_head_ablation(prep, piece_heads, seed=settings.seed,
+                r = ph.piece_head_ablation(prep, piece_heads, seed=settings.seed,
                                            min_pv_length=settings.min_pv_length,
                                            piece_rule=settings.piece_rule,
                                            random_key=settings.random_key)
@@ -363,10 +566,10 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                           subsets, ("layer", "head"), **effect_attrs(method=m))
         if edge is not None:
             write_summary(f["edge"], "effect", f["edge/effect"][()], analysed, subsets,
-                          ("variant",), variants=list(iv.EDGE_VARIANTS), **effect_attrs())
+                          ("variant",), variants=list(EDGE_VARIANTS), **effect_attrs())
         if piece_on:
             write_summary(f["piece_heads"], "effect", f["piece_heads/effect"][()], analysed,
-                          subsets, ("variant",), variants=list(iv.PIECE_VARIANTS),
+                          subsets, ("variant",), variants=list(ph.PIECE_VARIANTS),
                           **effect_attrs())
         steps = selection_steps(
             f, limit, "ablations", need_corruption=need_corruption, require_pv0_top=require_top,

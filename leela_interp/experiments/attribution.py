@@ -1,6 +1,6 @@
 """Attribution patching: a first-order estimate of every activation patch from gradients.
 
-Exact patching (:func:`leela_interp.experiments.interventions.residual_patching`,
+Exact patching (:func:`leela_interp.experiments.patching.residual_patching`,
 ``head_patching``) runs one forward pass per (layer, square) or (layer, head). Attribution
 patching (Nanda 2023; AtP, Kramár et al. 2024) estimates all of them at once from the clean
 run's gradient of the metric: replacing activation ``a`` by its corrupted value ``a'`` changes
@@ -73,7 +73,7 @@ def attribution_patching(prep: iv.Prepared, *, sites: Sequence[str] = ("resid_po
             raise ConfigError(f"resid_mid exists only in transformer blocks; this net is a "
                               f"{net.config.body!r}; choose resid_post or resid_pre")
     if heads:
-        iv._require_heads(net)
+        iv.require_heads(net)
     names = [f"blocks.*.hook_{site}" for site in sites] + (["blocks.*.attn.hook_z"] if heads
                                                            else [])
     residual = {site: np.full((prep.n, L, 64), np.nan, np.float32) for site in sites}

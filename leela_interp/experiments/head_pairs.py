@@ -42,8 +42,8 @@ def pairs_of(heads: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def pair_patching(prep: iv.Prepared, heads: Sequence[tuple[int, int]]) -> np.ndarray:
     """Patch both heads of every pair of ``heads`` (:func:`pairs_of` order) from the corrupted
-    run at once: ``hook_z`` of each, all 64 squares, as :func:`interventions.head_patching`
-    patches one.
+    run at once: ``hook_z`` of each, all 64 squares, as
+    :func:`~leela_interp.experiments.patching.head_patching` patches one.
 
     Returns:
         Effects ``[P, n_pairs]`` (float32; NaN for puzzles without a usable corrupted board).
@@ -87,7 +87,7 @@ def pair_patching(prep: iv.Prepared, heads: Sequence[tuple[int, int]]) -> np.nda
     logits = iv.run_rows(net, layers[0], len(rp), lambda rows: start[rp[rows]],
                          edits=[(hooks[l], make_edit(l)) for l in layers],
                          batch_size=prep.batch_size)
-    out[rp, rk] = iv._effects(prep, rp, logits)
+    out[rp, rk] = iv.row_effects(prep, rp, logits)
     return out
 
 
@@ -95,7 +95,7 @@ def interaction(joint: np.ndarray, single: np.ndarray,
                 heads: Sequence[tuple[int, int]]) -> np.ndarray:
     """``joint - (single_a + single_b)`` per puzzle and pair: ``joint [P, n_pairs]`` from
     :func:`pair_patching`, ``single [P, n_layers, n_heads]`` from
-    :func:`interventions.head_patching` on the same puzzles."""
+    :func:`~leela_interp.experiments.patching.head_patching` on the same puzzles."""
     a, b = (np.array([heads[p[s]] for p in pairs_of(heads)]).reshape(-1, 2) for s in (0, 1))
     return (np.asarray(joint, np.float64) - single[:, a[:, 0], a[:, 1]]
             - single[:, b[:, 0], b[:, 1]]).astype(np.float32)

@@ -1,5 +1,9 @@
-"""Interventions for the look-ahead experiments: the effect metric, square categories, activation
-patching from a corrupted board, head ablations, single-edge and piece-movement-head ablations.
+"""What every intervention of the look-ahead experiments shares: the effect metric, square
+categories, the prepared batch of clean and corrupted runs (:func:`prepare`) and the row runner
+(:func:`run_rows`). The interventions themselves stand beside the files they fill: activation
+patching in :mod:`leela_interp.experiments.patching`, head and single-edge ablations in
+:mod:`leela_interp.experiments.ablations`, the piece-movement-head ablation in
+:mod:`leela_interp.experiments.piece_heads`.
 
 Conventions (the same in every function, in the HDF5 files and in ``docs/interventions.md``):
 
@@ -23,8 +27,8 @@ whose patched activation equals the clean one exactly are skipped and recorded a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import chess
 import numpy as np
@@ -83,23 +87,6 @@ OVERLAP_RULES: tuple[str, ...] = ("paper", "third_only")
 
 RESIDUAL_SITES: tuple[str, ...] = ("resid_post", "resid_mid", "resid_pre")
 """Residual-stream hook sites residual patching can patch (``resid_mid``: transformers only)."""
-ABLATION_METHODS: tuple[str, ...] = ("zero", "mean", "resample")
-"""Head-ablation methods: the head's output ``hook_z`` set to 0, to its mean over the puzzle set
-(per square), or to its value on another puzzle's clean board."""
-EDGE_VARIANTS: tuple[str, ...] = ("edge", "edge_renorm", "others", "others_renorm")
-"""Single-edge ablation variants: zero the one pattern entry (query = 1st-move target, key =
-3rd-move target); the control zeroes every *other* entry of the head; ``_renorm`` rescales each
-changed query row to sum 1 (rows left with no mass stay zero)."""
-PIECE_VARIANTS: tuple[str, ...] = ("main", "other_types", "random_square")
-"""Piece-movement-head ablation and its two controls (see :func:`piece_head_ablation`)."""
-PIECE_TYPES: dict[str, int] = {"knight": chess.KNIGHT, "bishop": chess.BISHOP,
-                               "rook": chess.ROOK}
-PIECE_RULES: tuple[str, ...] = ("initial", "moved")
-"""Where :func:`moving_piece` reads the piece that plays PV[2]: in the puzzle position
-(``initial``, the paper's) or after PV[0] and PV[1] (``moved``)."""
-RANDOM_KEY_RULES: tuple[str, ...] = ("any", "exclude_third_move")
-"""The ``random_square`` control's key square: any of the 64 tokens (``any``, the paper's), or
-never the 3rd move's target or source (``exclude_third_move``)."""
 
 
 # --------------------------------------------------------------------------- puzzles
@@ -445,7 +432,9 @@ def run_rows(net, start_layer: int, n_rows: int, resid: Callable[[np.ndarray], t
     return torch.cat(out)
 
 
-def _effects(prep: Prepared, row_puzzle: np.ndarray, logits: torch.Tensor) -> np.ndarray:
+def row_effects(prep: Prepared, row_puzzle: np.ndarray, logits: torch.Tensor) -> np.ndarray:
+    """The effects of :func:`run_rows`'s ``logits``: each row's puzzle's clean log-odds minus
+    the row's (``row_puzzle[i]`` is row ``i``'s puzzle)."""
     if len(row_puzzle) == 0:
         return np.zeros(0)
     p = torch.as_tensor(row_puzzle)
@@ -453,210 +442,11 @@ def _effects(prep: Prepared, row_puzzle: np.ndarray, logits: torch.Tensor) -> np
     return prep.clean_log_odds[row_puzzle] - lo
 
 
-def _require_heads(net) -> None:
+def require_heads(net) -> None:
+    """Raises ConfigError unless ``net`` has attention heads (a transformer with heads)."""
     if net.config.body != "transformer" or net.config.n_heads == 0:
         raise ConfigError(f"{net.path or 'this network'} has no attention heads "
                           f"(body {net.config.body!r}); head interventions need a transformer")
-
-
-# --------------------------------------------------------------------------- patching
-
-
-def residual_patching(prep: Prepared, *, site: str = "resid_post", skip_identical: bool = True,
-                      layers: Sequence[int] | None = None) -> np.ndarray:
-    """Patch each (layer, square) of the residual stream with its value on the corrupted board.
-
-    Args:
-        prep: the chunk (its puzzles without a usable corrupted board get NaN).
-        site: ``resid_post`` (after block l; the paper's choice), ``resid_mid`` (after the
-            attention sub-layer; transformers only) or ``resid_pre`` (entering block l).
-        skip_identical: record an exact 0 for squares whose corrupted activation equals the clean
-            one instead of running them.
-        layers: layers to patch (default all); others are NaN.
-
-    Returns:
-        Effects ``[P, n_layers, 64]`` (float32; positive = log-odds of PV[0] reduced).
-    """
-    net = prep.net
-    n_layers = net.config.n_layers
-    if site not in RESIDUAL_SITES:
-        raise ConfigError(f"unknown residual site {site!r}; choose from {list(RESIDUAL_SITES)}")
-    if site == "resid_mid" and net.config.body != "transformer":
-        raise ConfigError("resid_mid exists only in transformer blocks; this net is a "
-                          f"{net.config.body!r}; choose resid_post or resid_pre")
-    out = np.full((prep.n, n_layers, 64), np.nan, np.float32)
-    ok = np.nonzero(prep.corrupted_ok)[0]
-    if len(ok) == 0:
-        return out
-    name = f"blocks.*.hook_{site}"
-    clean = prep.cache("clean", [name, "blocks.*.hook_resid_pre"])
-    corr = prep.cache("corrupted", name)
-    for layer in (range(n_layers) if layers is None else layers):
-        hook = f"blocks.{layer}.hook_{site}"
-        base, donor = clean[hook], corr[hook]
-        same = (base[ok] == donor[ok]).all(dim=2).cpu().numpy()  # [ok, 64]
-        pairs = [(p, s) for j, p in enumerate(ok) for s in range(64)
-                 if not (skip_identical and same[j, s])]
-        out[ok, layer, :] = 0.0
-        if not pairs:
-            continue
-        rp = np.array([p for p, _ in pairs])
-        rs = np.array([s for _, s in pairs])
-
-        def patch(t: torch.Tensor, rows: np.ndarray, rp=rp, rs=rs, donor=donor) -> torch.Tensor:
-            t = t.clone()
-            t[np.arange(len(rows)), rs[rows]] = donor[rp[rows], rs[rows]].to(t.dtype)
-            return t
-
-        if site in ("resid_post", "resid_pre"):  # post[l] is the stream entering block l+1
-            start = layer + 1 if site == "resid_post" else layer
-            logits = run_rows(net, start, len(rp),
-                              lambda rows, b=base: patch(b[rp[rows]], rows),
-                              batch_size=prep.batch_size)
-        else:
-            start = prep.resid_in(layer)
-            logits = run_rows(net, layer, len(rp), lambda rows, b=start: b[rp[rows]],
-                              edits=[(hook, patch)], batch_size=prep.batch_size)
-        out[rp, layer, rs] = _effects(prep, rp, logits)
-    return out
-
-
-def head_patching(prep: Prepared, *, skip_identical: bool = True) -> np.ndarray:
-    """Patch each (layer, head)'s output ``hook_z`` (all squares) with its corrupted-run value.
-
-    Returns:
-        Effects ``[P, n_layers, n_heads]`` (float32; NaN for puzzles without a usable
-        corrupted board).
-
-    Raises:
-        ConfigError: the network has no attention heads.
-    """
-    net = prep.net
-    _require_heads(net)
-    n_layers, n_heads = net.config.n_layers, net.config.n_heads
-    out = np.full((prep.n, n_layers, n_heads), np.nan, np.float32)
-    ok = np.nonzero(prep.corrupted_ok)[0]
-    if len(ok) == 0:
-        return out
-    clean = prep.cache("clean", ["blocks.*.attn.hook_z", "blocks.*.hook_resid_pre"])
-    corr = prep.cache("corrupted", "blocks.*.attn.hook_z")
-    for layer in range(n_layers):
-        hook = f"blocks.{layer}.attn.hook_z"
-        same = (clean[hook][ok] == corr[hook][ok]).flatten(2).all(2).cpu().numpy()
-        pairs = [(p, h) for j, p in enumerate(ok) for h in range(n_heads)
-                 if not (skip_identical and same[j, h])]
-        out[ok, layer, :] = 0.0
-        if not pairs:
-            continue
-        rp = np.array([p for p, _ in pairs])
-        rh = np.array([h for _, h in pairs])
-        donor = corr[hook]
-
-        def patch(t, rows, rp=rp, rh=rh, donor=donor):
-            t = t.clone()
-            t[np.arange(len(rows)), rh[rows]] = donor[rp[rows], rh[rows]].to(t.dtype)
-            return t
-
-        start = prep.resid_in(layer)
-        logits = run_rows(net, layer, len(rp), lambda rows: start[rp[rows]],
-                          edits=[(hook, patch)], batch_size=prep.batch_size)
-        out[rp, layer, rh] = _effects(prep, rp, logits)
-    return out
-
-
-# --------------------------------------------------------------------------- head ablations
-
-
-def head_outputs(net, boards: Sequence[chess.Board], *, batch_size: int = 256) -> torch.Tensor:
-    """Every head's output ``hook_z`` on ``boards``: ``[B, n_layers, n_heads, 64, d_head]``."""
-    _require_heads(net)
-    planes = net.encode(list(boards))
-    parts = []
-    for s in range(0, len(planes), batch_size):
-        with torch.no_grad():
-            _, c = net.run_with_cache(planes[s:s + batch_size], names="blocks.*.attn.hook_z")
-        parts.append(torch.stack([c[f"blocks.{l}.attn.hook_z"]
-                                  for l in range(net.config.n_layers)], dim=1))
-    return torch.cat(parts)
-
-
-class MeanHeadOutputs:
-    """Running mean of every head's output over a puzzle set, per square
-    (``[n_layers, n_heads, 64, d_head]``, float64): ``add`` chunks, read ``mean``."""
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.count = 0
-
-    def add(self, z: torch.Tensor) -> None:
-        """Add ``[B, n_layers, n_heads, 64, d_head]`` head outputs."""
-        s = z.double().sum(0).cpu()
-        self.total = s if self.total is None else self.total + s
-        self.count += z.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        if self.total is None or self.count == 0:
-            raise ValueError("no head outputs added")
-        return self.total / self.count
-
-
-def resample_donors(n: int, seed: int) -> np.ndarray:
-    """For each of ``n`` puzzles a donor puzzle ``!= itself`` (seeded; -1 everywhere if n < 2)."""
-    if n < 2:
-        return np.full(n, -1, np.int64)
-    rng = np.random.default_rng(seed)
-    return (np.arange(n) + 1 + rng.integers(0, n - 1, size=n)) % n
-
-
-def head_ablation(prep: Prepared, method: str, *, mean_z: torch.Tensor | None = None,
-                  donor_z: torch.Tensor | None = None) -> np.ndarray:
-    """Ablate each (layer, head)'s output ``hook_z`` on the clean board, one head at a time.
-
-    Args:
-        prep: the chunk.
-        method: ``zero``, ``mean`` (``mean_z`` ``[L, H, 64, d_head]``, e.g.
-            :class:`MeanHeadOutputs`) or ``resample`` (``donor_z`` ``[P, L, H, 64, d_head]``:
-            the head outputs of each puzzle's donor board, :func:`head_outputs`).
-
-    Returns:
-        Effects ``[P, n_layers, n_heads]`` (float32).
-    """
-    net = prep.net
-    _require_heads(net)
-    if method not in ABLATION_METHODS:
-        raise ConfigError(f"unknown ablation method {method!r}; choose from "
-                          f"{list(ABLATION_METHODS)}")
-    if method == "mean" and mean_z is None:
-        raise ValueError("mean ablation needs mean_z")
-    if method == "resample" and donor_z is None:
-        raise ValueError("resample ablation needs donor_z")
-    n_layers, n_heads = net.config.n_layers, net.config.n_heads
-    out = np.full((prep.n, n_layers, n_heads), np.nan, np.float32)
-    rp = np.repeat(np.arange(prep.n), n_heads)
-    rh = np.tile(np.arange(n_heads), prep.n)
-    for layer in range(n_layers):
-        hook = f"blocks.{layer}.attn.hook_z"
-
-        def ablate(t, rows, layer=layer):
-            t = t.clone()
-            ar = np.arange(len(rows))
-            if method == "zero":
-                t[ar, rh[rows]] = 0.0
-            elif method == "mean":
-                t[ar, rh[rows]] = mean_z[layer, rh[rows]].to(t.device, t.dtype)
-            else:
-                t[ar, rh[rows]] = donor_z[rp[rows], layer, rh[rows]].to(t.device, t.dtype)
-            return t
-
-        start = prep.resid_in(layer)
-        logits = run_rows(net, layer, len(rp), lambda rows: start[rp[rows]],
-                          edits=[(hook, ablate)], batch_size=prep.batch_size)
-        out[rp, layer, rh] = _effects(prep, rp, logits)
-    return out
-
-
-# --------------------------------------------------------------------------- single edge
 
 
 def resolve_head(net, layer: int, head: int) -> tuple[int, int]:
@@ -666,281 +456,9 @@ def resolve_head(net, layer: int, head: int) -> tuple[int, int]:
         ConfigError: the net has no heads, or an index is negative or past the net's last
             layer / head.
     """
-    _require_heads(net)
+    require_heads(net)
     n_layers, n_heads = net.config.n_layers, net.config.n_heads
     if not (0 <= layer < n_layers and 0 <= head < n_heads):
         raise ConfigError(f"(layer {layer!r}, head {head!r}) is outside this net: layers "
                           f"0..{n_layers - 1}, heads 0..{n_heads - 1}")
     return int(layer), int(head)
-
-
-@dataclass
-class EdgeResult:
-    """Single-edge ablation of one (layer, head) for a chunk of puzzles.
-
-    Attributes:
-        effects: ``[P, 4]`` in :data:`EDGE_VARIANTS` order (NaN where PV has < 3 moves).
-        weight: the clean pattern entry (query = 1st-move target, key = 3rd-move target) ``[P]``.
-        rank_in_row: its rank within its query row (0 = the row's largest entry) ``[P]``.
-        is_head_max: whether it is the largest of the head's 4096 entries ``[P]``.
-        sweep: ``[P, 64 query, 64 key]`` single-entry effects, when requested.
-    """
-
-    effects: np.ndarray
-    weight: np.ndarray
-    rank_in_row: np.ndarray
-    is_head_max: np.ndarray
-    sweep: np.ndarray | None = field(default=None)
-
-
-def _renorm_rows(head: torch.Tensor, ar: torch.Tensor, q: torch.Tensor) -> None:
-    rows = head[ar, q]
-    s = rows.sum(-1, keepdim=True)
-    head[ar, q] = torch.where(s > 0, rows / s.clamp_min(torch.finfo(rows.dtype).tiny), rows)
-
-
-def edge_ablation(prep: Prepared, layer: int, head: int, *, full_sweep: bool = False,
-                  sweep_renormalize: bool = False) -> EdgeResult:
-    """Zero one attention weight of (``layer``, ``head``) on the clean board, and the control.
-
-    Variants (:data:`EDGE_VARIANTS`): ``edge`` zeroes ``pattern[query = 1st-move target, key =
-    3rd-move target]``; ``others`` zeroes every other entry of the head (the control); the
-    ``_renorm`` variants then rescale each query row that still has mass to sum 1. With
-    ``full_sweep`` every one of the 4096 entries is zeroed in turn (``sweep_renormalize``
-    rescales its row).
-    """
-    net = prep.net
-    layer, head = resolve_head(net, layer, head)
-    hook = f"blocks.{layer}.attn.hook_pattern"
-    pattern = prep.cache("clean", hook)[hook][:, head]  # [P, 64, 64]
-    valid = np.nonzero(prep.third >= 0)[0]
-    effects = np.full((prep.n, len(EDGE_VARIANTS)), np.nan, np.float32)
-    weight = np.full(prep.n, np.nan, np.float32)
-    rank = np.full(prep.n, -1, np.int64)
-    is_max = np.zeros(prep.n, bool)
-    sweep = np.full((prep.n, 64, 64), np.nan, np.float32) if full_sweep else None
-    if len(valid) == 0:
-        return EdgeResult(effects, weight, rank, is_max, sweep)
-    q_all = torch.as_tensor(prep.first)
-    k_all = torch.as_tensor(prep.third)
-    pv = torch.as_tensor(valid)
-    w = pattern[pv, q_all[pv], k_all[pv]]
-    weight[valid] = w.float().cpu().numpy()
-    row = pattern[pv, q_all[pv]]
-    rank[valid] = (row > w[:, None]).sum(1).cpu().numpy()
-    is_max[valid] = (pattern[pv].flatten(1).max(1).values <= w).cpu().numpy()
-    start = prep.resid_in(layer)
-
-    nv = len(EDGE_VARIANTS)
-    rp = np.repeat(valid, nv)
-    rv = np.tile(np.arange(nv), len(valid))
-
-    def ablate(t, rows):
-        t = t.clone()
-        hd = t[:, head]  # a view
-        p = torch.as_tensor(rp[rows])
-        v = torch.as_tensor(rv[rows], device=t.device)
-        ar = torch.arange(len(rows), device=t.device)
-        q, k = q_all[p].to(t.device), k_all[p].to(t.device)
-        kept = hd[ar, q, k].clone()
-        edge = (v == 0) | (v == 1)
-        others = ~edge
-        renorm = (v == 1) | (v == 3)
-        hd[ar[edge], q[edge], k[edge]] = 0.0
-        if others.any():
-            hd[ar[others]] = 0.0
-            hd[ar[others], q[others], k[others]] = kept[others]
-        if renorm.any():
-            _renorm_rows(hd, ar[renorm], q[renorm])
-        return t
-
-    logits = run_rows(net, layer, len(rp), lambda rows: start[rp[rows]],
-                      edits=[(hook, ablate)], batch_size=prep.batch_size)
-    effects[rp, rv] = _effects(prep, rp, logits)
-    if full_sweep:
-        sp = np.repeat(valid, 4096)
-        sq = np.tile(np.arange(4096) // 64, len(valid))
-        sk = np.tile(np.arange(4096) % 64, len(valid))
-
-        def single(t, rows):
-            t = t.clone()
-            hd = t[:, head]
-            ar = torch.arange(len(rows), device=t.device)
-            q = torch.as_tensor(sq[rows], device=t.device)
-            hd[ar, q, torch.as_tensor(sk[rows], device=t.device)] = 0.0
-            if sweep_renormalize:
-                _renorm_rows(hd, ar, q)
-            return t
-
-        logits = run_rows(net, layer, len(sp), lambda rows: start[sp[rows]],
-                          edits=[(hook, single)], batch_size=prep.batch_size)
-        sweep[sp, sq, sk] = _effects(prep, sp, logits)
-    return EdgeResult(effects, weight, rank, is_max, sweep)
-
-
-# --------------------------------------------------------------------------- piece heads
-
-
-def moving_piece(puzzle: Puzzle, rule: str = "initial") -> str:
-    """Name (``knight``/``bishop``/``rook``) of the piece type that plays PV[2], else ``""``.
-
-    Args:
-        puzzle: the puzzle.
-        rule: where the piece is read (:data:`PIECE_RULES`). ``initial`` (the paper's): on
-            PV[2]'s source square in the puzzle position, before PV[0]. ``moved``: on that
-            square after PV[0] and PV[1].
-
-    The two rules never name different pieces: a piece of the side to move on PV[2]'s source
-    square in the puzzle position is the piece that plays PV[2] (the opponent's PV[1] cannot put
-    one there, and if PV[0] moved it away, PV[2] could not move from that square). They differ
-    on puzzles whose PV[2] piece *arrived* on its source square with PV[0] (including a
-    castling rook and a promoted piece): PV[0] moves onto an empty or an enemy square, so
-    ``initial`` finds no piece of the side to move there and leaves the puzzle out; ``moved``
-    keeps it.
-
-    Raises:
-        ConfigError: an unknown ``rule``.
-    """
-    if rule not in PIECE_RULES:
-        raise ConfigError(f"unknown piece rule {rule!r}; choose from {list(PIECE_RULES)}")
-    if len(puzzle.pv) < 3:
-        return ""
-    board = puzzle.clean.copy(stack=False)
-    if rule == "moved":
-        board.push(puzzle.pv[0])
-        board.push(puzzle.pv[1])
-    piece = board.piece_at(puzzle.pv[2].from_square)
-    if piece is None or piece.color != puzzle.clean.turn:
-        return ""
-    for name, kind in PIECE_TYPES.items():
-        if piece.piece_type == kind:
-            return name
-    return ""
-
-
-def check_head_lists(net, head_lists: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, list]:
-    """Validate ``{piece: [[layer, head], ...]}`` against the net; returns plain tuples.
-
-    Raises:
-        ConfigError: an unknown piece name or a (layer, head) outside the net.
-    """
-    _require_heads(net)
-    out: dict[str, list[tuple[int, int]]] = {}
-    for piece, heads in head_lists.items():
-        if piece not in PIECE_TYPES:
-            raise ConfigError(f"unknown piece type {piece!r}; choose from {list(PIECE_TYPES)}")
-        pairs = []
-        for entry in heads or []:
-            if len(entry) != 2:
-                raise ConfigError(f"{piece} head {entry!r} is not a [layer, head] pair")
-            pairs.append(resolve_head(net, int(entry[0]), int(entry[1])))
-        out[piece] = pairs
-    for piece in PIECE_TYPES:
-        out.setdefault(piece, [])
-    return out
-
-
-@dataclass
-class PieceHeadResult:
-    """Piece-movement-head ablation for a chunk.
-
-    Attributes:
-        effects: ``[P, 3]`` in :data:`PIECE_VARIANTS` order; NaN for puzzles outside the subset
-            or whose head list is empty.
-        piece: the moving piece's name per puzzle (``""`` = not in the subset).
-        random_key: the random key token of the ``random_square`` control (-1 if none).
-    """
-
-    effects: np.ndarray
-    piece: list[str]
-    random_key: np.ndarray
-
-
-def random_key_token(rule: str, seed: int, index: int, third: int, source: int) -> int:
-    """The ``random_square`` control's key token for puzzle ``index`` (seeded by ``seed`` and
-    ``index``): any of the 64 tokens (``rule="any"``) or any but the 3rd move's target ``third``
-    and source ``source`` (``"exclude_third_move"``).
-
-    Raises:
-        ConfigError: an unknown ``rule`` (:data:`RANDOM_KEY_RULES`).
-    """
-    if rule not in RANDOM_KEY_RULES:
-        raise ConfigError(f"unknown random_key rule {rule!r}; choose from "
-                          f"{list(RANDOM_KEY_RULES)}")
-    choices = [t for t in range(64) if rule == "any" or t not in (third, source)]
-    rng = np.random.default_rng([seed, index])
-    return choices[int(rng.integers(len(choices)))]
-
-
-def piece_head_ablation(prep: Prepared, head_lists: Mapping[str, Sequence[Sequence[int]]], *,
-                        seed: int = 0, min_pv_length: int = 5, piece_rule: str = "initial",
-                        random_key: str = "any") -> PieceHeadResult:
-    """Ablate attention *into* the 3rd move's target square in the heads of the moving piece.
-
-    Subset: PV length >= ``min_pv_length`` and PV[2] is played by a knight, bishop or rook
-    (:func:`moving_piece` with ``piece_rule``). For each of the piece type's heads, in every
-    layer they are in, ``pattern[query, key = 3rd-move target]`` is zeroed for every query
-    except the 3rd move's source square (no renormalisation). Controls (the paper's):
-    ``other_types`` ablates the same entries in the other two piece types' heads;
-    ``random_square`` ablates the piece's own heads with a random key square
-    (:func:`random_key_token` with ``random_key``, seeded by ``seed`` and the puzzle's index).
-
-    Raises:
-        ConfigError: an unknown piece type, a head outside the net, or an unknown
-            ``piece_rule`` / ``random_key``.
-    """
-    net = prep.net
-    lists = check_head_lists(net, head_lists)
-    n_layers, n_heads = net.config.n_layers, net.config.n_heads
-    effects = np.full((prep.n, len(PIECE_VARIANTS)), np.nan, np.float32)
-    pieces = [moving_piece(p, piece_rule) if len(p.pv) >= min_pv_length else ""
-              for p in prep.puzzles]
-    random_keys = np.full(prep.n, -1, np.int64)
-    rows_p, rows_key, rows_mask, rows_v = [], [], [], []
-    for i, piece in enumerate(pieces):
-        if not piece:
-            continue
-        random_keys[i] = random_key_token(random_key, seed, prep.puzzles[i].index,
-                                          prep.third[i], prep.source3[i])
-        others = [pair for name, pairs in lists.items() if name != piece for pair in pairs]
-        for v, (heads, key) in enumerate([(lists[piece], prep.third[i]), (others, prep.third[i]),
-                                          (lists[piece], random_keys[i])]):
-            if not heads:
-                continue
-            mask = np.zeros((n_layers, n_heads), bool)
-            for l, h in heads:
-                mask[l, h] = True
-            rows_p.append(i)
-            rows_key.append(key)
-            rows_mask.append(mask)
-            rows_v.append(v)
-    if not rows_p:
-        return PieceHeadResult(effects, pieces, random_keys)
-    rp = np.array(rows_p)
-    rk = torch.as_tensor(np.array(rows_key))
-    rm = torch.as_tensor(np.stack(rows_mask))  # [R, L, H]
-    src = torch.as_tensor(prep.source3[rp])
-    layers = sorted({int(l) for l in torch.nonzero(rm.any(2).any(0)).flatten()})
-    start_layer = layers[0]
-
-    def make_edit(layer):
-        def edit(t, rows):
-            m = rm[rows, layer].to(t.device)  # [B, H]
-            if not m.any():
-                return t
-            t = t.clone()
-            ar = torch.arange(len(rows), device=t.device)
-            key = rk[rows].to(t.device)
-            qmask = torch.ones(len(rows), 64, dtype=torch.bool, device=t.device)
-            qmask[ar, src[rows].to(t.device)] = False
-            col = t[ar, :, :, key]  # [B, H, 64 query]
-            t[ar, :, :, key] = col.masked_fill(m[:, :, None] & qmask[:, None, :], 0.0)
-            return t
-        return edit
-
-    edits = [(f"blocks.{l}.attn.hook_pattern", make_edit(l)) for l in layers]
-    start = prep.resid_in(start_layer)
-    logits = run_rows(net, start_layer, len(rp), lambda rows: start[rp[rows]], edits=edits,
-                      batch_size=prep.batch_size)
-    effects[rp, np.array(rows_v)] = _effects(prep, rp, logits)
-    return PieceHeadResult(effects, pieces, random_keys)

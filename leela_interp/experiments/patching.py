@@ -12,11 +12,13 @@ convention and square categories: ``docs/interventions.md``. The ``patching`` st
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
@@ -45,6 +47,108 @@ METHOD_MEANING = {
     "attribution": "every effect estimated to first order, -(corrupted - clean) . "
                    "d log-odds / d activation (leela_interp.experiments.attribution)"}
 """The root attribute ``method_meaning`` under each ``patching.method``."""
+
+
+def residual_patching(prep: iv.Prepared, *, site: str = "resid_post", skip_identical: bool = True,
+                      layers: Sequence[int] | None = None) -> np.ndarray:
+    """Patch each (layer, square) of the residual stream with its value on the corrupted board.
+
+    Args:
+        prep: the chunk (its puzzles without a usable corrupted board get NaN).
+        site: ``resid_post`` (after block l; the paper's choice), ``resid_mid`` (after the
+            attention sub-layer; transformers only) or ``resid_pre`` (entering block l).
+        skip_identical: record an exact 0 for squares whose corrupted activation equals the clean
+            one instead of running them.
+        layers: layers to patch (default all); others are NaN.
+
+    Returns:
+        Effects ``[P, n_layers, 64]`` (float32; positive = log-odds of PV[0] reduced).
+    """
+    net = prep.net
+    n_layers = net.config.n_layers
+    if site not in iv.RESIDUAL_SITES:
+        raise ConfigError(f"unknown residual site {site!r}; choose from {list(iv.RESIDUAL_SITES)}")
+    if site == "resid_mid" and net.config.body != "transformer":
+        raise ConfigError("resid_mid exists only in transformer blocks; this net is a "
+                          f"{net.config.body!r}; choose resid_post or resid_pre")
+    out = np.full((prep.n, n_layers, 64), np.nan, np.float32)
+    ok = np.nonzero(prep.corrupted_ok)[0]
+    if len(ok) == 0:
+        return out
+    name = f"blocks.*.hook_{site}"
+    clean = prep.cache("clean", [name, "blocks.*.hook_resid_pre"])
+    corr = prep.cache("corrupted", name)
+    for layer in (range(n_layers) if layers is None else layers):
+        hook = f"blocks.{layer}.hook_{site}"
+        base, donor = clean[hook], corr[hook]
+        same = (base[ok] == donor[ok]).all(dim=2).cpu().numpy()  # [ok, 64]
+        pairs = [(p, s) for j, p in enumerate(ok) for s in range(64)
+                 if not (skip_identical and same[j, s])]
+        out[ok, layer, :] = 0.0
+        if not pairs:
+            continue
+        rp = np.array([p for p, _ in pairs])
+        rs = np.array([s for _, s in pairs])
+
+        def patch(t: torch.Tensor, rows: np.ndarray, rp=rp, rs=rs, donor=donor) -> torch.Tensor:
+            t = t.clone()
+            t[np.arange(len(rows)), rs[rows]] = donor[rp[rows], rs[rows]].to(t.dtype)
+            return t
+
+        if site in ("resid_post", "resid_pre"):  # post[l] is the stream entering block l+1
+            start = layer + 1 if site == "resid_post" else layer
+            logits = iv.run_rows(net, start, len(rp),
+                              lambda rows, b=base: patch(b[rp[rows]], rows),
+                              batch_size=prep.batch_size)
+        else:
+            start = prep.resid_in(layer)
+            logits = iv.run_rows(net, layer, len(rp), lambda rows, b=start: b[rp[rows]],
+                              edits=[(hook, patch)], batch_size=prep.batch_size)
+        out[rp, layer, rs] = iv.row_effects(prep, rp, logits)
+    return out
+
+
+def head_patching(prep: iv.Prepared, *, skip_identical: bool = True) -> np.ndarray:
+    """Patch each (layer, head)'s output ``hook_z`` (all squares) with its corrupted-run value.
+
+    Returns:
+        Effects ``[P, n_layers, n_heads]`` (float32; NaN for puzzles without a usable
+        corrupted board).
+
+    Raises:
+        ConfigError: the network has no attention heads.
+    """
+    net = prep.net
+    iv.require_heads(net)
+    n_layers, n_heads = net.config.n_layers, net.config.n_heads
+    out = np.full((prep.n, n_layers, n_heads), np.nan, np.float32)
+    ok = np.nonzero(prep.corrupted_ok)[0]
+    if len(ok) == 0:
+        return out
+    clean = prep.cache("clean", ["blocks.*.attn.hook_z", "blocks.*.hook_resid_pre"])
+    corr = prep.cache("corrupted", "blocks.*.attn.hook_z")
+    for layer in range(n_layers):
+        hook = f"blocks.{layer}.attn.hook_z"
+        same = (clean[hook][ok] == corr[hook][ok]).flatten(2).all(2).cpu().numpy()
+        pairs = [(p, h) for j, p in enumerate(ok) for h in range(n_heads)
+                 if not (skip_identical and same[j, h])]
+        out[ok, layer, :] = 0.0
+        if not pairs:
+            continue
+        rp = np.array([p for p, _ in pairs])
+        rh = np.array([h for _, h in pairs])
+        donor = corr[hook]
+
+        def patch(t, rows, rp=rp, rh=rh, donor=donor):
+            t = t.clone()
+            t[np.arange(len(rows)), rh[rows]] = donor[rp[rows], rh[rows]].to(t.dtype)
+            return t
+
+        start = prep.resid_in(layer)
+        logits = iv.run_rows(net, layer, len(rp), lambda rows: start[rp[rows]],
+                          edits=[(hook, patch)], batch_size=prep.batch_size)
+        out[rp, layer, rh] = iv.row_effects(prep, rp, logits)
+    return out
 
 
 @dataclass(frozen=True)
@@ -246,14 +350,14 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
             est = (attribution.attribution_patching(prep, sites=sites, heads=heads)
                    if settings.method == "attribution" else None)
             for site in sites:
-                eff = est.residual[site] if est else iv.residual_patching(
+                eff = est.residual[site] if est else residual_patching(
                     prep, site=site, skip_identical=settings.skip_identical)
                 block.put(f"residual/{site}/effect", rows, eff)
                 block.put(f"residual/{site}/category_max", rows,
                           iv.category_max(eff, prep.categories, prep.deep_targets))
             if heads:
                 block.put("heads/effect", rows, est.heads if est else
-                          iv.head_patching(prep, skip_identical=settings.skip_identical))
+                          head_patching(prep, skip_identical=settings.skip_identical))
         out_file.commit(key, block.arrays, {"start": s})
     layout.close()
 

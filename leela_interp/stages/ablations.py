@@ -20,7 +20,6 @@ import chess
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError
-from leela_interp.experiments import interventions as iv
 from leela_interp.experiments import piece_heads as ph
 from leela_interp.experiments.ablations import (OUTPUT, AblationSettings, edge_head,
                                                 write_ablations)
@@ -71,7 +70,7 @@ def piece_head_lists(cfg: DictConfig, net, puzzles: PuzzleSet, puzzles_path: Pat
     """
     ac = cfg.ablations
     given = OmegaConf.to_container(ac.piece_heads.heads, resolve=True) or {}
-    lists = iv.check_head_lists(net, {k: v or [] for k, v in given.items()})
+    lists = ph.check_head_lists(net, {k: v or [] for k, v in given.items()})
     find = ac.piece_heads.find
     if any(lists.values()) or not find.enabled:
         return lists, "config" if any(lists.values()) else "none"
