@@ -311,6 +311,22 @@ def test_bad_rows_and_a_truncated_zst_are_counted_and_good_rows_kept(tmp_path, n
         assert list(f["puzzles/source_row"][:4]) == [0, 2, 5, 7]
 
 
+def test_every_dataset_of_a_real_puzzles_h5_is_reachable_from_the_puzzle_set(tmp_path, nets):
+    source = write_csv(tmp_path / "p.csv", repeated(6))
+    path = build_puzzles(config(source, nets, filters=OPEN, corruptions_enabled=True),
+                         tmp_path / "puzzles.h5").path
+    ps = PuzzleSet.load(path)
+    own = {"id": ps.ids, "fen": ps.fens, "moves": [" ".join(m) for m in ps.moves],
+           "corrupted_fen": ps.corrupted_fens, "different_targets": ps.different_targets}
+    with h5py.File(path, "r") as f:
+        g = f["puzzles"]
+        assert len(g) > len(own) and set(g) == set(own) | set(ps.columns)
+        for name, ds in g.items():
+            stored = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+            value = own[name] if name in own else ps.columns[name]
+            np.testing.assert_array_equal(np.asarray(value, dtype=stored.dtype), stored, name)
+
+
 def test_shards_together_hold_the_unsharded_rows(tmp_path, nets):
     source = write_csv(tmp_path / "p.csv", [*repeated(6), BAD["bad_fen"], *repeated(11)[6:]])
     cfg = config(source, nets, chunk_size=4, filters=OPEN)

@@ -11,14 +11,17 @@ read it through :class:`PuzzleSet`. Required datasets (one row per kept puzzle):
 - ``different_targets``: bool, targets of PV[0], PV[1], PV[2] all distinct.
 
 and the group attribute ``history`` (:data:`leela_interp.puzzles.lichess.HISTORIES`): what history
-the networks see. Every stage builds a puzzle's boards with :meth:`PuzzleSet.pair` (that is,
+the networks see. Each required dataset is an attribute named as its plural (``id`` ->
+:attr:`PuzzleSet.ids`, ``corrupted_fen`` -> :attr:`PuzzleSet.corrupted_fens`; ``moves`` split
+into lists); every other dataset of the group (``rating``, ``pv_targets``, the nets' scores, ...:
+:data:`leela_interp.puzzles.layout.COLUMNS`) is in :attr:`PuzzleSet.columns` under its own name. Every stage builds a puzzle's boards with :meth:`PuzzleSet.pair` (that is,
 :func:`leela_interp.puzzles.corruptions.counterfactual_pair`), so the clean and corrupted inputs of
 every network pass differ only by the corruption.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import chess
@@ -31,6 +34,8 @@ from leela_interp.puzzles.corruptions import counterfactual_pair
 from leela_interp.puzzles.lichess import HISTORIES
 
 GROUP = "puzzles"
+#: The datasets of ``/puzzles`` that are :class:`PuzzleSet`'s own attributes.
+REQUIRED = ("id", "fen", "moves", "corrupted_fen", "different_targets")
 
 
 @dataclass
@@ -44,6 +49,9 @@ class PuzzleSet:
     different_targets: np.ndarray
     history: str = "none"
     """What history the networks see (:data:`leela_interp.puzzles.lichess.HISTORIES`)."""
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    """Every other dataset of the ``/puzzles`` group read by :meth:`load`, by name (strings as
+    object arrays of ``str``); empty for a set built in memory."""
 
     def __post_init__(self) -> None:
         if self.history not in HISTORIES:
@@ -105,14 +113,17 @@ class PuzzleSet:
                                   f"/{GROUP} history attribute): rerun the puzzles stage "
                                   f"(leela-interp stage=puzzles force=true "
                                   f"out_dir={path.parent})")
+            columns = {name: ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+                       for name, ds in g.items() if name not in REQUIRED}
             return cls(ids=read_strings(g["id"]), fens=read_strings(g["fen"]),
                        moves=[m.split() for m in read_strings(g["moves"])],
                        corrupted_fens=read_strings(g["corrupted_fen"]),
                        different_targets=g["different_targets"][()].astype(bool),
-                       history=str(g.attrs["history"]))
+                       history=str(g.attrs["history"]), columns=columns)
 
     def write(self, group: h5py.Group) -> None:
-        """Write the required datasets into ``group`` (normally ``f.require_group("puzzles")``)."""
+        """Write the required datasets into ``group`` (normally ``f.require_group("puzzles")``);
+        :attr:`columns` are not written (the puzzles stage writes its own layout)."""
         write_strings(group, "id", self.ids)
         write_strings(group, "fen", self.fens)
         write_strings(group, "moves", [" ".join(m) for m in self.moves])
