@@ -43,6 +43,7 @@ import chess
 import h5py
 import numpy as np
 
+from leela_interp.experiments import probe_targets as T
 from leela_interp.experiments import probes as P
 from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.random_net import write_random_net
@@ -131,9 +132,9 @@ def main() -> None:
         puzzles.write(f.require_group("puzzles"))
     net = write_random_net(work / "net.pb.gz", seed=0, channels=args.width, blocks=args.layers,
                            se_channels=max(1, args.width // 8))
-    specs = P.parse_targets([{"name": "target", "ply": 2, "square": "to",
+    specs = T.parse_targets([{"name": "target", "ply": 2, "square": "to",
                               "condition": {"ply": 0, "square": "to"}}])
-    target = P.target_labels(puzzles.clean_boards(), [puzzles.pv(i) for i in range(n)], specs,
+    target = T.target_labels(puzzles.clean_boards(), [puzzles.pv(i) for i in range(n)], specs,
                              1)["target"].label
     rng = np.random.default_rng(0)
     u = rng.normal(size=args.width).astype(np.float32)

@@ -61,7 +61,10 @@ SELECTIONS: dict[str, tuple[str, ...]] = {
     "leela_interp/puzzles/evaluation.py": ("tests/test_puzzle_pipeline.py",
                                            "tests/test_corruptions.py"),
     "leela_interp/experiments/interventions.py": ("tests/test_interventions.py",),
+    "leela_interp/experiments/patching.py": ("tests/test_interventions.py",),
+    "leela_interp/experiments/ablations.py": ("tests/test_interventions.py",),
     "leela_interp/experiments/probes.py": ("tests/test_probes.py",),
+    "leela_interp/experiments/probe_targets.py": ("tests/test_probes.py",),
     "leela_interp/outputs/report.py": ("tests/test_report.py",),
 }
 

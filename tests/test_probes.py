@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from leela_interp.errors import ConfigError
+from leela_interp.experiments import probe_targets as T
 from leela_interp.experiments import probes as P
+from leela_interp.experiments import random_twin as rt
 from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.weights import net_format, read_net
 from leela_interp.outputs.results import chunks_dir, write_strings
@@ -77,8 +79,8 @@ def planted(n=1500, d=16, seed=0, signal=6.0):
     u, u2 = (v / np.linalg.norm(v) for v in rng.normal(size=(2, d)))
     x[np.arange(n), target] += signal * u
     x[np.arange(n), source] += signal * u2
-    labels = {"target": P.TargetLabels(target, cond, np.full(n, chess.QUEEN, np.int8)),
-              "source": P.TargetLabels(source, target, np.full(n, chess.QUEEN, np.int8))}
+    labels = {"target": T.TargetLabels(target, cond, np.full(n, chess.QUEEN, np.int8)),
+              "source": T.TargetLabels(source, target, np.full(n, chess.QUEEN, np.int8))}
     return x.astype(np.float32), labels
 
 
@@ -86,41 +88,41 @@ def planted(n=1500, d=16, seed=0, signal=6.0):
 
 
 def test_parse_targets_validates():
-    specs = P.parse_targets(PAPER_TARGETS)
+    specs = T.parse_targets(PAPER_TARGETS)
     assert specs[1].chain == "target" and (specs[1].condition_ply, specs[1].condition_square) \
         == (2, "to")
-    assert P.output_names(specs) == ["target", "source", "move"]
+    assert T.output_names(specs) == ["target", "source", "move"]
     with pytest.raises(ConfigError, match="not an earlier target"):
-        P.parse_targets([PAPER_TARGETS[1]])
+        T.parse_targets([PAPER_TARGETS[1]])
     with pytest.raises(ConfigError, match="square"):
-        P.parse_targets([{**PAPER_TARGETS[0], "square": "via"}])
+        T.parse_targets([{**PAPER_TARGETS[0], "square": "via"}])
     with pytest.raises(ConfigError, match="lacks 'condition'"):
-        P.parse_targets([{"name": "t", "ply": 2, "square": "to"}])
+        T.parse_targets([{"name": "t", "ply": 2, "square": "to"}])
 
 
 def test_pv_squares_are_side_to_move_tokens():
     # 00008: black's setup move f2g3, then the PV with white to move.
     board = chess.Board(PUZZLES[0][1])
     board.push_uci("f2g3")
-    tokens, pieces = P.pv_squares([board], [PUZZLES[0][2].split()[1:]], 1, 5)
+    tokens, pieces = T.pv_squares([board], [PUZZLES[0][2].split()[1:]], 1, 5)
     assert board.turn == chess.WHITE
     assert tokens[0, 0].tolist() == [chess.E6, chess.E7]
     assert tokens[0, 1].tolist() == [chess.B2, chess.B1]  # the opponent's move, same frame
     assert pieces[0].tolist() == [chess.ROOK, chess.QUEEN, chess.KNIGHT, chess.QUEEN, chess.QUEEN]
-    tokens, _ = P.pv_squares([board], [["e6e7"]], 1, 2)  # past the PV's end: -1
+    tokens, _ = T.pv_squares([board], [["e6e7"]], 1, 2)  # past the PV's end: -1
     assert tokens[0, 1].tolist() == [-1, -1]
     # black to move: ranks flip, files stay
     black = chess.Board("4k3/8/8/8/8/8/4p3/4K3 b - - 0 1")
-    tokens, _ = P.pv_squares([black], [["e2d1q"]], 1, 1)
+    tokens, _ = T.pv_squares([black], [["e2d1q"]], 1, 1)
     assert tokens[0, 0].tolist() == [chess.E7, chess.D8]
 
 
 def test_deeper_targets_label_pv4_and_pv6_and_leave_out_shorter_pvs():
     board = chess.Board("6k1/5ppp/8/8/8/8/5PPP/R5K1 b - - 0 1")
     line = "g8f8 a1a8 f8e7 a8a7 e7d6 a7a6 d6c5".split()
-    specs = P.parse_targets([{"name": f"target_ply{k}", "ply": k, "square": "to",
+    specs = T.parse_targets([{"name": f"target_ply{k}", "ply": k, "square": "to",
                               "condition": {"ply": 0, "square": "to"}} for k in (4, 6)])
-    labels = P.target_labels([board] * 3, [line, line[:5], line[:3]], specs, 1)
+    labels = T.target_labels([board] * 3, [line, line[:5], line[:3]], specs, 1)
     flip = lambda sq: sq ^ 56  # noqa: E731  (black to move: ranks flipped)
     assert labels["target_ply4"].label.tolist() == [flip(chess.D6), flip(chess.D6), -1]
     assert labels["target_ply6"].label.tolist() == [flip(chess.C5), -1, -1]
@@ -131,16 +133,16 @@ def test_deeper_targets_label_pv4_and_pv6_and_leave_out_shorter_pvs():
 
 def test_train_test_split_by_puzzle_shuffled():
     rows = np.arange(100, 200)
-    train, test = P.train_test(rows, 3, 0.7)
+    train, test = T.train_test(rows, 3, 0.7)
     assert len(train) == 70 and len(test) == 30
     assert set(train).isdisjoint(test) and set(train) | set(test) == set(rows)
     assert not np.array_equal(test, rows[70:])  # shuffled, not the paper's file order
-    assert np.array_equal(P.train_test(rows, 3, 0.7)[1], test)
-    assert not np.array_equal(P.train_test(rows, 4, 0.7)[1], test)
+    assert np.array_equal(T.train_test(rows, 3, 0.7)[1], test)
+    assert not np.array_equal(T.train_test(rows, 4, 0.7)[1], test)
     different = np.array([True, False, True])
-    assert P.split_rows(different, "same_targets").tolist() == [1]
+    assert T.split_rows(different, "same_targets").tolist() == [1]
     with pytest.raises(ConfigError, match="unknown split"):
-        P.split_rows(different, "odd")
+        T.split_rows(different, "odd")
 
 
 def test_bilinear_scaling_is_the_same_in_training_and_prediction():
@@ -186,8 +188,8 @@ def test_baselines_give_the_hand_computed_answers():
             (14, q, 30),       # 30 yes    unseen: 30 yes  Q unseen: 30 yes
             (10, n, 21)]       # 30 no     20 no      20 no
     cond, piece, label = (np.array(c) for c in zip(*rows))
-    labels = {"target": P.TargetLabels(label, cond, piece.astype(np.int8))}
-    specs = P.parse_targets(PAPER_TARGETS[:1])
+    labels = {"target": T.TargetLabels(label, cond, piece.astype(np.int8))}
+    specs = T.parse_targets(PAPER_TARGETS[:1])
     train, test = np.arange(7), np.arange(7, 14)
     result = P.evaluate_baselines(labels, specs, train, test)
     assert result == {"majority": {"target": (3, 7)}, "condition": {"target": (2, 7)},
@@ -200,7 +202,7 @@ def test_baselines_give_the_hand_computed_answers():
 def test_planted_signal_is_recovered_and_noise_is_not(tmp_path):
     """Must show 1: both probes find a planted signal (> 95%), chained source included; the same
     probes on no-signal activations, and the no-activation baselines, stay near chance."""
-    specs = P.parse_targets(PAPER_TARGETS)
+    specs = T.parse_targets(PAPER_TARGETS)
     x, labels = planted()
     noise, _ = planted(signal=0.0, seed=1)
     n = len(x)
@@ -208,7 +210,7 @@ def test_planted_signal_is_recovered_and_noise_is_not(tmp_path):
                              {"blocks.0.hook_resid_post": x,
                               "blocks.1.hook_resid_post": noise.astype(np.float16)})
     assert P.layer_hooks(path) == {0: "blocks.0.hook_resid_post", 1: "blocks.1.hook_resid_post"}
-    train, test = P.train_test(np.arange(n), 0, 0.7)
+    train, test = T.train_test(np.arange(n), 0, 0.7)
     cfg = {"logreg": P.LogRegConfig(components=2)}
     signal = P.evaluate_layer(P.load_layer(path, "blocks.0.hook_resid_post"), labels, specs,
                               train, test, **cfg)
@@ -231,14 +233,14 @@ def test_planted_signal_is_recovered_and_noise_is_not(tmp_path):
 def test_layer_rows_reads_rows_on_demand_with_the_same_results(tmp_path):
     """LayerRows (layers too big to hold) indexes like the loaded array and gives the same probe
     results, bit for bit."""
-    specs = P.parse_targets(PAPER_TARGETS)
+    specs = T.parse_targets(PAPER_TARGETS)
     x, labels = planted(signal=0.5)
     path = write_activations(tmp_path / "activations.h5", [f"p{i}" for i in range(len(x))],
                              {"blocks.0.hook_resid_post": x})
     loaded = P.load_layer(path, "blocks.0.hook_resid_post", dtype="float16")
     rows = np.array([5, 2, 5, 0, len(x) - 1])
     squares = np.array([3, 63, 0, 7, 9])
-    train, test = P.train_test(np.arange(len(x)), 0, 0.7)
+    train, test = T.train_test(np.arange(len(x)), 0, 0.7)
     cfg = {"logreg": P.LogRegConfig(components=2, max_iter=30)}
     with h5py.File(path, "a") as f:  # a compressed copy: read through h5py, not os.pread
         f.create_dataset("clean/gzip", data=x, chunks=(64, 64, x.shape[-1]), compression="gzip")
@@ -260,7 +262,7 @@ def test_layer_rows_reads_rows_on_demand_with_the_same_results(tmp_path):
 def test_chained_source_uses_the_predicted_target():
     """A source predictor that is always right given the condition square is only right where
     the target predictor was: evaluation is chained on predictions."""
-    specs = P.parse_targets(PAPER_TARGETS)
+    specs = T.parse_targets(PAPER_TARGETS)
     _, labels = planted(n=200)
     lookup = {int(t): int(s) for t, s in zip(labels["target"].label, labels["source"].label)}
 
@@ -270,7 +272,7 @@ def test_chained_source_uses_the_predicted_target():
                                                                        + 1) % 64)
         return np.array([lookup.get(int(c), -1) for c in c_te])
 
-    train, test = P.train_test(np.arange(200), 0, 0.5)
+    train, test = T.train_test(np.arange(200), 0, 0.5)
     res = P.evaluate_chained(specs, labels, train, test, fit_predict)
     even = int((test % 2 == 0).sum())
     assert res["target"] == (even, 100)
@@ -282,11 +284,11 @@ def test_chained_source_uses_the_predicted_target():
 
 def test_random_twin_has_the_real_architecture(tmp_path, shared_dir):
     real = shared_dir / "nets" / "maia-1900.pb.gz"
-    twin = P.write_random_twin(real, tmp_path / "twin.pb.gz", seed=0)
-    assert P.layer_sizes(read_net(real)) == P.layer_sizes(read_net(twin))
-    again = P.write_random_twin(real, tmp_path / "again.pb.gz", seed=0)
+    twin = rt.write_random_twin(real, tmp_path / "twin.pb.gz", seed=0)
+    assert rt.layer_sizes(read_net(real)) == rt.layer_sizes(read_net(twin))
+    again = rt.write_random_twin(real, tmp_path / "again.pb.gz", seed=0)
     assert sha256_file(again) == sha256_file(twin)  # seeded: same file
-    assert sha256_file(P.write_random_twin(real, tmp_path / "s1.pb.gz", seed=1)) != \
+    assert sha256_file(rt.write_random_twin(real, tmp_path / "s1.pb.gz", seed=1)) != \
         sha256_file(twin)
 
 
@@ -303,8 +305,8 @@ def test_random_twin_of_project_nets(tmp_path, spec):
     from leela_interp.network.lc0.random_net import write_random_net
 
     real = write_random_net(tmp_path / "real.pb.gz", seed=5, **spec)
-    twin = P.write_random_twin(real, tmp_path / "twin.pb.gz", seed=0)
-    assert P.layer_sizes(read_net(real)) == P.layer_sizes(read_net(twin))
+    twin = rt.write_random_twin(real, tmp_path / "twin.pb.gz", seed=0)
+    assert rt.layer_sizes(read_net(real)) == rt.layer_sizes(read_net(twin))
     assert sha256_file(real) != sha256_file(twin)
 
 
@@ -423,8 +425,8 @@ def test_stage_stores_what_the_library_computes_on_the_same_splits(run_folder):
     with h5py.File(out / "activations.h5", "r") as f:
         ids = read_strings(f["puzzle_ids"])
     rows = [puzzles.ids.index(pid) for pid in ids]  # the cache's row order
-    specs = P.parse_targets(OmegaConf.to_container(cfg.probes.targets))
-    labels = P.target_labels([puzzles.clean_board(i) for i in rows],
+    specs = T.parse_targets(OmegaConf.to_container(cfg.probes.targets))
+    labels = T.target_labels([puzzles.clean_board(i) for i in rows],
                              [puzzles.pv(i) for i in rows], specs,
                              net_format(read_net(net_path)).input_format)
     different = puzzles.different_targets[rows]
@@ -435,11 +437,11 @@ def test_stage_stores_what_the_library_computes_on_the_same_splits(run_folder):
         layers, seeds = f["layer"][()].tolist(), f["seed"][()].tolist()
         stored = {k: f[k][()] for k in ("n_correct", "n_test", "accuracy", "baseline_n_correct",
                                         "baseline_accuracy")}
-    assert axes["target"] == P.output_names(specs) and layers == [0, 2] and seeds == [0, 1]
+    assert axes["target"] == T.output_names(specs) and layers == [0, 2] and seeds == [0, 1]
     checked = 0
     for si, split in enumerate(axes["split"]):
         for ki, seed in enumerate(seeds):
-            train, test = P.train_test(P.split_rows(different, split), seed, 0.7)
+            train, test = T.train_test(T.split_rows(different, split), seed, 0.7)
             base = P.evaluate_baselines(labels, specs, train, test, axes["baseline"])
             for bi, b in enumerate(axes["baseline"]):
                 for ti, t in enumerate(axes["target"]):

@@ -2,16 +2,20 @@
 
 The paper's second line of evidence (Jenner et al. 2024, section 3.3): a small probe, given the
 residual stream of one layer, predicts the square of the side to move's *next* move (the 3rd
-move of the PV) better than any baseline. This module holds the parts that do not depend on
-Hydra or on a run folder (the ``probes`` stage in :mod:`leela_interp.stages.probes` wires them
-together); see ``docs/probes.md`` for the method and the output file.
+move of the PV) better than any baseline. This module holds the probes, reading a layer from
+the activation cache, and the baselines; what they predict and on which puzzles is
+:mod:`leela_interp.experiments.probe_targets`, the random-twin control
+:mod:`leela_interp.experiments.random_twin`, and ``probes.h5``
+:mod:`leela_interp.experiments.probing`; see ``docs/probes.md`` for the method and the output
+file.
 
 Conventions:
 
 - Squares are **tokens**: ``rank * 8 + file`` in the side-to-move frame of the puzzle position
   (after lc0's canonical transform), i.e. indices into the 64 rows of a residual-stream
-  activation ``[64, d_model]``. :func:`pv_squares` maps PV moves with
-  :func:`leela_interp.board.encoding.square_to_token`. Every probe predicts a token.
+  activation ``[64, d_model]``. :func:`~leela_interp.experiments.probe_targets.pv_squares` maps
+  PV moves with :func:`leela_interp.board.encoding.square_to_token`. Every probe predicts a
+  token.
 - PV plies are counted from 0: ply 0 is the side to move's first move, ply 1 the opponent's
   reply, ply 2 the side to move's next move (the paper's "3rd move").
 - ``acts`` is one layer's activations ``[N, 64, d_model]`` (numpy, float16 or float32, as
@@ -21,23 +25,21 @@ Conventions:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import chess
 import h5py
 import numpy as np
 import torch
 from torch import nn
 
-from leela_interp.board.encoding import square_to_token, transform_for
 from leela_interp.errors import ConfigError
+from leela_interp.experiments.probe_targets import TargetLabels, TargetSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,198 +49,6 @@ ACTIVATIONS_SCHEMA = "leela_interp.activations/1"
 PROBES = ("bilinear", "logreg")
 #: No-activation baselines (see :func:`evaluate_baselines`).
 BASELINES = ("majority", "condition", "piece")
-#: Puzzle subsets a probe can be trained and tested on.
-SPLITS = ("all", "different_targets", "same_targets")
-SQUARE_KINDS = ("from", "to")
-
-# --------------------------------------------------------------------------- targets
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """What one probe predicts, and which square's residual it is conditioned on.
-
-    Build from config with :func:`parse_targets`.
-    """
-
-    name: str
-    """Name in ``probes.h5`` (e.g. ``"target"``)."""
-    ply: int
-    """PV ply whose square is predicted (0-based; 2 = the side to move's next move)."""
-    square: str
-    """``"to"`` (the move's target square) or ``"from"`` (its source square)."""
-    condition_ply: int
-    """PV ply whose square's residual the probe is conditioned on."""
-    condition_square: str
-    """``"to"`` or ``"from"``: which square of ``condition_ply``."""
-    chain: str | None = None
-    """Name of an earlier target: train on the true condition square, but *evaluate* at the
-    square that target's probe predicted (the paper's chained source probe). None = the true
-    PV square at train and test time."""
-    joint: str | None = None
-    """Chained targets only: also report ``joint``, the accuracy of getting both this target and
-    its chain target right (the paper's headline "move" accuracy)."""
-
-
-def parse_targets(items: Iterable[Mapping]) -> list[TargetSpec]:
-    """Target specs from config entries.
-
-    Each entry: ``name``, ``ply``, ``square`` (``to``/``from``), ``condition`` (either
-    ``{ply, square}``: a PV square; or ``{target: NAME}``: chained on an earlier target), and
-    optionally ``joint`` (chained targets only).
-
-    Raises:
-        ConfigError: a missing or bad field, a duplicate name, a chain to a later/unknown target.
-    """
-    specs: list[TargetSpec] = []
-    names: set[str] = set()
-    for item in items:
-        item = dict(item)
-        try:
-            name, ply, square, cond = item["name"], int(item["ply"]), item["square"], \
-                dict(item["condition"])
-        except KeyError as e:
-            raise ConfigError(f"probe target {item!r} lacks {e.args[0]!r}") from None
-        if name in names or name in [s.joint for s in specs]:
-            raise ConfigError(f"duplicate probe target name {name!r}")
-        if ply < 0 or square not in SQUARE_KINDS:
-            raise ConfigError(f"target {name!r}: ply must be >= 0 and square one of "
-                              f"{SQUARE_KINDS}, got ply={ply!r}, square={square!r}")
-        chain, joint = cond.get("target"), item.get("joint")
-        if chain is not None:
-            earlier = {s.name: s for s in specs}
-            if chain not in earlier:
-                raise ConfigError(f"target {name!r} chains on {chain!r}, which is not an "
-                                  f"earlier target; choose one of {sorted(earlier)}")
-            c_ply, c_square = earlier[chain].ply, earlier[chain].square
-        else:
-            if joint is not None:
-                raise ConfigError(f"target {name!r}: joint needs a chained condition")
-            try:
-                c_ply, c_square = int(cond["ply"]), cond["square"]
-            except KeyError as e:
-                raise ConfigError(f"target {name!r}: condition {cond!r} needs 'target', or "
-                                  f"'ply' and 'square' (missing {e.args[0]!r})") from None
-            if c_ply < 0 or c_square not in SQUARE_KINDS:
-                raise ConfigError(f"target {name!r}: bad condition {cond!r}")
-        specs.append(TargetSpec(name, ply, square, c_ply, c_square, chain, joint))
-        names.add(name)
-    if not specs:
-        raise ConfigError("no probe targets configured")
-    return specs
-
-
-def output_names(specs: Sequence[TargetSpec]) -> list[str]:
-    """The ``target`` axis of ``probes.h5``: every target, each joint metric after its target."""
-    out: list[str] = []
-    for s in specs:
-        out.append(s.name)
-        if s.joint:
-            out.append(s.joint)
-    return out
-
-
-@dataclass
-class TargetLabels:
-    """Per-puzzle labels of one target (arrays of length N, the puzzles' order)."""
-
-    label: np.ndarray
-    """Token to predict, -1 where undefined (PV too short)."""
-    condition: np.ndarray
-    """True conditioning token, -1 where undefined."""
-    piece: np.ndarray
-    """``chess.PieceType`` of the piece making the probed move (0 where undefined)."""
-
-    @property
-    def valid(self) -> np.ndarray:
-        """Puzzles on which this target is defined."""
-        return (self.label >= 0) & (self.condition >= 0)
-
-
-def pv_squares(boards: Sequence[chess.Board], pvs: Sequence[Sequence[str]], input_format: int,
-               plies: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of the first ``plies`` PV moves' squares, and the piece type making each move.
-
-    Args:
-        boards: puzzle positions (the clean boards; their turn and canonical transform fix the
-            frame of every token, including the opponent's moves).
-        pvs: each puzzle's PV in UCI.
-        input_format: the network's input format (for :func:`transform_for`).
-        plies: how many PV moves to map.
-
-    Returns:
-        ``tokens [N, plies, 2]`` (``[..., 0]`` from, ``[..., 1]`` to; -1 past the PV's end) and
-        ``pieces [N, plies]`` (``chess.PieceType``, 0 past the end).
-    """
-    n = len(boards)
-    tokens = np.full((n, plies, 2), -1, np.int64)
-    pieces = np.zeros((n, plies), np.int8)
-    for i, (root, pv) in enumerate(zip(boards, pvs)):
-        board = root.copy(stack=False)
-        turn, transform = root.turn, transform_for(root, input_format)
-        for k, uci in enumerate(pv[:plies]):
-            move = chess.Move.from_uci(uci)
-            tokens[i, k, 0] = square_to_token(move.from_square, turn, transform)
-            tokens[i, k, 1] = square_to_token(move.to_square, turn, transform)
-            pieces[i, k] = board.piece_type_at(move.from_square) or 0
-            board.push(move)
-    return tokens, pieces
-
-
-def target_labels(boards: Sequence[chess.Board], pvs: Sequence[Sequence[str]],
-                  specs: Sequence[TargetSpec], input_format: int) -> dict[str, TargetLabels]:
-    """Labels of every target for every puzzle (see :class:`TargetLabels`).
-
-    A chained target's true condition is its chain target's label, and it is valid only where
-    the chain target is.
-    """
-    plies = 1 + max(max(s.ply, s.condition_ply) for s in specs)
-    tokens, pieces = pv_squares(boards, pvs, input_format, plies)
-    col = {"from": 0, "to": 1}
-    out: dict[str, TargetLabels] = {}
-    for s in specs:
-        label = tokens[:, s.ply, col[s.square]].copy()
-        if s.chain is not None:
-            condition = np.where(out[s.chain].valid, out[s.chain].label, -1)
-        else:
-            condition = tokens[:, s.condition_ply, col[s.condition_square]].copy()
-        out[s.name] = TargetLabels(label, condition, pieces[:, s.ply].copy())
-    return out
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def split_rows(different: np.ndarray, split: str) -> np.ndarray:
-    """Indices of the puzzles in ``split`` (``all``, ``different_targets``, ``same_targets``).
-
-    Raises:
-        ConfigError: an unknown split.
-    """
-    different = np.asarray(different, bool)
-    if split == "all":
-        mask = np.ones_like(different)
-    elif split == "different_targets":
-        mask = different
-    elif split == "same_targets":
-        mask = ~different
-    else:
-        raise ConfigError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return np.flatnonzero(mask)
-
-
-def train_test(rows: np.ndarray, seed: int, train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffle ``rows`` with ``seed`` and cut them: the first ``round(f * n)`` train, the rest test.
-
-    The split is by puzzle (every square and target of a puzzle lands on the same side). Both
-    halves come back sorted, which keeps HDF5 and numpy reads sequential.
-    """
-    if not 0 < train_fraction < 1:
-        raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction!r}")
-    perm = np.random.default_rng(seed).permutation(np.asarray(rows))
-    cut = int(round(train_fraction * len(perm)))
-    return np.sort(perm[:cut]), np.sort(perm[cut:])
-
 
 # --------------------------------------------------------------------------- activations
 
@@ -573,7 +383,8 @@ def evaluate_chained(specs: Sequence[TargetSpec], labels: Mapping[str, TargetLab
     chose for that puzzle.
 
     Returns:
-        ``{output name: (n_correct, n_test)}`` for :func:`output_names`.
+        ``{output name: (n_correct, n_test)}`` for
+        :func:`~leela_interp.experiments.probe_targets.output_names`.
     """
     n = len(next(iter(labels.values())).label)
     preds: dict[str, np.ndarray] = {}
@@ -731,156 +542,3 @@ def mean_and_error(n_correct: np.ndarray, n_test: np.ndarray) -> tuple[np.ndarra
         n = n_test.mean(axis=-1)
         err = 2 * np.sqrt(var / s + p * (1 - p) / n)
     return p, err
-
-
-# --------------------------------------------------------------------------- random twin
-
-
-def layer_sizes(net) -> dict[str, int]:
-    """``{field path: number of values}`` of every non-empty ``Weights.Layer`` in a ``Net``."""
-    from leela_interp.network.lc0.weights import decode_layer
-
-    sizes: dict[str, int] = {}
-
-    def walk(msg, prefix: str) -> None:
-        for field, value in msg.ListFields():
-            if field.message_type is None:
-                continue
-            path = f"{prefix}.{field.name}" if prefix else field.name
-            items = list(value) if field.is_repeated else [value]
-            for j, item in enumerate(items):
-                p = f"{path}[{j}]" if field.is_repeated else path
-                if field.message_type.name == "Layer":
-                    size = decode_layer(item).size
-                    if size:
-                        sizes[p] = size
-                else:
-                    walk(item, p)
-
-    walk(net.weights, "")
-    return sizes
-
-
-def twin_spec(net):
-    """The :class:`~leela_interp.network.lc0.random_net.RandomNetSpec` of a ``Net``'s architecture.
-
-    Check the result with :func:`write_random_twin`, which compares every layer's size.
-    """
-    from leela_interp.network.lc0.random_net import RandomNetSpec
-    from leela_interp.network.lc0.weights import NETWORKS, decode_layer, net_format
-
-    fmt = net_format(net)
-    w = net.weights
-
-    def n(layer) -> int:
-        return decode_layer(layer).size
-
-    common = dict(input_format=fmt.input_format,
-                  policy={1: "classical", 2: "convolution", 3: "attention"}[fmt.policy],
-                  value="wdl" if fmt.value == 2 else "classical", moves_left=fmt.moves_left == 1,
-                  default_activation="mish" if fmt.default_activation == 1 else "relu")
-    if not fmt.attention_body:
-        c = n(w.input.bn_means) or n(w.input.biases)
-        value_conv = w.value.bn_means if w.value.bn_means.params else w.value.biases
-        spec = RandomNetSpec(
-            body="cnn", channels=c, blocks=len(w.residual),
-            se_channels=n(w.residual[0].se.b1) if len(w.residual) and
-            w.residual[0].HasField("se") else 0,
-            batch_norm=bool(w.input.bn_means.params), value_channels=n(value_conv),
-            value_hidden=n(w.ip1_val_b), **common)
-        if spec.moves_left:
-            mov = w.moves_left.bn_means if w.moves_left.bn_means.params else w.moves_left.biases
-            spec = dataclasses.replace(spec, mlh_channels=n(mov), mlh_hidden=n(w.ip1_mov_b))
-        if spec.policy == "attention":
-            spec = dataclasses.replace(spec, policy_embed=n(w.ip_pol_b), policy_d=n(w.ip2_pol_b),
-                                       policy_encoders=len(w.pol_encoder),
-                                       policy_heads_count=w.pol_headcount or 2)
-        return spec
-    from leela_interp.network.lc0.weights import ACTIVATIONS, EMBEDDINGS
-
-    d = n(w.ip_emb_b)
-    heads = int(w.headcount)
-    enc = w.encoder[0]
-    multi = fmt.network == NETWORKS["NETWORK_ATTENTIONBODY_WITH_MULTIHEADFORMAT"]
-    act_name = {v: k.removeprefix("ACTIVATION_") for k, v in ACTIVATIONS.items()}
-    dense = fmt.input_embedding == EMBEDDINGS["INPUT_EMBEDDING_PE_DENSE"]
-    pol = w.policy_heads.vanilla if multi else w
-    val = w.value_heads.winner if multi else w
-    smolgen = enc.mha.HasField("smolgen")
-    spec = RandomNetSpec(
-        body="transformer", d_model=d, layers=len(w.encoder), heads=heads,
-        d_ff=n(enc.ffn.dense1_b), embedding="PE_DENSE" if dense else "PE_MAP",
-        dense_pos=n(w.ip_emb_preproc_b) // 64 if dense else 4,
-        emb_ffn=n(w.ip_emb_ffn.dense1_b) if dense else 0,
-        gating=w.HasField("ip_mult_gate"), smolgen=smolgen,
-        smolgen_compress=n(enc.mha.smolgen.compress) // d if smolgen else 4,
-        smolgen_hidden=n(enc.mha.smolgen.dense1_b) if smolgen else 32,
-        smolgen_gen=n(enc.mha.smolgen.dense2_b) // heads if smolgen else 16,
-        smolgen_activation=act_name.get(fmt.smolgen_activation, "DEFAULT"),
-        ffn_activation=act_name.get(fmt.ffn_activation, "DEFAULT"),
-        network="ATTENTIONBODY_WITH_MULTIHEADFORMAT" if multi else
-        "ATTENTIONBODY_WITH_HEADFORMAT", multihead=multi,
-        policy_embed=n(w.policy_heads.ip_pol_b if multi else w.ip_pol_b),
-        policy_d=n(pol.ip2_pol_b), policy_encoders=len(pol.pol_encoder),
-        policy_heads_count=pol.pol_headcount or 2,
-        value_channels=n(val.ip_val_b), value_hidden=n(val.ip1_val_b), **common)
-    if spec.moves_left:
-        spec = dataclasses.replace(spec, mlh_channels=n(w.ip_mov_b), mlh_hidden=n(w.ip1_mov_b))
-    return spec
-
-
-def _match_conv_affines(real, twin, encoding: str) -> None:
-    """Where a real conv stores a plain bias but the twin batch-norm statistics, fold them.
-
-    ``RandomNetSpec.batch_norm`` applies to every conv, while real nets (Maia, dkappe's) use
-    batch norm everywhere except the last policy conv, which has a bias. Folding the twin's
-    statistics into its weights and bias (as lc0 does on load) keeps the twin's function and
-    gives it the real net's fields.
-    """
-    from leela_interp.network.lc0.weights import decode_layer, encode_layer
-
-    for field, value in real.ListFields():
-        if field.message_type is None:
-            continue
-        pairs = zip(value, getattr(twin, field.name)) if field.is_repeated else \
-            [(value, getattr(twin, field.name))]
-        for r, t in pairs:
-            if field.message_type.name != "ConvBlock":
-                if field.message_type.name != "Layer":
-                    _match_conv_affines(r, t, encoding)
-                continue
-            if r.biases.params and not r.bn_means.params and t.bn_means.params:
-                w, means, var, gammas, betas = (decode_layer(getattr(t, k)) for k in (
-                    "weights", "bn_means", "bn_stddivs", "bn_gammas", "bn_betas"))
-                g = gammas / np.sqrt(var + np.float32(1e-5))
-                t.weights.CopyFrom(encode_layer(
-                    (w.reshape(len(g), -1) * g[:, None]).ravel(), encoding))
-                t.biases.CopyFrom(encode_layer(betas - g * means, encoding))
-                for k in ("bn_means", "bn_stddivs", "bn_gammas", "bn_betas"):
-                    t.ClearField(k)
-
-
-def write_random_twin(real_path: str | Path, out_path: str | Path, seed: int = 0) -> Path:
-    """Write a seeded random-initialised network with the architecture of ``real_path``.
-
-    The twin is :func:`leela_interp.network.lc0.random_net.random_net` of :func:`twin_spec`; every
-    weight layer's size is compared with the real net's.
-
-    Raises:
-        ConfigError: ``RandomNetSpec`` cannot express the real net's shapes (lists the layers
-            that differ).
-    """
-    from leela_interp.network.lc0.random_net import random_net
-    from leela_interp.network.lc0.weights import read_net, write_net
-
-    real = read_net(real_path)
-    spec = twin_spec(real)
-    twin = random_net(spec, seed)
-    _match_conv_affines(real.weights, twin.weights, spec.encoding)
-    want, got = layer_sizes(real), layer_sizes(twin)
-    diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: real {want.get(k)} vs twin {got.get(k)}" for k in diff[:8])
-        raise ConfigError(f"RandomNetSpec cannot express the shape of {real_path}: {len(diff)} "
-                          f"layers differ ({shown}); spec was {spec!r}")
-    return write_net(twin, out_path)

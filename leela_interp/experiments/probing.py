@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
+from leela_interp.experiments import probe_targets as T
 from leela_interp.experiments import probes as P
+from leela_interp.experiments import random_twin as rt
 from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.weights import net_format, read_net
 from leela_interp.outputs.results import ChunkedOutput, label_axes, read_strings, write_strings
@@ -61,8 +63,8 @@ class ProbeSettings:
         ConfigError: On construction: an unknown split.
     """
 
-    targets: tuple[P.TargetSpec, ...]
-    """What is predicted (:func:`~leela_interp.experiments.probes.parse_targets`)."""
+    targets: tuple[T.TargetSpec, ...]
+    """What is predicted (:func:`~leela_interp.experiments.probe_targets.parse_targets`)."""
     site: str = "hook_resid_post"
     """The cached hook probed in every layer (``clean/blocks.{layer}.{site}``)."""
     layers: tuple[int, ...] | None = None
@@ -76,7 +78,8 @@ class ProbeSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     """Train/test shuffles and probe initialisations."""
     splits: tuple[str, ...] = ("all", "different_targets")
-    """Puzzle subsets trained and tested on (:data:`~leela_interp.experiments.probes.SPLITS`)."""
+    """Puzzle subsets trained and tested on
+    (:data:`~leela_interp.experiments.probe_targets.SPLITS`)."""
     threads: int | None = None
     """torch threads while probing; None = leave the setting."""
     probes: tuple[str, ...] = P.PROBES
@@ -92,7 +95,7 @@ class ProbeSettings:
 
     def __post_init__(self) -> None:
         for s in self.splits:
-            P.split_rows(np.zeros(1, bool), s)  # raises on an unknown split
+            T.split_rows(np.zeros(1, bool), s)  # raises on an unknown split
 
     @classmethod
     def from_section(cls, probes: Mapping) -> ProbeSettings:
@@ -101,7 +104,7 @@ class ProbeSettings:
         Raises:
             ConfigError: a bad target, split or probe setting.
         """
-        return cls(targets=tuple(P.parse_targets(probes["targets"])), site=probes["site"],
+        return cls(targets=tuple(T.parse_targets(probes["targets"])), site=probes["site"],
                    layers=None if probes["layers"] is None else
                    tuple(int(i) for i in probes["layers"]),
                    dtype=probes["dtype"], max_layer_gib=probes.get("max_layer_gib"),
@@ -191,7 +194,7 @@ def twin_activations(model_path: str | Path, out: Path, hooks: list[str], dtype:
     from leela_interp.experiments.activations import cache_activations
     from leela_interp.network import load_network
 
-    twin = P.write_random_twin(model_path, out / TWIN_NET, seed=seed)
+    twin = rt.write_random_twin(model_path, out / TWIN_NET, seed=seed)
     path = out / TWIN_ACTIVATIONS
     stale = False
     if path.exists():
@@ -207,8 +210,8 @@ def twin_activations(model_path: str | Path, out: Path, hooks: list[str], dtype:
 class Plan:
     """Everything a probes run needs besides the output file (built by :func:`prepare`)."""
 
-    specs: list[P.TargetSpec]
-    labels: dict[str, P.TargetLabels]
+    specs: list[T.TargetSpec]
+    labels: dict[str, T.TargetLabels]
     layer_map: dict[int, str]
     """``{layer: hook name}``."""
     sources: dict[str, Path]
@@ -225,7 +228,7 @@ class Plan:
 
     @property
     def targets(self) -> list[str]:
-        return P.output_names(self.specs)
+        return T.output_names(self.specs)
 
 
 def prepare(model_path: str | Path, out: Path, p: ProbeSettings, *, device: str,
@@ -256,7 +259,7 @@ def prepare(model_path: str | Path, out: Path, p: ProbeSettings, *, device: str,
                           f"rerun the activations stage")
     rows = [index[pid] for pid in ids]
     input_format = net_format(read_net(model_path)).input_format
-    labels = P.target_labels([puzzles.clean_board(i) for i in rows],
+    labels = T.target_labels([puzzles.clean_board(i) for i in rows],
                              [puzzles.pv(i) for i in rows], specs, input_format)
     different = puzzles.different_targets[rows]
 
@@ -276,11 +279,11 @@ def prepare(model_path: str | Path, out: Path, p: ProbeSettings, *, device: str,
             model_path, out, list(layer_map.values()), dtype, seed=p.twin_seed, device=device,
             model_dtype=model_dtype, batch_size=batch_size, overwrite=overwrite)
     seeds = list(p.seeds)
-    split_rows = {s: P.split_rows(different, s) for s in splits}
+    split_rows = {s: T.split_rows(different, s) for s in splits}
     return Plan(
         specs=specs, labels=labels, layer_map=layer_map, sources=sources, splits=splits,
         seeds=seeds, probes=list(p.probes), baselines=list(p.baselines),
-        cuts={(s, seed): P.train_test(split_rows[s], seed, p.train_fraction)
+        cuts={(s, seed): T.train_test(split_rows[s], seed, p.train_fraction)
               for s in splits for seed in seeds},
         bilinear=p.bilinear, logreg=p.logreg,
         network_sha256=network_sha)

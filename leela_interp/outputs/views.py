@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from leela_interp.board.encoding import square_to_token, squares_to_tokens, transform_for
 from leela_interp.errors import ConfigError
+from leela_interp.experiments import probe_targets as T
 from leela_interp.experiments import probes as P
 from leela_interp.outputs import board_figures as bf
 from leela_interp.outputs import figures
@@ -364,7 +365,7 @@ def probe_distribution(run: str | Path, puzzle_id: str, layer: int, *, target: s
     acts_path = _file(run, "activations.h5", "activations")
     with h5py.File(probes_path, "r") as f:
         config = json.loads(f.attrs["config"])["probes"]
-        specs = [P.TargetSpec(**s) for s in json.loads(f.attrs["targets"])]
+        specs = [T.TargetSpec(**s) for s in json.loads(f.attrs["targets"])]
     spec = {s.name: s for s in specs}.get(target)
     if spec is None or spec.chain is not None:
         raise ConfigError(f"probe target {target!r}: choose one of "
@@ -381,11 +382,11 @@ def probe_distribution(run: str | Path, puzzle_id: str, layer: int, *, target: s
         ids = read_strings(f["puzzle_ids"])
     row = _row(ids, puzzle_id, acts_path)
     rows = [puzzles.ids.index(pid) for pid in ids]
-    labels = P.target_labels([puzzles.clean_board(i) for i in rows],
+    labels = T.target_labels([puzzles.clean_board(i) for i in rows],
                              [puzzles.pv(i) for i in rows], [spec], input_format)[target]
     if not labels.valid[row]:
         raise ConfigError(f"puzzle {puzzle_id!r} has no {target!r} label (its PV is too short)")
-    train, test = P.train_test(P.split_rows(puzzles.different_targets[rows], split), seed,
+    train, test = T.train_test(T.split_rows(puzzles.different_targets[rows], split), seed,
                                float(config["train_fraction"]))
     acts = P.load_layer(acts_path, hooks[layer], dtype=config.get("dtype"))
     scale = P.channel_rms(acts, train)
