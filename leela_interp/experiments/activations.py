@@ -345,7 +345,8 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
 
 
 def _forward(net, puzzles: PuzzleSet, group: str, start: int, stop: int, valid: np.ndarray,
-             names: Sequence[str], dtype: torch.dtype) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+             names: Sequence[str],
+             dtype: torch.dtype) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
     """One batch's forward pass on ``group``'s boards: the rows that have a board, and each
     hook's activations cast to ``dtype`` where the net is and copied to host memory
     (``non_blocking`` from CUDA: wait for an event recorded after this before reading them)."""

@@ -18,7 +18,8 @@ it, continues after it, and ends with the file an uninterrupted run writes. Two 
   changes HDF5's metadata; after each batch of rows is flushed and fsync'd, a journal
   ``NAME.h5.partial.journal`` (JSON, replaced atomically) records the committed row range and a
   checksum of sampled rows. A rerun checks the file's layout and every committed range against
-  the journal and continues after the last range that verifies.
+  the journal and continues after the last range that verifies. :class:`RowsWriter` fills and
+  commits its ranges in one background thread while the caller computes the next range.
 
 A partial output made under another config, or one that fails verification (unreadable, other
 layout, a damaged chunk), is discarded or cut back to its last good chunk, with a log line; it
