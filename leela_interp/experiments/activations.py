@@ -384,6 +384,141 @@ def _write_rows(datasets: Mapping[tuple[str, str], h5py.Dataset], start: int, st
             ds[start:stop] = values
 
 
+# --- merging shards ------------------------------------------------------------------------
+
+#: Root attributes a shard's cache has and the merged cache does not: its place in the split.
+SHARD_ATTRS = ("shard", "num_shards")
+#: Root attributes :class:`RowsFile` writes itself (not copied from a shard).
+_OWN_ATTRS = ("schema", "config", "config_hash", "complete", "rows_done",
+              "leela_interp_version", "command", "git_commit")
+
+
+def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_size: int = 256,
+                      overwrite: bool = False, progress: bool = True) -> Path:
+    """Join the caches of shards ``0 .. n-1`` (``paths[k]`` is shard ``k``) into ``path``: the
+    cache an unsharded run writes.
+
+    Row ``i`` of the result is row ``i // n`` of shard ``i % n``. Every dataset equals the
+    unsharded run's, and every root attribute but ``command`` (the command line of the run that
+    wrote it); its config (less ``shard``/``num_shards``) and hash are the unsharded run's, so
+    a later ``stage=activations`` there finds it up to date. Written like
+    :func:`cache_activations` (``RowsFile``: resumable, under its name only when complete);
+    nothing is done when ``path`` is complete for the same network, puzzle set and config.
+
+    Args:
+        paths: the shards' ``activations.shard-k-of-n.h5``, in shard order
+            (:func:`leela_interp.outputs.shards.find_shards`).
+        path: the merged file, normally ``run_dir / "activations.h5"``.
+        batch_size: rows per write (and the chunking an unsharded run of that batch size has).
+        overwrite: rebuild even if ``path`` or its partial file exists.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: a shard is not shard ``k`` of ``len(paths)``, the shards were made with
+            another config, network or puzzle set, or their row counts are not those of one
+            split.
+    """
+    path, paths = Path(path), [Path(p) for p in paths]
+    n_shards = len(paths)
+    files: list[ActivationFile] = []
+    try:
+        for p in paths:
+            files.append(ActivationFile(p))
+        config, total = _check_shards(files)
+        first = files[0]
+        groups = first.boards
+        hooks = first.hooks
+        shapes = {hook: tuple(first.dataset(hook, groups[0]).shape[1:]) for hook in hooks}
+        network_sha256, puzzles_sha256 = first.network_sha256, first.puzzles_sha256
+        if not overwrite and check_cache(path, network_sha256=network_sha256,
+                                         puzzles_sha256=puzzles_sha256, config=config):
+            log.info("%s is complete for these shards' network, puzzle set and config", path)
+            remove_leftovers(path)
+            return path
+        ids = np.empty(total, dtype=object)
+        for k, f in enumerate(files):
+            ids[k::n_shards] = f.puzzle_ids
+        valid = (_gather([f.file["corrupted/valid"] for f in files], 0, total)
+                 if "corrupted" in groups else np.ones(total, dtype=bool))
+        root = {k: v for k, v in first.file.attrs.items()
+                if k not in _OWN_ATTRS + SHARD_ATTRS}
+
+        def layout(part: RowsFile) -> None:
+            _create_layout(part, ids=list(ids), shapes=shapes, groups=groups, valid=valid,
+                           dtype=config["dtype"], compression=config["compression"],
+                           batch_size=batch_size, attrs=root)
+
+        sources = {(g, hook): [f.file[g][hook] for f in files] for g in groups for hook in hooks}
+        with RowsFile(path, schema=SCHEMA, config=config, rows=total, create=layout,
+                      resume=not overwrite) as part:
+            datasets = {key: part.file[key[0]][key[1]] for key in sources}
+            bar = tqdm(total=total, initial=part.rows_done, unit="puzzle", desc="merge",
+                       disable=not progress)
+            try:
+                with RowsWriter(part, on_commit=lambda stop: bar.update(stop - bar.n)) as writer:
+                    for start in range(part.rows_done, total, batch_size):
+                        stop = min(start + batch_size, total)
+                        values = {key: _gather(src, start, stop) for key, src in sources.items()}
+                        writer.submit(stop, functools.partial(_put, datasets, start, stop,
+                                                              values))
+            finally:
+                bar.close()
+            part.finish()
+    finally:
+        for f in files:
+            f.close()
+    return path
+
+
+def _check_shards(files: Sequence[ActivationFile]) -> tuple[dict, int]:
+    """The shards' common config (less the shard keys) and the merged row count."""
+    n_shards = len(files)
+    config = None
+    for k, f in enumerate(files):
+        own = f.config
+        where = (own.pop("shard", None), own.pop("num_shards", None))
+        if where != (k, n_shards):
+            raise ConfigError(f"{f.path} is shard {where[0]} of {where[1]} by its config, not "
+                              f"shard {k} of {n_shards}: merge the shard files of one run, "
+                              f"unrenamed")
+        identity = (own, f.network_sha256, f.puzzles_sha256)
+        if config is None:
+            config, first = own, identity
+        elif identity != first:
+            what = ("config" if own != first[0] else "network" if identity[1] != first[1]
+                    else "puzzle set")
+            raise ConfigError(f"{f.path} was made with another {what} than {files[0].path}: "
+                              f"merge only the shards of one run")
+    total = sum(len(f) for f in files)
+    for k, f in enumerate(files):
+        if len(f) != len(range(k, total, n_shards)):
+            raise ConfigError(f"{f.path} holds {len(f)} rows; shard {k} of a {total}-row split "
+                              f"{n_shards} ways holds {len(range(k, total, n_shards))}")
+    return config, total
+
+
+def _gather(sources: Sequence[h5py.Dataset], start: int, stop: int) -> np.ndarray:
+    """Merged rows ``[start, stop)``: row ``i`` is row ``i // n`` of ``sources[i % n]``."""
+    n = len(sources)
+    first = sources[0]
+    out = np.empty((stop - start, *first.shape[1:]), dtype=first.dtype)
+    for k, ds in enumerate(sources):
+        i0 = start + (k - start) % n  # the first merged row >= start that is shard k's
+        count = len(range(i0, stop, n))
+        if count:
+            out[i0 - start::n] = ds[i0 // n:i0 // n + count]
+    return out
+
+
+def _put(datasets: Mapping[tuple[str, str], h5py.Dataset], start: int, stop: int,
+         values: Mapping[tuple[str, str], np.ndarray]) -> None:
+    for key, ds in datasets.items():
+        ds[start:stop] = values[key]
+
+
 # --- reading ---------------------------------------------------------------------------------
 
 class ActivationFile:
