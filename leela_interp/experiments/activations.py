@@ -51,6 +51,7 @@ from leela_interp.errors import ConfigError, LeelaInterpError
 from leela_interp.outputs.results import (RowsFile, RowsWriter, config_hash, has_partial,
                                           label_axes, partial_path, read_strings, remove_leftovers,
                                           sha256_file, write_strings)
+from leela_interp.outputs.shards import gather
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -441,7 +442,7 @@ def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_si
         ids = np.empty(total, dtype=object)
         for k, f in enumerate(files):
             ids[k::n_shards] = f.puzzle_ids
-        valid = (_gather([f.file["corrupted/valid"] for f in files], 0, total)
+        valid = (gather([f.file["corrupted/valid"] for f in files], 0, total)
                  if "corrupted" in groups else np.ones(total, dtype=bool))
         root = {k: v for k, v in first.file.attrs.items()
                 if k not in _OWN_ATTRS + SHARD_ATTRS}
@@ -461,7 +462,7 @@ def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_si
                 with RowsWriter(part, on_commit=lambda stop: bar.update(stop - bar.n)) as writer:
                     for start in range(part.rows_done, total, batch_size):
                         stop = min(start + batch_size, total)
-                        values = {key: _gather(src, start, stop) for key, src in sources.items()}
+                        values = {key: gather(src, start, stop) for key, src in sources.items()}
                         writer.submit(stop, functools.partial(_put, datasets, start, stop,
                                                               values))
             finally:
@@ -498,19 +499,6 @@ def _check_shards(files: Sequence[ActivationFile]) -> tuple[dict, int]:
             raise ConfigError(f"{f.path} holds {len(f)} rows; shard {k} of a {total}-row split "
                               f"{n_shards} ways holds {len(range(k, total, n_shards))}")
     return config, total
-
-
-def _gather(sources: Sequence[h5py.Dataset], start: int, stop: int) -> np.ndarray:
-    """Merged rows ``[start, stop)``: row ``i`` is row ``i // n`` of ``sources[i % n]``."""
-    n = len(sources)
-    first = sources[0]
-    out = np.empty((stop - start, *first.shape[1:]), dtype=first.dtype)
-    for k, ds in enumerate(sources):
-        i0 = start + (k - start) % n  # the first merged row >= start that is shard k's
-        count = len(range(i0, stop, n))
-        if count:
-            out[i0 - start::n] = ds[i0 // n:i0 // n + count]
-    return out
 
 
 def _put(datasets: Mapping[tuple[str, str], h5py.Dataset], start: int, stop: int,

@@ -98,3 +98,21 @@ def find_shards(folders: Sequence[str | Path], name: str) -> list[Path]:
         raise ConfigError(f"shards {missing} of {num_shards} of {name} are missing from "
                           f"merge.inputs ({where}): run them first, or add their folders")
     return [found[k][0] for k in range(num_shards)]
+
+
+def gather(sources: Sequence, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of the merged file of shards ``sources`` (h5py datasets or arrays,
+    shard ``k`` at position ``k``): row ``i`` is row ``i // n`` of ``sources[i % n]``.
+
+    >>> gather([np.array([0, 2, 4]), np.array([1, 3])], 1, 5).tolist()
+    [1, 2, 3, 4]
+    """
+    n = len(sources)
+    first = sources[0]
+    out = np.empty((stop - start, *first.shape[1:]), dtype=first.dtype)
+    for k, rows in enumerate(sources):
+        i0 = start + (k - start) % n  # the first merged row >= start that is shard k's
+        count = len(range(i0, stop, n))
+        if count:
+            out[i0 - start::n] = rows[i0 // n:i0 // n + count]
+    return out
