@@ -1,5 +1,7 @@
 """Two puzzle shards merged equal the unsharded run's output."""
 
+import logging
+
 import h5py
 import numpy as np
 import pytest
@@ -147,3 +149,38 @@ def test_bad_activation_merges_are_refused(shard_inputs, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"activations.shard=2 with activations.num_shards=2"):
         _activations(tmp_path / "bad", inputs, net, "activations.shard=2",
                      "activations.num_shards=2")
+
+
+def test_patching_shards_merged_equal_the_unsharded_run(shard_inputs, tmp_path, caplog):
+    """Three shards of patching (8 of the 10 puzzles considered, chunks of 3) merged: the rows
+    become the unsharded run's chunks, and the merge finishes the file as that run does (the
+    summaries over every puzzle, head-pair joint patching of its top heads, the funnel)."""
+    from leela_interp.outputs.results import diff_files
+    from leela_interp.stages import run_stages
+
+    inputs, net = shard_inputs
+    common = [f"inputs_dir={inputs}", "model.batch_size=1", "patching.require_pv0_top=false",
+              "patching.max_puzzles=8", "patching.chunk_size=3", "patching.head_pairs.top_n=2",
+              "patching.figures=false"]
+    run_stages(_stage_config(tmp_path / "whole", net, "stage=patching", *common))
+    folders = [tmp_path / f"s{k}" for k in range(3)]
+    for k, folder in enumerate(folders):
+        run_stages(_stage_config(folder, net, "stage=patching", *common,
+                                 f"patching.shard={k}", "patching.num_shards=3"))
+        assert (folder / f"patching.shard-{k}-of-3.h5").exists()
+        assert not (folder / "patching.h5").exists()
+    merged = tmp_path / "merged"
+    with caplog.at_level(logging.INFO):
+        run_stages(_stage_config(merged, net, "stage=merge", "merge.stage=patching", *common,
+                                 f"merge.inputs=[{','.join(map(str, folders))}]"))
+    assert "patching: resuming, 0 of 3 chunks left" in caplog.text  # no row patched again
+    whole = tmp_path / "whole" / "patching.h5"
+    with h5py.File(whole, "r") as f:
+        assert f["analysed"][()].sum() >= 4 and "heads/pairs/joint_effect" in f
+    assert diff_files(whole, merged / "patching.h5", ignore_attrs=("command",)) == []
+    assert sorted(p.name for p in merged.iterdir() if "patching" in p.name) == ["patching.h5"]
+    with pytest.raises(ConfigError, match=r"another config than this merge's: patching.chunk_si"
+                                          r"ze: 3 != 4"):
+        run_stages(_stage_config(tmp_path / "merged2", net, "stage=merge",
+                                 "merge.stage=patching", *common, "patching.chunk_size=4",
+                                 f"merge.inputs=[{','.join(map(str, folders))}]"))

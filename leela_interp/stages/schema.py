@@ -68,7 +68,7 @@ COMPRESSIONS = ("none", "lzf", "gzip")
 HISTORIES = ("none", "setup")
 BACKENDS = ("torch", "onnxruntime")
 #: Stages whose sharded outputs ``stage=merge`` joins (``merge.stage``).
-MERGE_STAGES = ("puzzles", "activations")
+MERGE_STAGES = ("puzzles", "activations", "patching")
 
 
 @dataclass
@@ -173,6 +173,8 @@ class Patching:
     chunk_size: int = at_least(32, 1)
     max_puzzles: Optional[int] = at_least(None, 0)
     figures: bool = True
+    shard: int = at_least(0, 0)
+    num_shards: int = at_least(1, 1)
 
 
 @dataclass
