@@ -3,6 +3,8 @@
     python scripts/bench_activations.py rss [--n 100 1000] [--shape 768x15x24h|maia-1900]
                                             [--batch 64] [--boards clean]
     python scripts/bench_activations.py throughput [--n 2048] [--batch 256] [--repeats 3]
+    python scripts/bench_activations.py writer [--n 2048] [--batch 256] [--repeats 3]
+                                               [--boards both] [--dtype float32]
     python scripts/bench_activations.py read [--n 2048] [--d-model 768] [--hooks 15]
 
 ``rss``: caches every residual (``blocks.*.hook_resid_post``, float32, no compression) of N
@@ -15,6 +17,11 @@ puzzles (encode + forward, batch by batch, outputs dropped) and (B) ``cache_acti
 every residual (encode + forward with hooks + HDF5 write); runs alternate A/B ``--repeats`` times
 and the best of each is reported, to damp the noise of a shared machine. Also B with lzf/gzip,
 float16 and both boards.
+
+``writer``: on maia-1900, puzzles/s of ``cache_activations`` of every residual with the writer
+thread (the next batch computed while the last one is written, flushed and fsync'd) and without
+it (``writer_thread=False``: compute, then write), in turn ``--repeats`` times in one process;
+prints every run, the best of each and their ratio, for ``--boards`` and ``--dtype``.
 
 ``read``: how the chunk shape (whole puzzles per chunk; ``auto`` is what ``cache_activations``
 picks) affects reading one hook for all puzzles and for 256 random puzzles.
@@ -233,6 +240,47 @@ def bench_throughput(args: argparse.Namespace) -> None:
     tmp.rmdir()
 
 
+def bench_writer(args: argparse.Namespace) -> None:
+    """Puzzles/s of cache_activations with and without the writer thread, in turn."""
+    import torch
+
+    from leela_interp import load_network
+    from leela_interp.experiments.activations import cache_activations
+
+    if not MAIA.exists():
+        sys.exit(f"needs {MAIA}")
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(dir=args.tmp))
+    n = args.n[0]
+    puzzles = write_puzzles(tmp / "puzzles.h5", n, args.distinct)
+    net = load_network(MAIA)
+    out = tmp / "activations.h5"
+
+    def run(thread: bool) -> float:
+        start = time.perf_counter()
+        cache_activations(net, puzzles, out, hooks="blocks.*.hook_resid_post",
+                          boards=args.boards, dtype=args.dtype, batch_size=args.batch,
+                          progress=False, overwrite=True, writer_thread=thread)
+        rate = n / (time.perf_counter() - start)
+        out.unlink()
+        return rate
+
+    run(True)  # warm-up (allocator, page cache of the puzzles)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        for thread in (True, False):
+            rates[thread].append(run(thread))
+    print(f"maia-1900, {n} puzzles, every residual, {args.boards} boards, {args.dtype}, no "
+          f"compression, batch {args.batch}, {args.threads} threads, CPU; in turn x "
+          f"{args.repeats}; puzzles/s by wall clock")
+    for thread, label in ((True, "writer thread"), (False, "in turn (no thread)")):
+        print(f"  {label:20s} best {max(rates[thread]):6.0f}   runs "
+              f"{[round(r) for r in rates[thread]]}")
+    print(f"  ratio thread / in turn (best): {max(rates[True]) / max(rates[False]):.2f}")
+    puzzles.unlink()
+    tmp.rmdir()
+
+
 def bench_read(args: argparse.Namespace) -> None:
     """Read speed of one hook for all puzzles / 256 random puzzles, by rows per chunk."""
     from leela_interp.experiments.activations import ActivationFile, _chunk_rows
@@ -276,7 +324,7 @@ def bench_read(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["rss", "throughput", "read", "child"])
+    parser.add_argument("mode", choices=["rss", "throughput", "writer", "read", "child"])
     parser.add_argument("--n", type=int, nargs="+", default=None)
     parser.add_argument("--shape", default="768x15x24h",
                         help="rss: a random transformer DxLxHh, or maia-1900")
@@ -298,6 +346,9 @@ def main() -> None:
     elif args.mode == "read":
         args.n, args.batch = args.n or [2048], args.batch or 256
         bench_read(args)
+    elif args.mode == "writer":
+        args.n, args.batch = args.n or [2048], args.batch or 256
+        bench_writer(args)
     elif args.mode == "rss":
         args.n, args.batch = args.n or [100, 1000], args.batch or 64
         bench_rss(args)

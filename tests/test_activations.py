@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import chess
@@ -16,12 +17,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import leela_interp.experiments.activations as activations_module
 from leela_interp import load_network
 from leela_interp.experiments.activations import (SCHEMA, ActivationCacheMismatchError,
                                                   ActivationFile, cache_activations,
                                                   iter_activation, load_activation)
 from leela_interp.network.lc0.random_net import write_random_net
-from leela_interp.outputs.results import journal_path, partial_path
+from leela_interp.outputs.results import diff_files, journal_path, partial_path
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 #: Ten Lichess puzzles (CC0, ../shared/data/puzzles/lichess_sample.csv): id, FEN, Moves.
@@ -245,6 +247,56 @@ def test_killed_then_rerun_equals_uninterrupted(net_path, puzzles, tmp_path):
     seen.clear()
     cache_activations(net, puzzles, out, after_batch=crash_after(-1, seen), **kwargs)
     assert seen == []  # complete for the same config: nothing to do
+
+
+def test_writer_thread_writes_the_file_written_in_turn(net_path, puzzles, tmp_path):
+    """Every dataset and attribute, and the bytes, of a cache written by the writer thread equal
+    one written in turn (both boards; corrupted batches with missing rows; a short last batch)."""
+    kind, path = net_path
+    net = load_network(path)
+    kwargs = dict(hooks=HOOKS[kind], boards="both", batch_size=3, progress=False)
+    seen: dict[bool, list[int]] = {True: [], False: []}
+    for thread in (True, False):
+        cache_activations(net, puzzles, tmp_path / str(thread) / "activations.h5",
+                          writer_thread=thread, after_batch=seen[thread].append, **kwargs)
+    a, b = (tmp_path / name / "activations.h5" for name in ("True", "False"))
+    assert diff_files(a, b) == []
+    assert a.read_bytes() == b.read_bytes()
+    assert seen[True] == seen[False] == [3, 6, 9, 10]
+
+
+@pytest.mark.parametrize("fail_at, resumed", [(6, [9, 10]), (9, [10])])
+def test_a_writer_thread_failure_is_raised_and_the_partial_resumes(puzzles, tmp_path,
+                                                                   monkeypatch, fail_at, resumed):
+    """An error in the writer thread (the write of the batch from row ``fail_at`` fails; the
+    last batch's error can only come out when the queue is drained) reaches the caller as it
+    was raised; the journal holds the rows written before it; a rerun resumes after them and
+    ends with the file of an uninterrupted run."""
+    net = load_network(write_random_net(tmp_path / "c.pb.gz"))
+    kwargs = dict(hooks=HOOKS["cnn"], batch_size=3, progress=False)
+    reference = cache_activations(net, puzzles, tmp_path / "ref" / "activations.h5", **kwargs)
+    error = OSError(28, "No space left on device")
+    where: list[str] = []
+    write_rows = activations_module._write_rows
+
+    def failing(datasets, start, stop, batch, ready):
+        if start == fail_at:
+            where.append(threading.current_thread().name)
+            raise error
+        write_rows(datasets, start, stop, batch, ready)
+
+    monkeypatch.setattr(activations_module, "_write_rows", failing)
+    out = tmp_path / "run" / "activations.h5"
+    with pytest.raises(OSError) as raised:
+        cache_activations(net, puzzles, out, **kwargs)
+    assert raised.value is error and where and where[0] != threading.main_thread().name
+    assert not out.exists()
+    assert json.loads(journal_path(out).read_text())["batches"][-1][1] == fail_at
+    monkeypatch.setattr(activations_module, "_write_rows", write_rows)
+    seen: list[int] = []
+    cache_activations(net, puzzles, out, after_batch=seen.append, **kwargs)
+    assert seen == resumed
+    assert diff_files(out, reference) == []
 
 
 def test_sigkill_mid_write_then_rerun_equals_uninterrupted(puzzles, tmp_path):

@@ -1,11 +1,13 @@
 """HDF5 result-file life cycle (ChunkedOutput, RowsFile, open_partial, fault points), the
 puzzle-set file, and file comparison."""
 
+import functools
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+import threading
 
 import chess
 import h5py
@@ -14,9 +16,9 @@ import pytest
 
 from leela_interp.errors import ConfigError, RunFolderInUseError
 from leela_interp.outputs.results import (FAULT_ENV, FAULT_LOG_ENV, ChunkedOutput, InjectedFault,
-                                          RowsFile, chunks_dir, config_hash, diff_files,
-                                          has_partial, is_complete, journal_path, label_axes,
-                                          open_partial, partial_path, read_strings,
+                                          RowsFile, RowsWriter, chunks_dir, config_hash,
+                                          diff_files, has_partial, is_complete, journal_path,
+                                          label_axes, open_partial, partial_path, read_strings,
                                           remove_leftovers, write_point, write_strings)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
@@ -251,6 +253,36 @@ def test_damaged_or_foreign_partial_rows_start_afresh(tmp_path, caplog, damage, 
         _fill(part)
         part.finish()
     assert message in caplog.text and is_complete(path)
+
+
+def test_rows_writer_bounds_the_ranges_in_flight_and_drains_on_exit(tmp_path):
+    """depth=1: a second range waits while the first is being written; leaving the block by an
+    exception still writes and commits every range handed over, then stops the thread."""
+    gate, committed = threading.Event(), []
+
+    def fill(part, start, stop):
+        assert gate.wait(10)
+        part.file["g/a"][start:stop] = np.arange(start * 3, stop * 3).reshape(-1, 3)
+        part.file["g/b"][start:stop] = np.arange(start, stop)
+
+    with _rows(tmp_path / "x.h5") as part:
+        with pytest.raises(KeyError, match="the caller's"):
+            with RowsWriter(part, depth=1, on_commit=committed.append) as writer:
+                writer.submit(3, functools.partial(fill, part, 0, 3))
+                second = threading.Thread(target=writer.submit,
+                                          args=(6, functools.partial(fill, part, 3, 6)))
+                second.start()
+                second.join(0.5)
+                assert second.is_alive()  # waits for the first range
+                gate.set()
+                second.join(10)
+                assert not second.is_alive()
+                raise KeyError("the caller's error")
+        assert part.rows_done == 6 and committed == [3, 6]
+        assert not [t for t in threading.enumerate() if t.name.startswith("RowsWriter")]
+        with RowsWriter(part, thread=False) as writer:  # in turn: committed on return
+            writer.submit(9, functools.partial(fill, part, 6, 9))
+            assert part.rows_done == 9
 
 
 def test_open_partial_does_not_discard_a_file_another_process_has_open(tmp_path):

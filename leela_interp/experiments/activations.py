@@ -5,7 +5,9 @@ batch straight to disk, so memory stays flat in the number of puzzles. Work happ
 ``activations.h5.partial``, a :class:`~leela_interp.outputs.results.RowsFile`: every dataset's
 storage is allocated when the file is created, each batch is flushed and fsync'd and then
 recorded in ``activations.h5.partial.journal``, a rerun verifies the recorded rows and continues
-after the last good batch, and only a finished file is renamed to ``activations.h5``.
+after the last good batch, and only a finished file is renamed to ``activations.h5``. One writer
+thread (:class:`~leela_interp.outputs.results.RowsWriter`) writes and commits each batch while
+the next one is computed.
 
 File layout (schema ``leela_interp.activations/1``)::
 
@@ -32,6 +34,7 @@ Read one hook for some puzzles with :func:`load_activation`, stream it with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,9 +49,10 @@ from tqdm.auto import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import (RowsFile, config_hash, has_partial, label_axes,
-                                          partial_path, read_strings, remove_leftovers,
+from leela_interp.outputs.results import (RowsFile, RowsWriter, config_hash, has_partial,
+                                          label_axes, partial_path, read_strings, remove_leftovers,
                                           write_strings)
+from leela_interp.outputs.shards import gather
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,8 @@ SQUARE_AXES = frozenset({"square", "query", "key"})
 BOARDS = {"clean": ("clean",), "corrupted": ("corrupted",), "both": ("clean", "corrupted")}
 #: ``dtype`` choices.
 DTYPES = {"float32": np.float32, "float16": np.float16}
+#: The same dtypes in torch (activations are cast where the net runs, before the copy to host).
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: ``compression`` choices (``none`` = no filter). gzip and lzf also use the shuffle filter.
 COMPRESSIONS = ("none", "lzf", "gzip")
 #: Target size of one HDF5 chunk: ``chunk_rows`` whole puzzles of one hook.
@@ -220,19 +226,14 @@ def _create_layout(part: RowsFile, *, ids: Sequence[str], shapes: Mapping[str, t
             label_axes(g.create_dataset("valid", data=valid), "puzzle")
 
 
-def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    if t.dtype not in (torch.float32, torch.float16, torch.float64):
-        t = t.float()
-    return t.cpu().numpy().astype(dtype, copy=False)
-
-
 def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
                       hooks: str | Sequence[str] = "blocks.*.hook_resid_post",
                       boards: str = "both", dtype: str = "float32", compression: str = "none",
                       batch_size: int = 256, puzzles_sha256: str | None = None,
                       config: Mapping | None = None, attrs: Mapping | None = None,
                       overwrite: bool = False, progress: bool = True,
-                      after_batch: Callable[[int], None] | None = None) -> Path:
+                      after_batch: Callable[[int], None] | None = None,
+                      writer_thread: bool = True) -> Path:
     """Run ``net`` over every puzzle and write the chosen hooks' activations to ``path``.
 
     Resumable and safe: work goes into ``path + ".partial"``; a rerun with the same network,
@@ -249,8 +250,9 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
         boards: ``"clean"``, ``"corrupted"`` or ``"both"``.
         dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk).
         compression: ``"none"``, ``"lzf"`` (fast) or ``"gzip"`` (smaller, slow).
-        batch_size: puzzles per forward pass and per write (memory is about two batches).
-            The forward pass runs where ``net`` is (move it first for a GPU).
+        batch_size: puzzles per forward pass and per write (memory is about two batches: the
+            one being written and the one being computed). The forward pass runs where ``net``
+            is (move it first for a GPU).
         puzzles_sha256: identity of an in-memory puzzle set; default: the file's sha256 when
             ``puzzles`` is a path, else :func:`puzzle_set_sha256`.
         config: what the file records and hashes; default :func:`cache_config` of the arguments
@@ -261,7 +263,11 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
             another network or puzzle set).
         progress: show a tqdm progress bar.
         after_batch: called with the number of complete rows after each batch is on disk
-            (tests use it to simulate a crash).
+            and committed, in the writer thread (tests use it to simulate a crash: what it
+            raises is re-raised here, and the rows committed before stay resumable).
+        writer_thread: write each batch in a background thread while the next one is
+            computed (:class:`~leela_interp.outputs.results.RowsWriter`); ``False`` writes in
+            turn. The file is the same either way.
 
     Returns:
         ``path``.
@@ -269,6 +275,8 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
     Raises:
         ActivationCacheMismatchError: ``path`` or its partial file was made with another network
             or puzzle set (and ``overwrite`` is off).
+        OSError: writing the file failed (in the writer thread: the original error, the rows
+            committed before it kept for a resume).
         ConfigError: a bad ``boards`` / ``dtype`` / ``compression`` value, or no hooks.
         UnknownHookError: a hook name or glob that matches nothing.
     """
@@ -302,7 +310,6 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
             return path
         check_cache(partial_path(path), network_sha256=network_sha256,
                     puzzles_sha256=puzzles_sha256)
-    np_dtype = np.dtype(DTYPES[dtype])
     root = {"network_sha256": network_sha256, "puzzles_sha256": puzzles_sha256,
             "network_path": str(getattr(net, "path", "") or ""), **dict(attrs or {}),
             "hooks": json.dumps(list(shapes)), "boards": json.dumps(list(groups))}
@@ -316,43 +323,189 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
         done = part.rows_done
         datasets = {(g, hook): part.file[g][hook] for g in groups for hook in shapes}
         bar = tqdm(total=n, initial=done, unit="puzzle", desc="activations", disable=not progress)
+
+        def committed(stop: int) -> None:
+            bar.update(stop - bar.n)
+            if after_batch is not None:
+                after_batch(stop)
+
         try:
-            for start in range(done, n, batch_size):
-                stop = min(start + batch_size, n)
-                for g in groups:
-                    _write_batch(net, puzzles, g, start, stop, valid, shapes, datasets, np_dtype)
-                part.commit(stop)
-                bar.update(stop - start)
-                if after_batch is not None:
-                    after_batch(stop)
+            with RowsWriter(part, thread=writer_thread, on_commit=committed) as writer:
+                for start in range(done, n, batch_size):
+                    stop = min(start + batch_size, n)
+                    batch = [(g, *_forward(net, puzzles, g, start, stop, valid, shapes,
+                                           TORCH_DTYPES[dtype])) for g in groups]
+                    ready = torch.cuda.Event() if param.is_cuda else None
+                    if ready is not None:
+                        ready.record()
+                    writer.submit(stop, functools.partial(_write_rows, datasets, start, stop,
+                                                          batch, ready))
         finally:
             bar.close()
         part.finish()
     return path
 
 
-@torch.inference_mode()
-def _write_batch(net, puzzles: PuzzleSet, group: str, start: int, stop: int, valid: np.ndarray,
-                 shapes: Mapping[str, tuple[int, ...]],
-                 datasets: Mapping[tuple[str, str], h5py.Dataset], np_dtype: np.dtype) -> None:
+def _forward(net, puzzles: PuzzleSet, group: str, start: int, stop: int, valid: np.ndarray,
+             names: Sequence[str],
+             dtype: torch.dtype) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """One batch's forward pass on ``group``'s boards: the rows that have a board, and each
+    hook's activations cast to ``dtype`` where the net is and copied to host memory
+    (``non_blocking`` from CUDA: wait for an event recorded after this before reading them)."""
     if group == "clean":
         rows = np.arange(start, stop)
         boards = [puzzles.clean_board(i) for i in rows]
     else:
         rows = np.flatnonzero(valid[start:stop]) + start
         boards = [puzzles.corrupted_board(i) for i in rows]
-    full = len(rows) == stop - start
-    cache: dict[str, torch.Tensor] = {}
-    if len(rows):
-        _, cache = net.run_with_cache(net.encode(boards), names=list(shapes))
-    for hook, shape in shapes.items():
-        if full:
-            values = _to_numpy(cache[hook], np_dtype)
-        else:
-            values = np.full((stop - start, *shape), np.nan, dtype=np_dtype)
-            if len(rows):
-                values[rows - start] = _to_numpy(cache[hook], np_dtype)
-        datasets[group, hook][start:stop] = values
+    if not len(rows):
+        return rows, {}
+    with torch.inference_mode():
+        _, cache = net.run_with_cache(net.encode(boards), names=list(names))
+        return rows, {hook: t.to(dtype).to("cpu", non_blocking=t.is_cuda)
+                      for hook, t in cache.items()}
+
+
+def _write_rows(datasets: Mapping[tuple[str, str], h5py.Dataset], start: int, stop: int,
+                batch: Sequence[tuple[str, np.ndarray, dict[str, torch.Tensor]]],
+                ready: torch.cuda.Event | None) -> None:
+    """Write rows ``[start, stop)`` of every group and hook (rows without a board are NaN)."""
+    if ready is not None:
+        ready.synchronize()
+    for group, rows, cache in batch:
+        full = len(rows) == stop - start
+        for (g, hook), ds in datasets.items():
+            if g != group:
+                continue
+            if full:
+                values = cache[hook].numpy()
+            else:
+                values = np.full((stop - start, *ds.shape[1:]), np.nan, dtype=ds.dtype)
+                if len(rows):
+                    values[rows - start] = cache[hook].numpy()
+            ds[start:stop] = values
+
+
+# --- merging shards ------------------------------------------------------------------------
+
+#: Root attributes a shard's cache has and the merged cache does not: its place in the split.
+SHARD_ATTRS = ("shard", "num_shards")
+#: Root attributes :class:`RowsFile` writes itself (not copied from a shard).
+_OWN_ATTRS = ("schema", "config", "config_hash", "complete", "rows_done",
+              "leela_interp_version", "command", "git_commit")
+
+
+def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_size: int = 256,
+                      overwrite: bool = False, progress: bool = True) -> Path:
+    """Join the caches of shards ``0 .. n-1`` (``paths[k]`` is shard ``k``) into ``path``: the
+    cache an unsharded run writes.
+
+    Row ``i`` of the result is row ``i // n`` of shard ``i % n``. Every dataset equals the
+    unsharded run's, and every root attribute but ``command`` (the command line of the run that
+    wrote it); its config (less ``shard``/``num_shards``) and hash are the unsharded run's, so
+    a later ``stage=activations`` there finds it up to date. Written like
+    :func:`cache_activations` (``RowsFile``: resumable, under its name only when complete);
+    nothing is done when ``path`` is complete for the same network, puzzle set and config.
+
+    Args:
+        paths: the shards' ``activations.shard-k-of-n.h5``, in shard order
+            (:func:`leela_interp.outputs.shards.find_shards`).
+        path: the merged file, normally ``run_dir / "activations.h5"``.
+        batch_size: rows per write (and the chunking an unsharded run of that batch size has).
+        overwrite: rebuild even if ``path`` or its partial file exists.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: a shard is not shard ``k`` of ``len(paths)``, the shards were made with
+            another config, network or puzzle set, or their row counts are not those of one
+            split.
+    """
+    path, paths = Path(path), [Path(p) for p in paths]
+    n_shards = len(paths)
+    files: list[ActivationFile] = []
+    try:
+        for p in paths:
+            files.append(ActivationFile(p))
+        config, total = _check_shards(files)
+        first = files[0]
+        groups = first.boards
+        hooks = first.hooks
+        shapes = {hook: tuple(first.dataset(hook, groups[0]).shape[1:]) for hook in hooks}
+        network_sha256, puzzles_sha256 = first.network_sha256, first.puzzles_sha256
+        if not overwrite and check_cache(path, network_sha256=network_sha256,
+                                         puzzles_sha256=puzzles_sha256, config=config):
+            log.info("%s is complete for these shards' network, puzzle set and config", path)
+            remove_leftovers(path)
+            return path
+        ids = np.empty(total, dtype=object)
+        for k, f in enumerate(files):
+            ids[k::n_shards] = f.puzzle_ids
+        valid = (gather([f.file["corrupted/valid"] for f in files], 0, total)
+                 if "corrupted" in groups else np.ones(total, dtype=bool))
+        root = {k: v for k, v in first.file.attrs.items()
+                if k not in _OWN_ATTRS + SHARD_ATTRS}
+
+        def layout(part: RowsFile) -> None:
+            _create_layout(part, ids=list(ids), shapes=shapes, groups=groups, valid=valid,
+                           dtype=config["dtype"], compression=config["compression"],
+                           batch_size=batch_size, attrs=root)
+
+        sources = {(g, hook): [f.file[g][hook] for f in files] for g in groups for hook in hooks}
+        with RowsFile(path, schema=SCHEMA, config=config, rows=total, create=layout,
+                      resume=not overwrite) as part:
+            datasets = {key: part.file[key[0]][key[1]] for key in sources}
+            bar = tqdm(total=total, initial=part.rows_done, unit="puzzle", desc="merge",
+                       disable=not progress)
+            try:
+                with RowsWriter(part, on_commit=lambda stop: bar.update(stop - bar.n)) as writer:
+                    for start in range(part.rows_done, total, batch_size):
+                        stop = min(start + batch_size, total)
+                        values = {key: gather(src, start, stop) for key, src in sources.items()}
+                        writer.submit(stop, functools.partial(_put, datasets, start, stop,
+                                                              values))
+            finally:
+                bar.close()
+            part.finish()
+    finally:
+        for f in files:
+            f.close()
+    return path
+
+
+def _check_shards(files: Sequence[ActivationFile]) -> tuple[dict, int]:
+    """The shards' common config (less the shard keys) and the merged row count."""
+    n_shards = len(files)
+    config = None
+    for k, f in enumerate(files):
+        own = f.config
+        where = (own.pop("shard", None), own.pop("num_shards", None))
+        if where != (k, n_shards):
+            raise ConfigError(f"{f.path} is shard {where[0]} of {where[1]} by its config, not "
+                              f"shard {k} of {n_shards}: merge the shard files of one run, "
+                              f"unrenamed")
+        identity = (own, f.network_sha256, f.puzzles_sha256)
+        if config is None:
+            config, first = own, identity
+        elif identity != first:
+            what = ("config" if own != first[0] else "network" if identity[1] != first[1]
+                    else "puzzle set")
+            raise ConfigError(f"{f.path} was made with another {what} than {files[0].path}: "
+                              f"merge only the shards of one run")
+    total = sum(len(f) for f in files)
+    for k, f in enumerate(files):
+        if len(f) != len(range(k, total, n_shards)):
+            raise ConfigError(f"{f.path} holds {len(f)} rows; shard {k} of a {total}-row split "
+                              f"{n_shards} ways holds {len(range(k, total, n_shards))}")
+    return config, total
+
+
+def _put(datasets: Mapping[tuple[str, str], h5py.Dataset], start: int, stop: int,
+         values: Mapping[tuple[str, str], np.ndarray]) -> None:
+    for key, ds in datasets.items():
+        ds[start:stop] = values[key]
 
 
 # --- reading ---------------------------------------------------------------------------------

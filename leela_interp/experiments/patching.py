@@ -30,6 +30,7 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               screen, selection_steps, subset_masks,
                                               write_common, write_funnel, write_summary)
 from leela_interp.outputs.results import ChunkedOutput, label_axes, write_strings
+from leela_interp.outputs.shards import check_shard, shard_rows
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,8 @@ class PatchingSettings:
     ``leela_interp/conf/patching/default.yaml``).
 
     Raises:
-        ConfigError: On construction: an unknown site, method or overlap rule, or a
-            ``head_pairs_top_n`` of 1 or below 0.
+        ConfigError: On construction: an unknown site, method or overlap rule, a
+            ``head_pairs_top_n`` of 1 or below 0, or not ``0 <= shard < num_shards``.
     """
 
     sites: tuple[str, ...] = ("resid_post",)
@@ -181,6 +182,12 @@ class PatchingSettings:
     """Joint patching of every pair of the top n heads (0 = off)."""
     batch_size: int = 256
     """Positions per forward pass."""
+    shard: int = 0
+    """Which shard this run computes, ``0 <= shard < num_shards``."""
+    num_shards: int = 1
+    """Shards of the puzzle set: a shard patches the rows ``i % num_shards == shard`` (of the
+    first ``max_puzzles``) only, and leaves head pairs to the merge
+    (:func:`leela_interp.stages.merge.merge_patching`); 1 = every row."""
 
     def __post_init__(self) -> None:
         for site in self.sites:
@@ -197,6 +204,7 @@ class PatchingSettings:
         if not isinstance(top_n, int) or top_n == 1 or top_n < 0:
             raise ConfigError(f"patching.head_pairs.top_n={top_n!r}; give 0 (off) or at least "
                               f"2 heads")
+        check_shard("patching", self.shard, self.num_shards)
 
 
 def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: PatchingSettings,
@@ -292,7 +300,8 @@ def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed
 
 def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: PatchingSettings,
                    *, config: dict, attrs: dict | None = None, resume: bool = True) -> Path:
-    """Patch every analysed puzzle of ``puzzles_path`` and write ``path`` (``patching.h5``).
+    """Patch every analysed puzzle of ``puzzles_path`` and write ``path`` (``patching.h5``;
+    a shard's ``patching.shard-K-of-N.h5``: its rows only, see :class:`PatchingSettings`).
 
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
     (:class:`~leela_interp.outputs.results.ChunkedOutput`): a kill at any instant loses at most
@@ -324,6 +333,10 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
     path = Path(path)
     puzzles = PuzzleSet.load(puzzles_path)
     limit = considered(len(puzzles), settings.max_puzzles)
+    sharded = settings.num_shards > 1
+    if sharded:  # the shard's rows, and how many of them are among the considered rows
+        rows = shard_rows(len(puzzles), settings.shard, settings.num_shards)
+        puzzles, limit = puzzles.select(rows), int(np.count_nonzero(rows < limit))
     bs = settings.batch_size
     require_top = settings.require_pv0_top
     clean_hooks = [f"blocks.*.hook_{s}" for s in sites] + ["blocks.*.hook_resid_pre"]
@@ -375,7 +388,7 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
         if heads:
             write_summary(f["heads"], "effect", f["heads/effect"][()], analysed, subsets,
                           ("layer", "head"), **effect_attrs(meaning="over analysed puzzles"))
-            if settings.head_pairs_top_n:
+            if settings.head_pairs_top_n and not sharded:  # the merge's: top heads of all
                 write_head_pairs(f, net, puzzles, settings.head_pairs_top_n, analysed, subsets,
                                  batch_size=bs, chunk_size=settings.chunk_size)
         steps = selection_steps(f, limit, "patching", need_corruption=True,

@@ -18,7 +18,8 @@ it, continues after it, and ends with the file an uninterrupted run writes. Two 
   changes HDF5's metadata; after each batch of rows is flushed and fsync'd, a journal
   ``NAME.h5.partial.journal`` (JSON, replaced atomically) records the committed row range and a
   checksum of sampled rows. A rerun checks the file's layout and every committed range against
-  the journal and continues after the last range that verifies.
+  the journal and continues after the last range that verifies. :class:`RowsWriter` fills and
+  commits its ranges in one background thread while the caller computes the next range.
 
 A partial output made under another config, or one that fails verification (unreadable, other
 layout, a damaged chunk), is discarded or cut back to its last good chunk, with a log line; it
@@ -43,11 +44,13 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -643,6 +646,117 @@ class RowsFile:
         self.journal.unlink(missing_ok=True)
         write_point(f"{self.journal.name}: removed")
         return self.path
+
+
+class RowsWriter:
+    """Writes a :class:`RowsFile`'s row ranges in one background thread, so that the caller
+    computes the next range (on a GPU, say) while the last one goes to disk.
+
+    :meth:`submit` hands over one range: the thread calls ``write()`` (which fills rows
+    ``[part.rows_done, stop)``), then ``part.commit(stop)``, then ``on_commit(stop)``, range
+    after range in the order handed over. A range is therefore in the journal only once its rows
+    are on disk, as without the thread. At most ``depth`` ranges are handed over and not yet
+    committed; :meth:`submit` waits for a free slot, so memory holds ``depth`` ranges besides
+    the one being computed. ``write`` should own its arrays (the caller keeps no reference it
+    changes later).
+
+    Leaving the context (or :meth:`close`) drains the queue: every range handed over is written
+    and committed, also when the caller raised, and the thread stops. ::
+
+        with RowsFile(path, schema=..., config=..., rows=n, create=layout) as part:
+            with RowsWriter(part) as writer:
+                for start in range(part.rows_done, n, batch):
+                    stop = min(start + batch, n)
+                    writer.submit(stop, functools.partial(fill, part.file, start, compute(start)))
+            part.finish()
+
+    Args:
+        part: the open file.
+        thread: write in a background thread; ``False`` makes :meth:`submit` write and commit
+            before it returns (the same calls in the same order, so the same file).
+        depth: ranges handed over and not yet committed, at most (>= 1).
+        on_commit: called in the writer's thread with ``stop`` after each range is committed.
+
+    Raises:
+        ValueError: ``depth`` < 1.
+    """
+
+    def __init__(self, part: RowsFile, *, thread: bool = True, depth: int = 1,
+                 on_commit: Callable[[int], None] | None = None) -> None:
+        if depth < 1:
+            raise ValueError(f"depth={depth!r}; must be >= 1")
+        self.part = part
+        self.on_commit = on_commit
+        self._error: BaseException | None = None
+        self._slots = threading.Semaphore(depth)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"RowsWriter {part.path.name}",
+                                        daemon=True) if thread else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def __enter__(self) -> RowsWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except BaseException as writer_exc:  # the caller's exception goes on; say both
+            if writer_exc is not exc:
+                log.error("%s: the writer thread failed too (%s: %s)", self.part.partial,
+                          writer_exc.__class__.__name__, writer_exc)
+
+    def _write(self, stop: int, write: Callable[[], None]) -> None:
+        write()
+        self.part.commit(stop)
+        if self.on_commit is not None:
+            self.on_commit(stop)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self._error is None:  # after a failure nothing more is written
+                    self._write(*item)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._slots.release()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, stop: int, write: Callable[[], None]) -> None:
+        """Hand over the rows up to ``stop``: ``write()`` fills them, then they are committed.
+
+        Waits while ``depth`` ranges are in flight.
+
+        Raises:
+            BaseException: what ``write``, :meth:`RowsFile.commit` or ``on_commit`` raised for
+                an earlier range (the original exception, re-raised in this thread).
+        """
+        if self._thread is None:
+            self._write(stop, write)
+            return
+        self._raise()
+        self._slots.acquire()
+        try:
+            self._raise()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._queue.put((stop, write))
+
+    def close(self) -> None:
+        """Wait until every range handed over is committed (or the writer failed), stop the
+        thread, and re-raise the writer's exception, if any."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
 
 
 # --------------------------------------------------------------------------- open_partial

@@ -21,6 +21,7 @@ every network pass differ only by the corruption.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,16 @@ class PuzzleSet:
 
     def corrupted_boards(self) -> list[chess.Board]:
         return [self.corrupted_board(i) for i in range(len(self))]
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> "PuzzleSet":
+        """The puzzles ``rows`` (in that order) as a new set with the same history, e.g. a
+        shard's rows (:func:`leela_interp.outputs.shards.shard_rows`)."""
+        rows = [int(i) for i in rows]
+        return PuzzleSet(ids=[self.ids[i] for i in rows], fens=[self.fens[i] for i in rows],
+                         moves=[self.moves[i] for i in rows],
+                         corrupted_fens=[self.corrupted_fens[i] for i in rows],
+                         different_targets=np.asarray(self.different_targets)[rows],
+                         history=self.history)
 
     @classmethod
     def load(cls, path: str | Path) -> "PuzzleSet":

@@ -2,7 +2,9 @@
 
 Reads ``<out_dir>/puzzles.h5`` and writes ``<out_dir>/activations.h5`` with
 :func:`leela_interp.experiments.activations.cache_activations` (layout: ``docs/activations.md``).
-Skips when the file is complete for the same network, puzzle set and ``activations`` config; resumes
+A shard (``activations.shard=K activations.num_shards=N``) writes
+``activations.shard-K-of-N.h5`` (:mod:`leela_interp.outputs.shards`). Skips when the file is
+complete for the same network, puzzle set and ``activations`` config; resumes
 an interrupted run; refuses a cache made with another network or puzzle set unless
 ``force=true``.
 """
@@ -18,6 +20,7 @@ from leela_interp.errors import ConfigError
 from leela_interp.experiments.activations import cache_activations, cache_config, check_cache
 from leela_interp.identity import sha256_file
 from leela_interp.outputs.results import remove_leftovers
+from leela_interp.outputs.shards import shard_name, shard_rows
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import load_model, puzzles_net, run_dir
 
@@ -28,24 +31,39 @@ OUTPUT = "activations.h5"
 
 def stage_config(cfg: DictConfig) -> dict:
     """What the output records and hashes: the ``activations`` section (less ``batch_size``)
-    and the model settings that change values (the weights are identified by sha256)."""
+    and the model settings that change values (the weights are identified by sha256); a
+    shard's (``num_shards > 1``) also its ``shard`` and ``num_shards``."""
     a = cfg.activations
     hooks = OmegaConf.to_container(a.hooks, resolve=True) if OmegaConf.is_config(a.hooks) \
         else a.hooks
-    return cache_config(hooks=hooks, boards=a.boards, dtype=a.dtype, compression=a.compression,
-                        model={"dtype": cfg.model.dtype, "policy_head": cfg.model.policy_head,
-                               "value_head": cfg.model.value_head})
+    config = cache_config(hooks=hooks, boards=a.boards, dtype=a.dtype,
+                          compression=a.compression,
+                          model={"dtype": cfg.model.dtype, "policy_head": cfg.model.policy_head,
+                                 "value_head": cfg.model.value_head})
+    if a.num_shards > 1:
+        config.update(shard=int(a.shard), num_shards=int(a.num_shards))
+    return config
 
 
 def run(cfg: DictConfig) -> Path:
-    """Write ``<out_dir>/activations.h5`` (or skip it when up to date); returns its path."""
+    """Write ``<out_dir>/activations.h5`` (or skip it when up to date); returns its path.
+
+    A shard (``activations.num_shards > 1``) caches the rows ``i % num_shards == shard`` of
+    ``puzzles.h5`` into ``activations.shard-K-of-N.h5``; ``stage=merge merge.stage=activations``
+    joins the shards into ``activations.h5``.
+
+    Raises:
+        ConfigError: no ``puzzles.h5`` (``shard < num_shards`` is checked by
+            :func:`leela_interp.stages.schema.validate`).
+    """
+    a = cfg.activations
     out = run_dir(cfg)
     puzzles_path = out / "puzzles.h5"
     if not puzzles_path.exists():
         raise ConfigError(f"{puzzles_path} not found: run the puzzles stage first "
                           f"(leela-interp stage=puzzles out_dir={out})")
     config = stage_config(cfg)
-    path = out / OUTPUT
+    path = out / (OUTPUT if a.num_shards == 1 else shard_name(OUTPUT, a.shard, a.num_shards))
     network_sha256, puzzles_sha256 = sha256_file(cfg.model.path), sha256_file(puzzles_path)
     if not cfg.force and check_cache(path, network_sha256=network_sha256,
                                      puzzles_sha256=puzzles_sha256, config=config):
@@ -53,12 +71,15 @@ def run(cfg: DictConfig) -> Path:
         remove_leftovers(path)
         return path
     net = load_model(cfg)
-    a = cfg.activations
-    cache_activations(net, PuzzleSet.load(puzzles_path), path, hooks=config["hooks"],
+    puzzles = PuzzleSet.load(puzzles_path)
+    attrs = puzzles_net(puzzles_path, network_sha256, cfg.model.path)
+    if a.num_shards > 1:
+        puzzles = puzzles.select(shard_rows(len(puzzles), a.shard, a.num_shards))
+        attrs.update(shard=int(a.shard), num_shards=int(a.num_shards))
+    cache_activations(net, puzzles, path, hooks=config["hooks"],
                       boards=a.boards, dtype=a.dtype, compression=a.compression,
                       batch_size=a.batch_size or cfg.model.batch_size,
-                      puzzles_sha256=puzzles_sha256, config=config,
-                      attrs=puzzles_net(puzzles_path, network_sha256, cfg.model.path),
+                      puzzles_sha256=puzzles_sha256, config=config, attrs=attrs,
                       overwrite=bool(cfg.force))
     log.info("wrote %s", path)
     return path

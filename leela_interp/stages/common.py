@@ -143,10 +143,13 @@ def section(cfg: DictConfig, *keys: str) -> dict:
 
 def effects_config(cfg: DictConfig, name: str, puzzles_path: Path) -> dict:
     """What the output of stage ``name`` (patching, ablations) hashes: its config section (less
-    ``figures``), the model settings that change values, and the sha256 of the network and of
-    the puzzle file."""
+    ``figures``, and less ``shard``/``num_shards`` unless it is a shard's), the model settings
+    that change values, and the sha256 of the network and of the puzzle file."""
     section = OmegaConf.to_container(cfg[name], resolve=True)
     section.pop("figures", None)
+    if section.get("num_shards", 1) == 1:
+        section.pop("shard", None)
+        section.pop("num_shards", None)
     return {name: section,
             "model": {"dtype": cfg.model.dtype, "policy_head": cfg.model.policy_head,
                       "value_head": cfg.model.value_head},

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.experiments.patching import OUTPUT, PatchingSettings, write_patching
+from leela_interp.outputs.shards import shard_name
 from leela_interp.stages.common import (effects_config, load_model, puzzles_input, puzzles_net,
                                         run_dir, up_to_date)
 
@@ -35,24 +36,30 @@ def settings(cfg: DictConfig) -> PatchingSettings:
                             overlap_rule=pc.overlap_rule, skip_identical=bool(pc.skip_identical),
                             require_pv0_top=bool(pc.require_pv0_top), max_puzzles=pc.max_puzzles,
                             chunk_size=int(pc.chunk_size), head_pairs_top_n=pc.head_pairs.top_n,
-                            batch_size=int(cfg.model.batch_size))
+                            batch_size=int(cfg.model.batch_size), shard=int(pc.shard),
+                            num_shards=int(pc.num_shards))
 
 
 def run(cfg: DictConfig) -> Path:
-    """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures."""
+    """Write ``<out_dir>/patching.h5`` (or skip it when up to date) and its figures.
+
+    A shard (``patching.num_shards > 1``) writes ``patching.shard-K-of-N.h5`` and no figures;
+    ``stage=merge merge.stage=patching`` joins the shards.
+    """
     from leela_interp.outputs import figures
 
     setup = settings(cfg)
     puzzles_path = puzzles_input(cfg)
     out = run_dir(cfg)
-    path = out / OUTPUT
+    sharded = setup.num_shards > 1
+    path = out / (shard_name(OUTPUT, setup.shard, setup.num_shards) if sharded else OUTPUT)
     config = effects_config(cfg, "patching", puzzles_path)
     if not up_to_date(path, config, bool(cfg.force)):
         net = load_model(cfg)
         write_patching(net, puzzles_path, path, setup, config=config,
                        attrs=puzzles_net(puzzles_path, net.sha256, cfg.model.path),
                        resume=not cfg.force)
-    if cfg.patching.figures:
+    if cfg.patching.figures and not sharded:
         for fig in figures.patching_figures(path, out / "figures"):
             log.info("wrote %s", fig)
     return path

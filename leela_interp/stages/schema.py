@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from leela_interp.errors import ConfigError
+from leela_interp.outputs.shards import check_shard
 
 MISSING = "???"
 
@@ -66,6 +67,8 @@ BOARDS = ("clean", "corrupted", "both")
 COMPRESSIONS = ("none", "lzf", "gzip")
 HISTORIES = ("none", "setup")
 BACKENDS = ("torch", "onnxruntime")
+#: Stages whose sharded outputs ``stage=merge`` joins (``merge.stage``).
+MERGE_STAGES = ("puzzles", "activations", "patching")
 
 
 @dataclass
@@ -149,6 +152,8 @@ class Activations:
     dtype: str = choice("float32", ("float32", "float16"))
     compression: str = choice("none", COMPRESSIONS)
     batch_size: Optional[int] = at_least(None, 1)
+    shard: int = at_least(0, 0)
+    num_shards: int = at_least(1, 1)
 
 
 @dataclass
@@ -168,6 +173,8 @@ class Patching:
     chunk_size: int = at_least(32, 1)
     max_puzzles: Optional[int] = at_least(None, 0)
     figures: bool = True
+    shard: int = at_least(0, 0)
+    num_shards: int = at_least(1, 1)
 
 
 @dataclass
@@ -263,6 +270,7 @@ class Report:
 
 @dataclass
 class Merge:
+    stage: str = choice("puzzles", MERGE_STAGES)
     inputs: List[str] = field(default_factory=list)
 
 
@@ -329,6 +337,10 @@ def _wrap_single_names(cfg: DictConfig, cls=Config, prefix: str = "") -> None:
 
 
 def _check(cfg: DictConfig, cls=Config, prefix: str = "") -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    if {"shard", "num_shards"} <= names:  # a sharded stage: 0 <= shard < num_shards
+        check_shard(prefix.rstrip("."), OmegaConf.select(cfg, prefix + "shard"),
+                    OmegaConf.select(cfg, prefix + "num_shards"))
     for key, f, tp in _fields(cls, prefix):
         if dataclasses.is_dataclass(tp):
             _check(cfg, tp, key + ".")
