@@ -64,6 +64,7 @@ from leela_interp.puzzles.corruptions import (CandidateBatch, Corruption, Select
                                               log_odds_from_log_prob, select_corruptions, )
 from leela_interp.puzzles.lichess import FILTER_REASONS, HISTORIES, READ_ERRORS, REJECT_REASONS, \
     Puzzle, PuzzleReader
+from leela_interp.puzzles.ordinary import CONTROL_FILTERS, POSITIONS, ordinary_puzzles
 from leela_interp.puzzles.oracle import Oracle, OracleConfig, PuzzleVerdict, find_stockfish
 from leela_interp.puzzles.puzzle_set import GROUP
 
@@ -187,8 +188,23 @@ class PipelineConfig:
     """Branching corruptions: a candidate must also keep the strong net's top-2 legal moves on
     the clean board legal (:func:`top_moves`; a fork's two-branch corruptions). Not in the
     paper."""
+    positions: str = "puzzles"
+    """What the set holds (:data:`~leela_interp.puzzles.ordinary.POSITIONS`): ``puzzles`` (the
+    rows' puzzles, the paper's) or ``ordinary`` (the control: each row's game position with the
+    strong net's own move instead of the setup move, and its greedy line;
+    :func:`~leela_interp.puzzles.ordinary.ordinary_puzzles`). :meth:`from_sections` turns the
+    puzzle filters off for ``ordinary``."""
+    ordinary_plies: int | None = None
+    """``positions=ordinary``: plies of each greedy line; None = the row's own PV length."""
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"puzzles.positions must be one of {list(POSITIONS)}, "
+                              f"got {self.positions!r}")
+        if self.ordinary_plies is not None and (not isinstance(self.ordinary_plies, int)
+                                                or self.ordinary_plies < 1):
+            raise ConfigError(f"puzzles.ordinary_plies must be an integer >= 1 or null, "
+                              f"got {self.ordinary_plies!r}")
         if self.history not in HISTORIES:
             raise ConfigError(f"puzzles.history must be one of {list(HISTORIES)}, "
                               f"got {self.history!r}")
@@ -218,10 +234,15 @@ class PipelineConfig:
     @classmethod
     def from_sections(cls, model: Mapping, puzzles: Mapping) -> PipelineConfig:
         """Build from the ``model`` section (strong net, device, dtype, batch size) and the
-        ``puzzles`` section, as plain mappings (``OmegaConf.to_container``)."""
+        ``puzzles`` section, as plain mappings (``OmegaConf.to_container``); with
+        ``positions: ordinary`` the filters of
+        :data:`~leela_interp.puzzles.ordinary.CONTROL_FILTERS` are off."""
         try:
             weak = puzzles["weak_model"]
             filters = dict(puzzles.get("filters") or {})
+            positions = puzzles.get("positions", "puzzles")
+            if positions == "ordinary":
+                filters.update(CONTROL_FILTERS)
             oracle = dict(puzzles.get("oracle") or {})
             corruptions = dict(puzzles.get("corruptions") or {})
             oracle_enabled = bool(oracle.pop("enabled", False))
@@ -257,6 +278,8 @@ class PipelineConfig:
                 require_corruption=require,
                 thresholds=SelectionThresholds(**corruptions),
                 branching=branching,
+                positions=positions,
+                ordinary_plies=puzzles.get("ordinary_plies"),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"invalid puzzles/model config: {exc}") from None
@@ -715,6 +738,9 @@ class _Pipeline:
         puzzles and adds to ``funnel``."""
         cfg, filters = self.config, self.config.filters
         puzzles = [puzzle for _, puzzle in numbered]
+        if cfg.positions == "ordinary":
+            puzzles = ordinary_puzzles(puzzles, self.strong, plies=cfg.ordinary_plies,
+                                       history=cfg.history, batch_size=cfg.batch_size)
         n = len(puzzles)
         width = max((len(p.pv) for p in puzzles), default=0)
         data = {c.name: _block(c, n, width) for c in COLUMNS}
@@ -995,6 +1021,6 @@ def _finish(f: h5py.File, chunks: Sequence[Mapping[str, np.ndarray]], config: Pi
         for key in keys:
             sub.attrs[key] = int(table.get(key, 0))
     top.attrs["examples"] = json.dumps(counts.examples, sort_keys=True)
-    f.attrs.update({"source": str(config.source), **inputs,
+    f.attrs.update({"source": str(config.source), **inputs, "positions": config.positions,
                     "oracle_engine": engine or "", "history": config.history,
                     "token_input_format": int(input_format)})

@@ -66,6 +66,7 @@ BOARDS = ("clean", "corrupted", "both")
 COMPRESSIONS = ("none", "lzf", "gzip")
 HISTORIES = ("none", "setup")
 BACKENDS = ("torch", "onnxruntime")
+POSITIONS = ("puzzles", "ordinary")
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Corruptions:
 @dataclass
 class Puzzles:
     source: str = MISSING
+    positions: str = choice("puzzles", POSITIONS)
+    ordinary_plies: Optional[int] = at_least(None, 1)
     limit: Optional[int] = at_least(None, 0)
     min_rating: Optional[int] = None
     max_rating: Optional[int] = None
