@@ -262,6 +262,7 @@ class Gallery:
 @dataclass
 class Report:
     gallery: Gallery = field(default_factory=Gallery)
+    control_dir: Optional[str] = None
 
 
 @dataclass
