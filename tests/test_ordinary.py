@@ -159,11 +159,19 @@ def test_report_compares_puzzles_with_the_control_from_both_files(tiny_run, ordi
             assert shows(row[k], h["mean"][layer, head], h["err"][layer, head]), row
     assert len(rows) >= 5 and width > 0
     _, rows = table(section, "Look-ahead probe")
-    for row in rows:
+    layers = [row for row in rows if row[0].isdigit()]
+    assert [int(row[0]) for row in layers] == files["puzzles"][2]["layers"]
+    for row in layers:
         for k, name in enumerate(control.SERIES, start=1):
             p = files[name][2]
             i = p["layers"].index(int(row[0]))
             assert shows(row[k], p["mean"][i], p["err"][i]), row
+    baselines = rows[len(layers):]
+    assert len(baselines) == len(files["puzzles"][2]["baselines"]) > 0
+    for row, name in zip(baselines, files["puzzles"][2]["baselines"]):
+        assert row[0] == f"baseline `{name}` (no activations)"
+        for k, series in enumerate(control.SERIES, start=1):
+            assert shows(row[k], *files[series][2]["baselines"][name]), row
     html = (run / "report.html").read_text()
     assert "Puzzles vs ordinary positions" in html and html.count("data:image/png") >= 1
 

@@ -20,7 +20,7 @@ import numpy as np
 from leela_interp.errors import ConfigError
 from leela_interp.outputs.figures import EFFECT_LABEL, CATEGORY_LABELS, n_range, no_data, \
     save_figure
-from leela_interp.outputs.report import _cell, _table
+from leela_interp.outputs.report import _cell, _fmt, _table
 from leela_interp.outputs.results import is_complete, read_strings
 
 HEADING = "## Puzzles vs ordinary positions"
@@ -129,8 +129,9 @@ def edge(f: h5py.File) -> dict | None:
 
 def probe(f: h5py.File) -> dict | None:
     """Test accuracy of :data:`PROBE` on the ``all`` split: ``layers``, ``mean``, ``err``
-    (2 sigma, the file's formula) and ``n_test`` (test positions per seed, a range); None when
-    the file lacks that net, probe, target or split."""
+    (2 sigma, the file's formula), ``n_test`` (test positions per seed, a range) and
+    ``baselines`` (name -> (mean, err) of each no-activation baseline for that target); None
+    when the file lacks that net, probe, target or split."""
     names = {axis: read_strings(f[axis]) for axis in ("net", "probe", "target", "split")}
     net, which, target = PROBE
     if net not in names["net"] or which not in names["probe"] or \
@@ -138,9 +139,14 @@ def probe(f: h5py.File) -> dict | None:
         return None
     index = (names["net"].index(net), names["split"].index("all"), names["probe"].index(which),
              names["target"].index(target))
+    baselines = {}
+    if "baseline_mean" in f:
+        for k, name in enumerate(read_strings(f["baseline"])):
+            baselines[name] = (float(f["baseline_mean"][index[1], k, index[3]]),
+                               float(f["baseline_err"][index[1], k, index[3]]))
     return {"layers": [int(v) for v in f["layer"][()]], "mean": f["accuracy_mean"][index],
             "err": f["accuracy_err"][index],
-            "n_test": n_range(f["n_test"][index[1], index[3]])}
+            "n_test": n_range(f["n_test"][index[1], index[3]]), "baselines": baselines}
 
 
 def _measures(run_dir: Path) -> dict:
@@ -164,8 +170,9 @@ def _measures(run_dir: Path) -> dict:
 
 def _missing(name: str, a, b) -> list[str]:
     which = [s for s, m in zip(SERIES, (a, b)) if m is None]
-    return [f"\n{name}: not in the {' and '.join(which)} folder (that stage did not run or the "
-            f"network has none)."] if which else []
+    where = "either folder" if len(which) == 2 else f"the {which[0]} folder" if which else ""
+    return [f"\n{name}: not in {where} (that stage did not run or the network has none)."] \
+        if which else []
 
 
 def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
@@ -237,7 +244,7 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
             layer, head = ea["head"][1:].split("H")
             out.append(f"\nThe folders' top heads differ: to ablate the same edge head in the "
                        f"control, rerun its ablations with `ablations.edge.layer={layer} "
-                       f"ablations.edge.head={head} force=ablations`.")
+                       f"ablations.edge.head={head}`.")
     else:
         out += _missing("Single-edge ablation", a["edge"], b["edge"])
     if a["probe"] is not None and b["probe"] is not None:
@@ -246,6 +253,9 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
                 f"under study): test accuracy by layer; test positions per seed "
                 f"{pa['n_test']} (puzzles) and {pb['n_test']} (ordinary):", ""]
         rows = [[layer] + [_fmt_acc(p, layer) for p in (pa, pb)] for layer in pa["layers"]]
+        rows += [[f"baseline `{name}` (no activations)"] + [
+            "n/a" if name not in p["baselines"] else _fmt(*p["baselines"][name])
+            for p in (pa, pb)] for name in pa["baselines"]]
         out += _table(["layer", "puzzles", "ordinary"], rows)
     else:
         out += _missing("Probes", a["probe"], b["probe"])
@@ -297,6 +307,9 @@ def comparison_figure(a: dict, b: dict, path: Path) -> Path:
             ax.errorbar(np.asarray(p["layers"]) + (k - 0.5) * 0.1, p["mean"], yerr=p["err"],
                         marker="o", capsize=3, color=_COLOURS[name],
                         label=f"{name} (test n={p['n_test']})")
+            if "condition" in p["baselines"]:
+                ax.axhline(p["baselines"]["condition"][0], color=_COLOURS[name], ls="--",
+                           lw=1, label=f"{name}: baseline condition (no activations)")
         ax.set_xlabel("layer")
         ax.set_ylabel("test accuracy")
         ax.xaxis.get_major_locator().set_params(integer=True)
