@@ -23,7 +23,8 @@ from leela_interp.outputs.report import write_report
 from leela_interp.outputs.results import read_strings
 from leela_interp.puzzles.lichess import Puzzle
 from leela_interp.puzzles.ordinary import ordinary_puzzles
-from leela_interp.puzzles.pipeline import NetSpec, evaluate_moves, load_net
+from leela_interp.puzzles.config import NetSpec
+from leela_interp.puzzles.evaluation import evaluate_moves, load_net
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_ordinary_lines_are_the_nets_argmax_move_by_move(net, history):
 
 def test_a_control_position_is_never_the_puzzle_position(net):
     """Where the net's best move is the game's setup move, the control plays its second best."""
-    from leela_interp.puzzles.pipeline import top_moves
+    from leela_interp.puzzles.evaluation import top_moves
 
     sources = rows(4)
     best = top_moves(net, [r.initial_board() for r in sources], 2)

@@ -314,7 +314,8 @@ def comparison_figure(a: dict, b: dict, path: Path) -> Path:
         ax.set_ylabel("test accuracy")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
-    _bars(axes[1, 1], "head patching (the puzzles' top 5 heads)", *_head_bars(a["heads"], b["heads"]))
+    _bars(axes[1, 1], "head patching (the puzzles' top 5 heads)",
+          *_head_bars(a["heads"], b["heads"]))
     _bars(axes[1, 2], "single-edge ablation", *_edge_bars(a["edge"], b["edge"]))
     axes[1, 3].axis("off")
     path.parent.mkdir(parents=True, exist_ok=True)

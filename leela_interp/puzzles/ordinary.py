@@ -39,7 +39,7 @@ def ordinary_puzzles(rows: Sequence[Puzzle], net, *, plies: int | None = None,
     ``moves[0]`` of the result is ``net``'s most probable legal move at the row's ``fen`` that is
     not the row's setup move (the one legal move when it is the only one); ``moves[1:]`` is
     the greedy line: at each ply ``net``'s most probable legal move, as
-    :func:`~leela_interp.puzzles.pipeline.top_moves` ranks them, on the board the ``puzzles``
+    :func:`~leela_interp.puzzles.evaluation.top_moves` ranks them, on the board the ``puzzles``
     stage shows the net at that ply (``history``). The line stops early at a position without
     legal moves (the pv-length filter then decides). The id and ``game_url`` are the row's (the
     same id links a control to its puzzle); rating and themes describe the puzzle and are left
@@ -47,7 +47,8 @@ def ordinary_puzzles(rows: Sequence[Puzzle], net, *, plies: int | None = None,
 
     Args:
         rows: Lichess puzzles (as the reader gives them).
-        net: The strong network (anything :func:`~leela_interp.puzzles.pipeline.load_net` returns).
+        net: The strong network (anything :func:`~leela_interp.puzzles.evaluation.load_net`
+            returns).
         plies: Length of each greedy line; None = the row's own PV length (the matched control:
             the same number of look-ahead squares as the puzzle it comes from).
         history: ``puzzles.history`` (:data:`~leela_interp.puzzles.lichess.HISTORIES`).
@@ -56,7 +57,7 @@ def ordinary_puzzles(rows: Sequence[Puzzle], net, *, plies: int | None = None,
     Raises:
         ValueError: ``plies`` is not None or an integer >= 1.
     """
-    from leela_interp.puzzles.pipeline import top_moves
+    from leela_interp.puzzles.evaluation import top_moves
 
     if plies is not None and (not isinstance(plies, int) or isinstance(plies, bool) or plies < 1):
         raise ValueError(f"plies must be an integer >= 1 or None, got {plies!r}")
