@@ -199,8 +199,7 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
         out += ["", f"Residual patching at `{site}`: max log-odds reduction per square category "
                 "(`follow_up_targets` is the paper's 3rd-move target), by layer:", ""]
         header = ["layer"] + [f"{c} ({s})" for c in CATEGORIES for s in SERIES]
-        rows = [[layer] + [_cell(r["mean"][layer, j], r["err"][layer, j], int(r["n"][layer, j]))
-                           for j in range(len(CATEGORIES)) for r in (ra, rb)]
+        rows = [[layer] + [_at(r, layer, j) for j in range(len(CATEGORIES)) for r in (ra, rb)]
                 for layer in range(layers)]
         out += _table(header, rows)
         t = CATEGORIES.index("follow_up_targets")
@@ -208,14 +207,8 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
             best = int(np.nanargmax(ra["mean"][:layers, t]))
             o = CATEGORIES.index("other")
             out.append(f"\nAt the puzzles' best follow-up layer ({best}): follow-up targets "
-                       f"{_cell(ra['mean'][best, t], ra['err'][best, t], int(ra['n'][best, t]))}"
-                       f" vs other squares "
-                       f"{_cell(ra['mean'][best, o], ra['err'][best, o], int(ra['n'][best, o]))}"
-                       f" on puzzles; "
-                       f"{_cell(rb['mean'][best, t], rb['err'][best, t], int(rb['n'][best, t]))}"
-                       f" vs "
-                       f"{_cell(rb['mean'][best, o], rb['err'][best, o], int(rb['n'][best, o]))}"
-                       f" on ordinary positions.")
+                       f"{_at(ra, best, t)} vs other squares {_at(ra, best, o)} on puzzles; "
+                       f"{_at(rb, best, t)} vs {_at(rb, best, o)} on ordinary positions.")
     if not (set(a["residual"]) & set(b["residual"])):
         out += _missing("Residual patching", a["residual"] or None, b["residual"] or None)
     if a["heads"] is not None and b["heads"] is not None:
@@ -264,11 +257,16 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
     return out
 
 
+def _at(r: dict, layer: int, j: int) -> str:
+    """The cell of :func:`residual`'s ``r`` at ``layer`` and category ``j``."""
+    return _cell(r["mean"][layer, j], r["err"][layer, j], int(r["n"][layer, j]))
+
+
 def _fmt_acc(p: dict, layer: int) -> str:
     if layer not in p["layers"]:
         return "n/a"
     i = p["layers"].index(layer)
-    return f"{p['mean'][i]:.3f} ± {p['err'][i]:.3f}"
+    return _fmt(p["mean"][i], p["err"][i])
 
 
 def comparison_figure(a: dict, b: dict, path: Path) -> Path:
@@ -316,7 +314,8 @@ def comparison_figure(a: dict, b: dict, path: Path) -> Path:
         ax.legend(fontsize=7)
     _bars(axes[1, 1], "head patching (the puzzles' top 5 heads)",
           *_head_bars(a["heads"], b["heads"]))
-    _bars(axes[1, 2], "single-edge ablation", *_edge_bars(a["edge"], b["edge"]))
+    heads = " / ".join(e["head"] for e in (a["edge"], b["edge"]) if e is not None)
+    _bars(axes[1, 2], f"single-edge ablation ({heads})", *_edge_bars(a["edge"], b["edge"]))
     axes[1, 3].axis("off")
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, path)
