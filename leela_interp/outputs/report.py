@@ -61,6 +61,8 @@ def _table(header: list[str], rows: list[list]) -> list[Table]:
 def _puzzles(path: Path) -> list[str]:
     out = ["## Puzzles (`puzzles.h5`)", ""]
     with h5py.File(path, "r") as f:
+        out.append(f"- positions: `{f.attrs.get('positions', 'puzzles')}` (`puzzles` = Lichess "
+                   "puzzles, `ordinary` = the ordinary-position control)")
         for key in ("source", "strong_sha256", "weak_sha256"):
             if key in f.attrs:
                 out.append(f"- {key}: `{f.attrs[key]}`")
@@ -343,9 +345,21 @@ def _provenance(files: list[Path]) -> list[str]:
     return out + [""]
 
 
-def sections(run_dir: str | Path, *, title: str | None = None) -> list:
-    """The report's content: markdown lines (``str``) and :class:`Table` objects."""
+def sections(run_dir: str | Path, *, title: str | None = None,
+             control_dir: str | Path | None = None) -> list:
+    """The report's content: markdown lines (``str``) and :class:`Table` objects; with
+    ``control_dir``, the section :func:`leela_interp.outputs.control.comparison` (and its
+    figure) after the stages' sections.
+
+    Raises:
+        ConfigError: ``control_dir`` is not an ordinary-position control of ``run_dir``
+            (:func:`leela_interp.outputs.control.check_control`).
+    """
+    from leela_interp.outputs import control
+
     run_dir = Path(run_dir)
+    if control_dir is not None:
+        control.check_control(run_dir, control_dir)
     lines: list = [f"# {title or 'leela-interp report'}: `{run_dir}`", ""]
     found = []
     for name, section in SECTIONS:
@@ -361,7 +375,10 @@ def sections(run_dir: str | Path, *, title: str | None = None) -> list:
     empty = [f"**Nothing to analyse.** {why}: the stages that analyse puzzles were skipped.",
              ""] if why else []
     lines[2:2] = empty + _stale(run_dir, found)
-    figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
+    if control_dir is not None:
+        lines += control.comparison(run_dir, control_dir)
+    figures = sorted(p for p in (run_dir / "figures").glob("*.png") if p.name != control.FIGURE) \
+        if (run_dir / "figures").is_dir() else []
     if figures:
         lines += ["## Figures", "", "Each figure is also in `figures/` as SVG and PDF.", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in figures] + [""]
@@ -558,7 +575,8 @@ def gallery(run_dir: str | Path, k: int, *, seed: int = 0, net=None) -> list:
 
 
 def write_report(run_dir: str | Path, *, title: str | None = None, gallery_k: int = 3,
-                 gallery_seed: int = 0, model_path: str | Path | None = None) -> Path:
+                 gallery_seed: int = 0, model_path: str | Path | None = None,
+                 control_dir: str | Path | None = None) -> Path:
     """Write ``run_dir/report.md`` and ``run_dir/report.html`` from the stage outputs found
     there (``report.html`` has the gallery before the provenance); return the markdown's path.
 
@@ -567,12 +585,19 @@ def write_report(run_dir: str | Path, *, title: str | None = None, gallery_k: in
         gallery_seed: seed of the gallery's random puzzles.
         model_path: the network for the gallery's attention rows
             (:func:`leela_interp.outputs.views.network`; None = ``patching.h5``'s recorded one).
+        control_dir: an ordinary-position control folder of ``run_dir``
+            (``report.control_dir``): adds the section "Puzzles vs ordinary positions"
+            (:mod:`leela_interp.outputs.control`); None = none.
+
+    Raises:
+        ConfigError: ``control_dir`` is not a control of ``run_dir`` (another network, or not
+            ``puzzles.positions=ordinary``).
     """
     from leela_interp.errors import ConfigError
     from leela_interp.outputs import views
 
     run_dir = Path(run_dir)
-    blocks = sections(run_dir, title=title)
+    blocks = sections(run_dir, title=title, control_dir=control_dir)
     out = run_dir / "report.md"
     out.write_text(markdown(blocks))
     net = None

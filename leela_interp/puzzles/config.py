@@ -11,6 +11,7 @@ from leela_interp.errors import ConfigError
 from leela_interp.puzzles.corruptions import SelectionThresholds
 from leela_interp.puzzles.lichess import HISTORIES, PuzzleReader
 from leela_interp.puzzles.oracle import OracleConfig
+from leela_interp.puzzles.ordinary import CONTROL_FILTERS, POSITIONS
 
 #: Backends that can run the networks.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
@@ -120,8 +121,23 @@ class PipelineConfig:
     """Branching corruptions: a candidate must also keep the strong net's top-2 legal moves on
     the clean board legal (:func:`~leela_interp.puzzles.evaluation.top_moves`; a fork's
     two-branch corruptions). Not in the paper."""
+    positions: str = "puzzles"
+    """What the set holds (:data:`~leela_interp.puzzles.ordinary.POSITIONS`): ``puzzles`` (the
+    rows' puzzles, the paper's) or ``ordinary`` (the control: each row's game position with the
+    strong net's own move instead of the setup move, and its greedy line;
+    :func:`~leela_interp.puzzles.ordinary.ordinary_puzzles`). :meth:`from_sections` turns the
+    puzzle filters off for ``ordinary``."""
+    ordinary_plies: int | None = None
+    """``positions=ordinary``: plies of each greedy line; None = the row's own PV length."""
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"puzzles.positions must be one of {list(POSITIONS)}, "
+                              f"got {self.positions!r}")
+        if self.ordinary_plies is not None and (not isinstance(self.ordinary_plies, int)
+                                                or self.ordinary_plies < 1):
+            raise ConfigError(f"puzzles.ordinary_plies must be an integer >= 1 or null, "
+                              f"got {self.ordinary_plies!r}")
         if self.history not in HISTORIES:
             raise ConfigError(f"puzzles.history must be one of {list(HISTORIES)}, "
                               f"got {self.history!r}")
@@ -151,10 +167,15 @@ class PipelineConfig:
     @classmethod
     def from_sections(cls, model: Mapping, puzzles: Mapping) -> PipelineConfig:
         """Build from the ``model`` section (strong net, device, dtype, batch size) and the
-        ``puzzles`` section, as plain mappings (``OmegaConf.to_container``)."""
+        ``puzzles`` section, as plain mappings (``OmegaConf.to_container``); with
+        ``positions: ordinary`` the filters of
+        :data:`~leela_interp.puzzles.ordinary.CONTROL_FILTERS` are off."""
         try:
             weak = puzzles["weak_model"]
             filters = dict(puzzles.get("filters") or {})
+            positions = puzzles.get("positions", "puzzles")
+            if positions == "ordinary":
+                filters.update(CONTROL_FILTERS)
             oracle = dict(puzzles.get("oracle") or {})
             corruptions = dict(puzzles.get("corruptions") or {})
             oracle_enabled = bool(oracle.pop("enabled", False))
@@ -190,6 +211,8 @@ class PipelineConfig:
                 require_corruption=require,
                 thresholds=SelectionThresholds(**corruptions),
                 branching=branching,
+                positions=positions,
+                ordinary_plies=puzzles.get("ordinary_plies"),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"invalid puzzles/model config: {exc}") from None

@@ -17,6 +17,7 @@ from leela_interp.puzzles.evaluation import (CorruptionResult, choose_corruption
 from leela_interp.puzzles.layout import COLUMNS, empty_block
 from leela_interp.puzzles.lichess import Puzzle
 from leela_interp.puzzles.oracle import Oracle, PuzzleVerdict
+from leela_interp.puzzles.ordinary import ordinary_puzzles
 
 
 class ChunkFilter:
@@ -62,6 +63,9 @@ class ChunkFilter:
         puzzles and adds to ``funnel``."""
         cfg, filters = self.config, self.config.filters
         puzzles = [puzzle for _, puzzle in numbered]
+        if cfg.positions == "ordinary":
+            puzzles = ordinary_puzzles(puzzles, self.strong, plies=cfg.ordinary_plies,
+                                       history=cfg.history, batch_size=cfg.batch_size)
         n = len(puzzles)
         width = max((len(p.pv) for p in puzzles), default=0)
         data = {c.name: empty_block(c, n, width) for c in COLUMNS}

@@ -186,7 +186,7 @@ def write_file(f: h5py.File, chunks: Sequence[Mapping[str, np.ndarray]], config:
         for key in keys:
             sub.attrs[key] = int(table.get(key, 0))
     top.attrs["examples"] = json.dumps(counts.examples, sort_keys=True)
-    f.attrs.update({"source": str(config.source), **inputs,
+    f.attrs.update({"source": str(config.source), **inputs, "positions": config.positions,
                     "oracle_engine": engine or "", "history": config.history,
                     "token_input_format": int(input_format)})
 

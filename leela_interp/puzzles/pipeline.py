@@ -2,7 +2,9 @@
 
 :func:`build_puzzles` streams a Lichess puzzle CSV
 (:class:`~leela_interp.puzzles.lichess.PuzzleReader`) in chunks of ``chunk_size`` valid puzzles and,
-per chunk:
+per chunk (with ``positions=ordinary`` each row is first turned into its ordinary-position
+control, :func:`~leela_interp.puzzles.ordinary.ordinary_puzzles`, and the puzzle filters
+``hard``, ``correct``, ``forcing``, ``unique`` are off):
 
 1. **Network pass** (:mod:`leela_interp.puzzles.evaluation`). Both networks evaluate the
    position before each principal-variation (PV) ply, batched across puzzles and plies: P(PV

@@ -1,5 +1,6 @@
 """``stage=report``: write ``report.md`` and ``report.html`` in the run folder from every stage
-output found there (the gallery's size and seed: ``report.gallery``)."""
+output found there (the gallery's size and seed: ``report.gallery``; the comparison with an
+ordinary-position control folder: ``report.control_dir``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def run(cfg: DictConfig) -> None:
     if not isinstance(g.k, int) or g.k < 0:
         raise ConfigError(f"report.gallery.k={g.k!r}: give an integer >= 0 (puzzles of each "
                           f"kind in report.html's gallery)")
+    control = cfg.report.get("control_dir")
     path = write_report(run_dir(cfg), gallery_k=g.k, gallery_seed=int(g.seed),
-                        model_path=cfg.model.path)
+                        model_path=cfg.model.path, control_dir=control)
     log.info("wrote %s and %s", path, path.with_suffix(".html"))
     print(path)

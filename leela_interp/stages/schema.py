@@ -69,6 +69,7 @@ HISTORIES = ("none", "setup")
 BACKENDS = ("torch", "onnxruntime")
 #: Stages whose sharded outputs ``stage=merge`` joins (``merge.stage``).
 MERGE_STAGES = ("puzzles", "activations", "patching")
+POSITIONS = ("puzzles", "ordinary")
 
 
 @dataclass
@@ -128,6 +129,8 @@ class Corruptions:
 @dataclass
 class Puzzles:
     source: str = MISSING
+    positions: str = choice("puzzles", POSITIONS)
+    ordinary_plies: Optional[int] = at_least(None, 1)
     limit: Optional[int] = at_least(None, 0)
     min_rating: Optional[int] = None
     max_rating: Optional[int] = None
@@ -266,6 +269,7 @@ class Gallery:
 @dataclass
 class Report:
     gallery: Gallery = field(default_factory=Gallery)
+    control_dir: Optional[str] = None
 
 
 @dataclass
