@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -201,6 +202,24 @@ def test_patching_killed_at_every_write_point_equals_uninterrupted(tmp_path, tra
                              lambda out: config(out, transformer, "patching", *INTERVENTIONS),
                              ["patching.h5"], same_bytes=["patching.h5"], delays=(0.5,))
     assert labels == chunked_labels("patching.h5", range(3))
+
+
+def test_head_pairs_killed_or_failing_at_every_write_point(tmp_path, transformer,
+                                                           interventions_inputs):
+    """Joint head-pair patching (patching.head_pairs.top_n=3: three pairs), killed or failing
+    at each write point of the patching stage, then the same command: patching.h5 has the
+    uninterrupted run's bytes, heads/pairs included."""
+    folder = tmp_path / "inputs"
+    shutil.copytree(interventions_inputs, folder,
+                    ignore=shutil.ignore_patterns("patching.h5", LOCK))
+    labels = kill_everywhere(
+        tmp_path, folder, lambda out: config(out, transformer, "patching", *INTERVENTIONS,
+                                             "patching.head_pairs.top_n=3"),
+        ["patching.h5"], same_bytes=["patching.h5"], delays=(0.5,), raises=True)
+    assert labels == chunked_labels("patching.h5", range(3))
+    with h5py.File(tmp_path / "reference" / "patching.h5") as f:
+        analysed, joint = f["analysed"][()], f["heads/pairs/joint_effect"][()]
+    assert joint.shape == (6, 3) and analysed.any() and np.isfinite(joint[analysed]).all()
 
 
 def test_ablations_killed_at_every_write_point_equals_uninterrupted(tmp_path, transformer,
