@@ -28,9 +28,10 @@ from pathlib import Path
 import leela_interp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
+from leela_interp.puzzles.config import NetSpec
+from leela_interp.puzzles.evaluation import evaluate_moves, load_net
 from leela_interp.puzzles.lichess import read_puzzles
 from leela_interp.puzzles.oracle import Oracle, OracleConfig
-from leela_interp.puzzles.pipeline import NetSpec, evaluate_moves, load_net
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -422,7 +422,8 @@ def test_the_puzzles_stage_with_branching_keeps_the_strong_nets_top_two_legal(tm
     from tiny_run import ROWS, compose_config, write_inputs
 
     from leela_interp import load_network
-    from leela_interp.puzzles.pipeline import PipelineConfig, top_moves
+    from leela_interp.puzzles.config import PipelineConfig
+    from leela_interp.puzzles.evaluation import top_moves
     from leela_interp.puzzles.puzzle_set import PuzzleSet
     from leela_interp.stages import run_stages
 

@@ -18,7 +18,8 @@ from leela_interp.experiments.activations import cache_activations
 from leela_interp.network import load_network
 from leela_interp.network.lc0.random_net import write_random_net
 from leela_interp.puzzles.corruptions import SelectionThresholds
-from leela_interp.puzzles.pipeline import FilterConfig, NetSpec, PipelineConfig, build_puzzles
+from leela_interp.puzzles.config import FilterConfig, NetSpec, PipelineConfig
+from leela_interp.puzzles.pipeline import build_puzzles
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 ROOT = Path(__file__).resolve().parents[1]

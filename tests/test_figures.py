@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from leela_interp.outputs import figures
-from leela_interp.stages import probes as probes_stage
+from leela_interp.experiments import probing
 from test_report import write_probes
 
 
@@ -47,7 +47,7 @@ def test_probe_panels_have_integer_layer_ticks_their_n_and_say_no_data(tmp_path,
     write_probes(tmp_path / "probes.h5")
     with h5py.File(tmp_path / "probes.h5", "a") as f:
         f["accuracy_mean"][0, 1, 0, 1] = np.nan  # no `move` label in different_targets
-    png = probes_stage.plot(tmp_path / "probes.h5", tmp_path / "figures" / "probes.png")
+    png = probing.plot(tmp_path / "probes.h5", tmp_path / "figures" / "probes.png")
     assert png.exists()
     fig = saved[-1]
     panels = [ax for ax in fig.axes if ax.get_title()]

@@ -21,10 +21,12 @@ import torch
 
 from leela_interp.board.policy import NUM_MOVES, legal_moves_and_indices, policy_index
 from leela_interp.errors import ConfigError
+from leela_interp.puzzles import filters as puzzle_filters
 from leela_interp.puzzles import pipeline as puzzle_pipeline
+from leela_interp.puzzles.config import FilterConfig, NetSpec, PipelineConfig
 from leela_interp.puzzles.lichess import COLUMNS, Puzzle
 from leela_interp.puzzles.oracle import OracleConfig, PuzzleVerdict
-from leela_interp.puzzles.pipeline import FilterConfig, NetSpec, PipelineConfig, build_puzzles
+from leela_interp.puzzles.pipeline import build_puzzles
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 # (id, FEN, Moves): real Lichess puzzles (CC0, from ../shared/data/puzzles/lichess_sample.csv);
@@ -179,7 +181,7 @@ def run(tmp_path, monkeypatch):
         (tmp_path / name).write_text(name)  # hashed as the nets' identity
     monkeypatch.setattr(puzzle_pipeline, "load_net",
                         lambda spec, **options: nets[spec.path.rsplit("/", 1)[-1]])
-    monkeypatch.setattr(puzzle_pipeline, "Oracle", TableOracle)
+    monkeypatch.setattr(puzzle_filters, "Oracle", TableOracle)
     monkeypatch.setattr(puzzle_pipeline, "find_stockfish", lambda path: path)
     TableOracle.checked = []
 

@@ -365,8 +365,8 @@ def _compose(out: Path, net_path: Path, *extra: str):
 
 
 def test_stage_end_to_end(run_folder):
+    from leela_interp.experiments import probing as stage
     from leela_interp.stages import run_stages
-    from leela_interp.stages import probes as stage
 
     out, net_path = run_folder
     run_stages(_compose(out, net_path, "probes.layers=[0,2]"))
@@ -469,7 +469,7 @@ def test_stage_resumes_and_checks_inputs(run_folder, monkeypatch):
     cfg = _compose(out, net_path, "probes.random_twin.enabled=false", "probes.layers=[0,2]",
                    "probes.probes=[bilinear]")
     calls = []
-    real = stage.P.load_layer
+    real = P.load_layer
 
     def crash_on_second(path, hook, **kw):
         calls.append(hook)
@@ -477,11 +477,11 @@ def test_stage_resumes_and_checks_inputs(run_folder, monkeypatch):
             raise KeyboardInterrupt
         return real(path, hook, **kw)
 
-    monkeypatch.setattr(stage.P, "load_layer", crash_on_second)
+    monkeypatch.setattr(P, "load_layer", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         stage.run(cfg)
     assert not (out / "probes.h5").exists() and chunks_dir(out / "probes.h5").is_dir()
-    monkeypatch.setattr(stage.P, "load_layer", lambda path, hook, **kw: (
+    monkeypatch.setattr(P, "load_layer", lambda path, hook, **kw: (
         calls.append(hook), real(path, hook, **kw))[1])
     stage.run(cfg)
     assert calls == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post",

@@ -354,7 +354,7 @@ def sections(run_dir: str | Path, *, title: str | None = None) -> list:
             continue
         lines += section(path) + [""]
         found.append(path)
-    from leela_interp.puzzles.pipeline import nothing_to_analyse
+    from leela_interp.puzzles.layout import nothing_to_analyse
 
     why = nothing_to_analyse(run_dir / "puzzles.h5")
     empty = [f"**Nothing to analyse.** {why}: the stages that analyse puzzles were skipped.",

@@ -53,7 +53,7 @@ def run_stages(cfg: DictConfig) -> None:
 
     When ``puzzles.h5`` kept no puzzle, the stages that analyse puzzles (:data:`ANALYSES`) are
     skipped with a warning saying why
-    (:func:`~leela_interp.puzzles.pipeline.nothing_to_analyse`); the report says so too.
+    (:func:`~leela_interp.puzzles.layout.nothing_to_analyse`); the report says so too.
 
     Raises:
         ConfigError: an unknown stage, a bad ``force``, a value the schema refuses, or a stage
@@ -63,7 +63,7 @@ def run_stages(cfg: DictConfig) -> None:
     """
     import torch
 
-    from leela_interp.puzzles.pipeline import nothing_to_analyse
+    from leela_interp.puzzles.layout import nothing_to_analyse
     from leela_interp.stages.common import lock_run_dir
     from leela_interp.stages.schema import check_inputs, validate
 

@@ -16,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.activations import cache_activations, cache_config, check_cache
-from leela_interp.network import load_network
 from leela_interp.outputs.results import remove_leftovers, sha256_file
 from leela_interp.puzzles.puzzle_set import PuzzleSet
-from leela_interp.stages.common import model_device, puzzles_net, run_dir
+from leela_interp.stages.common import load_model, puzzles_net, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,7 @@ def run(cfg: DictConfig) -> Path:
         log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
         remove_leftovers(path)
         return path
-    net = load_network(cfg.model.path, policy_head=cfg.model.policy_head,
-                       value_head=cfg.model.value_head, device=model_device(cfg),
-                       dtype=cfg.model.dtype)
+    net = load_model(cfg)
     a = cfg.activations
     cache_activations(net, PuzzleSet.load(puzzles_path), path, hooks=config["hooks"],
                       boards=a.boards, dtype=a.dtype, compression=a.compression,

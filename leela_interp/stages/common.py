@@ -19,7 +19,7 @@ import h5py
 from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError, RunFolderInUseError
-from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers
+from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ def model_device(cfg: DictConfig) -> str:
     import torch
 
     return cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(cfg: DictConfig):
+    """The network of ``cfg.model`` on its device (:func:`model_device`)."""
+    from leela_interp.network import load_network
+
+    return load_network(cfg.model.path, policy_head=cfg.model.policy_head,
+                        value_head=cfg.model.value_head, device=model_device(cfg),
+                        dtype=cfg.model.dtype)
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -54,6 +63,15 @@ def run_dir(cfg: DictConfig) -> Path:
             source, target = inputs / name, path / name
             if source.exists() and not target.exists() and source != target.resolve():
                 target.symlink_to(source)
+    return path
+
+
+def puzzles_input(cfg: DictConfig) -> Path:
+    """``<out_dir>/puzzles.h5``; raises ConfigError naming the stage to run when it is absent."""
+    path = run_dir(cfg) / "puzzles.h5"
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run the puzzles stage first "
+                          f"(leela-interp stage=puzzles out_dir={path.parent})")
     return path
 
 
@@ -152,6 +170,19 @@ def section(cfg: DictConfig, *keys: str) -> dict:
     """The resolved config sections ``keys`` as one plain dict (what a stage's hash covers)."""
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
             else cfg[k] for k in keys}
+
+
+def effects_config(cfg: DictConfig, name: str, puzzles_path: Path) -> dict:
+    """What the output of stage ``name`` (patching, ablations) hashes: its config section (less
+    ``figures``), the model settings that change values, and the sha256 of the network and of
+    the puzzle file."""
+    section = OmegaConf.to_container(cfg[name], resolve=True)
+    section.pop("figures", None)
+    return {name: section,
+            "model": {"dtype": cfg.model.dtype, "policy_head": cfg.model.policy_head,
+                      "value_head": cfg.model.value_head},
+            "network_sha256": sha256_file(cfg.model.path),
+            "puzzles_sha256": sha256_file(puzzles_path)}
 
 
 def up_to_date(path: Path, config: dict, force: bool) -> bool:

@@ -1,9 +1,10 @@
 """``stage=probes``: look-ahead probes per layer, with random-twin and no-activation baselines.
 
 Reads ``<out_dir>/puzzles.h5`` and ``<out_dir>/activations.h5`` (the ``activations`` stage's
-``clean/blocks.{layer}.{site}`` datasets), writes ``<out_dir>/probes.h5`` and
-``<out_dir>/figures/probes.png``. With ``probes.random_twin.enabled`` it also writes the random
-twin of ``model.path`` (``random_twin.pb.gz``) and caches its activations
+``clean/blocks.{layer}.{site}`` datasets), writes ``<out_dir>/probes.h5`` with
+:func:`leela_interp.experiments.probing.write_probes` and ``<out_dir>/figures/probes.png``
+(:func:`~leela_interp.experiments.probing.plot`). With ``probes.random_twin.enabled`` it also
+writes the random twin of ``model.path`` (``random_twin.pb.gz``) and caches its activations
 (``random_twin_activations.h5``, same layout). Method, baselines and file layout:
 ``docs/probes.md``.
 
@@ -15,57 +16,18 @@ complete for the same config and inputs.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import resource
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
-from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
-from leela_interp.experiments import probes as P
-from leela_interp.network.lc0.weights import net_format, read_net
-from leela_interp.outputs.results import (ChunkedOutput, label_axes, read_strings, sha256_file,
-                                          write_strings)
-from leela_interp.puzzles.puzzle_set import PuzzleSet
+from leela_interp.experiments.probing import (FIGURE, OUTPUT, ProbeSettings, cache_identity,
+                                              peak_rss_mb, plot, write_probes)
+from leela_interp.outputs.results import sha256_file
 from leela_interp.stages.common import model_device, puzzles_net, run_dir, up_to_date
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "leela_interp.probes/1"
-OUTPUT = "probes.h5"
-FIGURE = "figures/probes.png"
-TWIN_NET = "random_twin.pb.gz"
-TWIN_ACTIVATIONS = "random_twin_activations.h5"
-#: The ``net`` axis: the network under study and its random-initialised twin.
-NETS = ("model", "random_twin")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux ``ru_maxrss``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _inputs(path: Path) -> dict:
-    """Identity of an activation cache (what the probes' config hash must cover)."""
-    if not path.exists():
-        raise ConfigError(f"{path} not found: run the activations stage first "
-                          f"(leela-interp stage=activations out_dir={path.parent})")
-    with h5py.File(path, "r") as f:
-        a = f.attrs
-        if a.get("schema") != P.ACTIVATIONS_SCHEMA or not a.get("complete", False):
-            raise ConfigError(f"{path} is not a complete activation cache (schema "
-                              f"{a.get('schema')!r}, complete={a.get('complete')!r}); rerun "
-                              f"the activations stage")
-        return {k: str(a.get(k, "")) for k in ("network_sha256", "puzzles_sha256", "config_hash")}
 
 
 def stage_config(cfg: DictConfig, activations: Path) -> dict:
@@ -81,7 +43,7 @@ def stage_config(cfg: DictConfig, activations: Path) -> dict:
     probes = OmegaConf.to_container(cfg.probes, resolve=True)
     for key in ("threads", "max_layer_gib"):
         probes.pop(key, None)
-    cache = _inputs(activations)
+    cache = cache_identity(activations)
     puzzles = activations.parent / "puzzles.h5"
     puzzles_sha = sha256_file(puzzles) if puzzles.exists() else ""
     if cache["puzzles_sha256"] != puzzles_sha:
@@ -93,169 +55,9 @@ def stage_config(cfg: DictConfig, activations: Path) -> dict:
             "network_sha256": sha256_file(cfg.model.path)}
 
 
-def _scale(f: h5py.File, name: str, values, **attrs) -> h5py.Dataset:
-    values = list(values)
-    if values and isinstance(values[0], str):
-        ds = write_strings(f, name, values)
-    else:
-        ds = f.create_dataset(name, data=np.asarray(values, np.int64))
-    label_axes(ds, name, **attrs)
-    ds.make_scale(name)
-    return ds
-
-
-def _dataset(f: h5py.File, name: str, axes: tuple[str, ...], dtype, fill, **attrs) -> h5py.Dataset:
-    shape = tuple(f[a].shape[0] for a in axes)
-    ds = f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill)
-    ds[...] = fill
-    label_axes(ds, *axes, **attrs)
-    for i, a in enumerate(axes):
-        ds.dims[i].attach_scale(f[a])
-    return ds
-
-
-AXES = ("net", "split", "probe", "target", "layer", "seed")
-BASELINE_AXES = ("split", "baseline", "target", "seed")
-
-
-def _layout(f: h5py.File, *, nets, splits, probes, targets, layers, seeds, baselines) -> None:
-    """Create every dataset of ``probes.h5`` in the (fresh) final file."""
-    _scale(f, "net", nets, meaning="network whose activations are probed")
-    _scale(f, "split", splits, meaning="puzzle subset trained and tested on")
-    _scale(f, "probe", probes)
-    _scale(f, "target", targets, square_order="rank*8+file in the side-to-move frame",
-           numbering=TOKEN_NUMBERING,
-           meaning="what is predicted: a square of a later PV move, as a token")
-    _scale(f, "layer", layers, meaning="activations of hook blocks.{layer}.{site}")
-    _scale(f, "seed", seeds, meaning="train/test shuffle and probe initialisation")
-    _scale(f, "baseline", baselines, meaning="no-activation baselines")
-    _dataset(f, "n_correct", AXES, np.int64, -1, units="puzzles",
-             meaning="test puzzles predicted right (-1: not computed)")
-    _dataset(f, "n_test", ("split", "target", "seed"), np.int64, 0, units="puzzles",
-             meaning="test-set size (puzzles of the split's test half on which the target is "
-                     "defined)")
-    _dataset(f, "accuracy", AXES, np.float64, np.nan, units="fraction", meaning="n_correct/n_test")
-    _dataset(f, "done", ("net", "layer"), bool, False,
-             meaning="probed (all true in a complete file)")
-    _dataset(f, "baseline_n_correct", BASELINE_AXES, np.int64, -1, units="puzzles")
-    _dataset(f, "baseline_accuracy", BASELINE_AXES, np.float64, np.nan, units="fraction")
-
-
-def _twin_activations(cfg: DictConfig, out: Path, hooks: list[str], dtype: str) -> Path:
-    """Write the random twin of ``model.path`` and cache its activations (skipped when current)."""
-    from leela_interp.experiments.activations import cache_activations
-    from leela_interp.network import load_network
-
-    twin = P.write_random_twin(cfg.model.path, out / TWIN_NET,
-                               seed=int(cfg.probes.random_twin.seed))
-    path = out / TWIN_ACTIVATIONS
-    stale = False
-    if path.exists():
-        with h5py.File(path, "r") as f:
-            stale = f.attrs.get("network_sha256") != sha256_file(twin)
-    net = load_network(twin, device=model_device(cfg), dtype=cfg.model.dtype)
-    cache_activations(net, out / "puzzles.h5", path, hooks=hooks, boards="clean", dtype=dtype,
-                      batch_size=cfg.model.batch_size, overwrite=bool(cfg.force) or stale)
-    return path
-
-
-@dataclass
-class Plan:
-    """Everything a probes run needs besides the output file (built by :func:`prepare`)."""
-
-    specs: list[P.TargetSpec]
-    labels: dict[str, P.TargetLabels]
-    layer_map: dict[int, str]
-    """``{layer: hook name}``."""
-    sources: dict[str, Path]
-    """``{net: activations file}`` for the ``net`` axis."""
-    splits: list[str]
-    seeds: list[int]
-    probes: list[str]
-    baselines: list[str]
-    cuts: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]
-    """``{(split, seed): (train rows, test rows)}``."""
-    bilinear: P.BilinearConfig
-    logreg: P.LogRegConfig
-    network_sha256: str
-
-    @property
-    def targets(self) -> list[str]:
-        return P.output_names(self.specs)
-
-
-def prepare(cfg: DictConfig, out: Path) -> Plan:
-    """Validate the config, read the puzzles in the cache's row order, label every target and
-    (when enabled) make the random twin's activation cache."""
-    p = cfg.probes
-    acts_path = out / "activations.h5"
-    specs = P.parse_targets(OmegaConf.to_container(p.targets, resolve=True))
-    splits = list(p.splits)
-    for s in splits:
-        P.split_rows(np.zeros(1, bool), s)  # raises on an unknown split
-    puzzles = PuzzleSet.load(out / "puzzles.h5")
-    with h5py.File(acts_path, "r") as f:
-        ids = read_strings(f["puzzle_ids"])
-        dtype = "float16" if next(iter(f["clean"].values())).dtype == np.float16 else "float32"
-        network_sha = str(f.attrs.get("network_sha256", ""))
-    if sha256_file(cfg.model.path) != network_sha:
-        raise ConfigError(f"{acts_path} was computed with network sha256 {network_sha!r}, not "
-                          f"model.path={cfg.model.path!r}; rerun the activations stage")
-    index = {pid: i for i, pid in enumerate(puzzles.ids)}
-    missing = [pid for pid in ids if pid not in index]
-    if missing:
-        raise ConfigError(f"{acts_path} has puzzles not in puzzles.h5 (e.g. {missing[:3]!r}); "
-                          f"rerun the activations stage")
-    rows = [index[pid] for pid in ids]
-    input_format = net_format(read_net(cfg.model.path)).input_format
-    labels = P.target_labels([puzzles.clean_board(i) for i in rows],
-                             [puzzles.pv(i) for i in rows], specs, input_format)
-    different = puzzles.different_targets[rows]
-
-    layer_map = P.layer_hooks(acts_path, p.site)
-    if p.layers is not None:
-        unknown = sorted(set(p.layers) - set(layer_map))
-        if unknown:
-            raise ConfigError(f"probes.layers {unknown!r} not in {acts_path} (it has "
-                              f"{sorted(layer_map)} for site {p.site!r})")
-        layer_map = {int(layer): layer_map[int(layer)] for layer in p.layers}
-    if not layer_map:
-        raise ConfigError(f"{acts_path} has no clean/blocks.*.{p.site} datasets; cache them "
-                          f"with activations.hooks=['blocks.*.{p.site}']")
-    sources = {"model": acts_path}
-    if p.random_twin.enabled:
-        sources["random_twin"] = _twin_activations(cfg, out, list(layer_map.values()), dtype)
-    seeds = [int(s) for s in p.seeds]
-    split_rows = {s: P.split_rows(different, s) for s in splits}
-    return Plan(
-        specs=specs, labels=labels, layer_map=layer_map, sources=sources, splits=splits,
-        seeds=seeds, probes=list(p.probes), baselines=list(p.baselines),
-        cuts={(s, seed): P.train_test(split_rows[s], seed, p.train_fraction)
-              for s in splits for seed in seeds},
-        bilinear=P.BilinearConfig(**OmegaConf.to_container(p.bilinear, resolve=True)),
-        logreg=P.LogRegConfig(**OmegaConf.to_container(p.logreg, resolve=True)),
-        network_sha256=network_sha)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(cfg: DictConfig) -> Path:
     """Write ``<out_dir>/probes.h5`` and ``figures/probes.png`` (or skip when up to date);
-    returns the path.
-
-    Each finished (net, layer) is a committed chunk of a
-    :class:`~leela_interp.outputs.results.ChunkedOutput` (``probes.h5.partial.d/``); the file is
-    assembled from the chunks when every one is done.
-    """
+    returns the path."""
     out = run_dir(cfg)
     config = stage_config(cfg, out / "activations.h5")
     path = out / OUTPUT
@@ -263,193 +65,11 @@ def run(cfg: DictConfig) -> Path:
         if not (out / FIGURE).exists():  # a run killed between the file and its figure
             plot(path, out / FIGURE)
         return path
-    plan = prepare(cfg, out)
-    p = cfg.probes
-    output = ChunkedOutput(path, schema=SCHEMA, config=config, resume=not cfg.force)
-    n_test, baseline_n_correct = _baselines(plan)
-    with _torch_threads(p.threads):
-        _probe_layers(output, plan, n_test, p.dtype, p.get("max_layer_gib"))
-
-    def write(f: h5py.File) -> None:
-        _layout(f, nets=list(plan.sources), splits=plan.splits, probes=plan.probes,
-                targets=plan.targets, layers=list(plan.layer_map), seeds=plan.seeds,
-                baselines=plan.baselines)
-        f.attrs.update({"activations": str(out / "activations.h5"),
-                        **puzzles_net(out / "puzzles.h5", plan.network_sha256, cfg.model.path),
-                        "network_sha256": plan.network_sha256, "site": p.site,
-                        "train_fraction": p.train_fraction,
-                        "targets": json.dumps([vars(s) for s in plan.specs])})
-        if "random_twin" in plan.sources:
-            f.attrs["random_twin_sha256"] = sha256_file(out / TWIN_NET)
-            f.attrs["random_twin_seed"] = int(p.random_twin.seed)
-        f["n_test"][...] = n_test
-        f["baseline_n_correct"][...] = baseline_n_correct
-        n_layers = len(plan.layer_map)
-        for chunk in output.chunks():
-            ni, li = divmod(chunk.key, n_layers)
-            f["n_correct"][ni, :, :, :, li, :] = chunk.arrays["n_correct"]
-            f["done"][ni, li] = True
-        _summarise(f)
-        f.attrs["peak_rss_mb"] = peak_rss_mb()
-
-    output.finish(write)
+    settings = ProbeSettings.from_section(OmegaConf.to_container(cfg.probes, resolve=True))
+    write_probes(cfg.model.path, out, settings, config=config,
+                 attrs=puzzles_net(out / "puzzles.h5", config["network_sha256"], cfg.model.path),
+                 device=model_device(cfg), model_dtype=cfg.model.dtype,
+                 batch_size=cfg.model.batch_size, resume=not cfg.force)
     plot(path, out / FIGURE)
     log.info("wrote %s and %s (peak RSS %.0f MiB)", path, out / FIGURE, peak_rss_mb())
     return path
-
-
-def _baselines(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """``n_test [split, target, seed]`` and ``baseline_n_correct [split, baseline, target,
-    seed]`` (cheap: recomputed by a resumed run)."""
-    shape = (len(plan.splits), len(plan.targets), len(plan.seeds))
-    n_test = np.zeros(shape, np.int64)
-    b_correct = np.full((shape[0], len(plan.baselines), *shape[1:]), -1, np.int64)
-    for si, s in enumerate(plan.splits):
-        for ki, seed in enumerate(plan.seeds):
-            train, test = plan.cuts[s, seed]
-            res = P.evaluate_baselines(plan.labels, plan.specs, train, test, plan.baselines)
-            for bi, b in enumerate(plan.baselines):
-                for ti, t in enumerate(plan.targets):
-                    b_correct[si, bi, ti, ki], n_test[si, ti, ki] = res[b][t]
-    return n_test, b_correct
-
-
-def _probe_layers(output: ChunkedOutput, plan: Plan, n_test: np.ndarray, dtype: str | None,
-                  max_layer_gib: float | None) -> None:
-    """Train and test every probe on every (net, layer) not yet committed (chunk key
-    ``net * n_layers + layer``); one layer in memory, or (a layer over ``max_layer_gib``) read
-    from the cache batch by batch."""
-    nets, layers = list(plan.sources), list(plan.layer_map)
-    todo = [(ni, li) for ni in range(len(nets)) for li in range(len(layers))
-            if ni * len(layers) + li not in output.keys]
-    for ni, li in tqdm(todo, desc="probes", unit="layer"):
-        net, layer = nets[ni], layers[li]
-        path, hook = plan.sources[net], plan.layer_map[layer]
-        with h5py.File(path, "r") as cache:
-            ds = cache["clean"][hook]
-            gib = ds.size * np.dtype(dtype or ds.dtype).itemsize / 2**30
-            stream = max_layer_gib is not None and gib > max_layer_gib
-            if stream:
-                log.info("%s layer %d: %.2f GiB > probes.max_layer_gib=%s: reading rows from %s "
-                         "as needed", net, layer, gib, max_layer_gib, path)
-            acts = P.LayerRows(ds, dtype) if stream else P.load_layer(path, hook, dtype=dtype)
-            block = _probe_layer(plan, ni, li, acts, n_test)
-        output.commit(ni * len(layers) + li, {"n_correct": block})
-
-
-def _probe_layer(plan: Plan, ni: int, li: int, acts, n_test: np.ndarray) -> np.ndarray:
-    """Every probe, split and seed on one (net ``ni``, layer ``li``): ``n_correct [split,
-    probe, target, seed]``."""
-    targets = plan.targets
-    net, layer = list(plan.sources)[ni], list(plan.layer_map)[li]
-    block = np.full((len(plan.splits), len(plan.probes), len(targets), len(plan.seeds)), -1,
-                    np.int64)
-    for si, s in enumerate(plan.splits):
-        for ki, seed in enumerate(plan.seeds):
-            train, test = plan.cuts[s, seed]
-            res = P.evaluate_layer(acts, plan.labels, plan.specs, train, test,
-                                   probes=plan.probes, bilinear=plan.bilinear,
-                                   logreg=plan.logreg, seed=seed)
-            for pi, probe in enumerate(plan.probes):
-                for ti, t in enumerate(targets):
-                    block[si, pi, ti, ki] = res[probe][t][0]
-    acc = _accuracy(block, n_test)
-    log.info("%s layer %d (split %s): %s; peak RSS %.0f MiB", net, layer, plan.splits[0],
-             ", ".join(f"{probe}/{t} {np.nanmean(acc[0, pi, ti]):.3f}"
-                       for pi, probe in enumerate(plan.probes)
-                       for ti, t in enumerate(targets)), peak_rss_mb())
-    return block
-
-
-def _accuracy(n_correct: np.ndarray, n_test: np.ndarray) -> np.ndarray:
-    """``n_correct [split, probe, target, seed]`` over ``n_test [split, target, seed]``."""
-    n = n_test[:, None].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n > 0) & (n_correct >= 0), n_correct / n, np.nan)
-
-
-def _summarise(f: h5py.File) -> None:
-    """Fill ``accuracy`` and the seed means with error bars (``*_mean``, ``*_err``)."""
-    n_test = f["n_test"][()]
-    n_correct = f["n_correct"][()]
-    full_n = np.broadcast_to(n_test[None, :, None, :, None, :], n_correct.shape)
-    f["accuracy"][...] = np.where((n_correct >= 0) & (full_n > 0),
-                                  n_correct / np.maximum(full_n, 1), np.nan)
-    mean, err = P.mean_and_error(np.where(n_correct >= 0, n_correct, np.nan), full_n)
-    b_correct = f["baseline_n_correct"][()]
-    b_n = np.broadcast_to(n_test[:, None], b_correct.shape)
-    f["baseline_accuracy"][...] = np.where(b_n > 0, b_correct / np.maximum(b_n, 1), np.nan)
-    b_mean, b_err = P.mean_and_error(b_correct, b_n)
-    formula = ("2*sqrt(s^2/S + p(1-p)/n): p the mean accuracy over the S seeds, s^2 their "
-               "sample variance, n the mean test-set size (docs/probes.md)")
-    for name, data, axes in (("accuracy_mean", mean, AXES[:-1]), ("accuracy_err", err, AXES[:-1]),
-                             ("baseline_mean", b_mean, BASELINE_AXES[:-1]),
-                             ("baseline_err", b_err, BASELINE_AXES[:-1])):
-        if name in f:
-            del f[name]
-        ds = f.create_dataset(name, data=data)
-        label_axes(ds, *axes, units="fraction",
-                   **({"formula": formula} if name.endswith("err") else {}))
-        for i, a in enumerate(axes):
-            ds.dims[i].attach_scale(f[a])
-
-
-def plot(path: str | Path, png: str | Path) -> Path:
-    """Accuracy vs layer from ``probes.h5``: one panel per (target, split), its title giving the
-    test-set size per seed; solid lines the model, dashed its random twin, shaded bands the
-    2-sigma error bars, dotted horizontal lines the no-activation baselines; a panel without any
-    test puzzle says "no data". Written as PNG, SVG and PDF (``figures.save_figure``)."""
-    # (leela_interp.outputs.figures selects matplotlib's Agg backend)
-    from leela_interp.outputs.figures import n_range, no_data, save_figure
-
-    import matplotlib.pyplot as plt  # noqa: E402
-
-    with h5py.File(path, "r") as f:
-        axes = {a: (read_strings(f[a]) if f[a].dtype.kind == "O" else list(f[a][()]))
-                for a in ("net", "split", "probe", "target", "layer", "baseline")}
-        mean, err = f["accuracy_mean"][()], f["accuracy_err"][()]
-        b_mean = f["baseline_mean"][()]
-        n_test = f["n_test"][()]  # [split, target, seed]
-    targets, splits, layers = axes["target"], axes["split"], axes["layer"]
-    width, height = max(6.5, 4.2 * len(splits)), 3.0 * len(targets) + 0.8
-    fig, grid = plt.subplots(len(targets), len(splits), squeeze=False, sharex=True,
-                             figsize=(width, height))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    handles, names = [], []
-    for ti, t in enumerate(targets):
-        for si, s in enumerate(splits):
-            ax = grid[ti][si]
-            ax.set_title(f"{t} | {s} (n_test = {n_range(n_test[si, ti])})", fontsize=9)
-            ax.set_xticks(layers)
-            if ti == len(targets) - 1:
-                ax.set_xlabel("layer")
-            if si == 0:
-                ax.set_ylabel("test accuracy")
-            if not np.isfinite(mean[:, si, :, ti]).any():
-                no_data(ax, f"no data: too few test puzzles of split {s!r}\n"
-                            f"have a {t!r} label (n_test)")
-                continue
-            for pi, probe in enumerate(axes["probe"]):
-                for ni, net in enumerate(axes["net"]):
-                    m, e = mean[ni, si, pi, ti], err[ni, si, pi, ti]
-                    ls = "-" if net == "model" else "--"
-                    ax.plot(layers, m, ls, marker="o", ms=3, color=colors[pi % len(colors)],
-                            label=f"{probe} ({net})")
-                    ax.fill_between(layers, m - e, m + e, color=colors[pi % len(colors)],
-                                    alpha=0.15)
-            for bi, b in enumerate(axes["baseline"]):
-                ax.axhline(b_mean[si, bi, ti], ls=":", color=str(0.2 + 0.25 * bi),
-                           label=f"baseline: {b}")
-            ax.set_ylim(0, 1)
-            ax.grid(alpha=0.3)
-            if not handles:
-                handles, names = ax.get_legend_handles_labels()
-    ncol = max(1, min(len(names), int(width // 2.1)))
-    legend_in = 0.2 * -(-len(names) // ncol) + 0.1  # legend height, inches
-    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, png)
-    plt.close(fig)
-    return Path(png)
-

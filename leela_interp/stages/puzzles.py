@@ -11,7 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from leela_interp.puzzles.pipeline import BuildSummary, PipelineConfig, build_puzzles
+from leela_interp.puzzles.config import PipelineConfig
+from leela_interp.puzzles.pipeline import BuildSummary, build_puzzles
 from leela_interp.stages.common import run_dir, section
 
 #: The stage's output, in the run folder.
