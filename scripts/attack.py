@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gzip
 import hashlib
 import json
@@ -54,10 +55,13 @@ from leela_interp.outputs.results import diff_files  # noqa: E402  (the checker,
 
 OUTCOMES = ("handled", "clear error", "raw traceback", "silent", "stuck")
 CLASSES = ("network", "csv", "kill", "config", "concurrent", "order")
-#: Attributes that differ between runs of other commands or folders: the command line,
-#: measurements, the path of an input in the run folder, and the sha256 of an input file
-#: (puzzles.h5 records its command, so its hash differs between two folders' runs).
-RUN_SPECIFIC = ("command", "peak_rss_mb", "source_file", "source_sha256", "puzzles_sha256")
+#: Attributes that differ between runs in two folders of the same inputs: measurements, the
+#: command line and the path of an input in the run folder (both name out_dir). A stage=all
+#: run in another folder also differs in puzzles.h5's bytes (its command) and so in the
+#: puzzles_sha256 every later output records; such runs are compared with a reference made in
+#: the same folder (Attack.in_reference_folder), where only MEASURED differs.
+MEASURED = ("peak_rss_mb",)
+RUN_SPECIFIC = (*MEASURED, "command", "source_file")
 OUTPUTS = {"puzzles": "puzzles.h5", "activations": "activations.h5", "patching": "patching.h5",
            "ablations": "ablations.h5", "probes": "probes.h5"}
 BASE = ["threads=1", "puzzles.threads=1", "puzzles.oracle.enabled=false",
@@ -106,6 +110,20 @@ class Attack:
         res = self.run(["stage=all", *self.common(self.reference, self.csv)], timeout=900)
         if res.rc != 0:
             raise SystemExit(f"the reference run failed:\n{res.err[-3000:]}")
+
+    @contextlib.contextmanager
+    def in_reference_folder(self):
+        """Yield (the reference's path, emptied; where the reference waits meanwhile), then put
+        the reference back: a run there with the reference's command records the same paths
+        and command, so its outputs equal the reference's byte for byte."""
+        saved = self.root / "reference.saved"
+        self.reference.rename(saved)
+        self.reference.mkdir()
+        try:
+            yield self.reference, saved
+        finally:
+            shutil.rmtree(self.reference)
+            saved.rename(self.reference)
 
     def py(self, source: str) -> None:
         import textwrap
@@ -180,6 +198,10 @@ def classify_failure(res: Result, expect: tuple[str, ...] = ()) -> tuple[str, st
     named = all(word.lower() in (kind + message).lower() for word in expect)
     note = f"{kind}: {message}"[:160]
     return ("clear error" if ours and named else "raw traceback"), note
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def counts(path: Path) -> dict[str, int]:
@@ -442,11 +464,10 @@ def kill_cases() -> list[Case]:
 
 def config_cases() -> list[Case]:
     def case(name: str, stage: str, overrides: list[str], expect: tuple[str, ...],
-             inputs=("puzzles.h5",), check=None, cwd_outside=False, bare=False):
+             inputs=("puzzles.h5",), check=None):
         def fn(a: Attack):
             out = a.folder(f"cfg-{name}", *inputs)
-            args = [f"stage={stage}", *([] if bare else a.common(out)), *overrides]
-            res = a.run(args, cwd=a.root if cwd_outside else None)
+            res = a.run([f"stage={stage}", *a.common(out), *overrides])
             if res.rc != 0:
                 return classify_failure(res, expect)
             if check is not None:
@@ -484,6 +505,30 @@ def config_cases() -> list[Case]:
         return ("handled" if finite else "silent"), "probes.h5 complete, accuracy all NaN" \
             if not finite else "probes computed"
 
+    def defaults_outside(a: Attack):
+        """Run in a folder outside the checkout with the data defaults (model.path,
+        puzzles.source, puzzles.weak_model.path): right is the checkout's data/ files, read
+        whole, and out_dir relative to the folder it runs in. (An installed wheel has no data/
+        and names the key to pass: tests/test_wheel.py.)"""
+        out = a.folder("cfg-defaults-outside")
+        limit = 12  # rows of mined.csv: the default oracle (Stockfish, depth 16) takes seconds
+        res = a.run(["stage=puzzles", f"out_dir={out.relative_to(a.root)}", "threads=1",
+                     "puzzles.threads=1", f"puzzles.limit={limit}"], cwd=a.root)
+        if res.rc != 0:
+            return classify_failure(res, ("data/",))
+        data = a.code / "data"  # the project's default files (data/README.md)
+        want = {"complete": True, "source": str(data / "puzzles/mined.csv"), "rows": limit,
+                "strong_sha256": sha256_of(data / "nets/strong-bt-64x4.pb.gz"),
+                "weak_sha256": sha256_of(data / "nets/weak-bt-32x2.pb.gz")}
+        if not (out / "puzzles.h5").is_file():
+            return "silent", f"exit 0 but no {out / 'puzzles.h5'}"
+        with h5py.File(out / "puzzles.h5") as f:
+            got = {key: f.attrs.get(key) for key in want}
+        got["rows"] = counts(out / "puzzles.h5")["rows"]
+        wrong = {key: got[key] for key in want if got[key] != want[key]}
+        return ("silent", f"got {wrong}, expected {want}") if wrong else (
+            "handled", f"the checkout's data/ files, {limit} rows read, {out.name}/puzzles.h5")
+
     acts = ("puzzles.h5",)
     both = ("puzzles.h5", "activations.h5")
     return [
@@ -499,8 +544,7 @@ def config_cases() -> list[Case]:
         case("model.path directory", "activations", ["model.path=/tmp"], ("/tmp",), acts),
         case("weak_model.path missing", "puzzles", ["puzzles.weak_model.path=/no/weak.pb.gz"],
              ("weak.pb.gz",), ()),
-        case("defaults outside the checkout", "puzzles", ["out_dir=attack-defaults"],
-             ("data/",), (), cwd_outside=True, bare=True),
+        ("config", "defaults outside the checkout", defaults_outside),
         case("inspect a non-HDF5 file", "inspect", [f"++path={REPO / 'README.md'}"],
              ("README.md",), ()),
         case("inspect without a path", "inspect", [], ("path",), ()),
@@ -540,7 +584,13 @@ def config_cases() -> list[Case]:
 def concurrent_cases() -> list[Case]:
     def case(stage: str, inputs: tuple[str, ...]):
         def fn(a: Attack):
-            out = a.folder(f"two-{stage}", *inputs)
+            if stage == "all":  # puzzles.h5 too: compared with a reference of the same folder
+                with a.in_reference_folder() as (out, reference):
+                    return two_runs(a, out, reference, MEASURED)
+            return two_runs(a, a.folder(f"two-{stage}", *inputs), a.reference,
+                            RUN_SPECIFIC + ("activations",))
+
+        def two_runs(a: Attack, out: Path, reference: Path, ignore: tuple[str, ...]):
             args = [f"stage={stage}", *a.common(out)]
             procs = [a.start(args) for _ in range(2)]
             results = []
@@ -552,9 +602,8 @@ def concurrent_cases() -> list[Case]:
                     os.killpg(proc.pid, signal.SIGKILL)
                     return "stuck", "timed out"
             names = [OUTPUTS[stage]] if stage != "all" else list(OUTPUTS.values())
-            diffs = [d for n in names for d in (diff_files(a.reference / n, out / n,
-                                                           ignore_attrs=RUN_SPECIFIC + (
-                                                               "activations",))
+            diffs = [d for n in names for d in (diff_files(reference / n, out / n,
+                                                           ignore_attrs=ignore)
                                                 if (out / n).exists() else [f"{n} missing"])]
             failed = [r for r in results if r.rc != 0]
             note = f"exits {[r.rc for r in results]}; {len(diffs)} differences {diffs[:2]}"
@@ -594,7 +643,7 @@ def order_cases() -> list[Case]:
             return classify_failure(res, ("activations",))
         with h5py.File(out / "probes.h5") as f:
             made_from = json.loads(f.attrs["config"])["activations"]["puzzles_sha256"]
-        current = hashlib.sha256((out / "puzzles.h5").read_bytes()).hexdigest()
+        current = sha256_of(out / "puzzles.h5")
         return ("silent", "probes.h5 reported up to date, made from another puzzles.h5") \
             if made_from != current else ("handled", "probes recomputed")
 

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
 import faults
 from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import RunFolderInUseError
+from leela_interp.experiments.patching import PAIRS_KEY
 from leela_interp.network.lc0.random_net import write_random_net
 from leela_interp.outputs.results import FAULT_ENV, is_complete
 from leela_interp.stages import run_stages
@@ -75,10 +77,11 @@ def probes_inputs(tmp_path_factory, net) -> Path:
 
 
 def kill_everywhere(tmp_path: Path, inputs: Path, cfg_of, outputs, *, same_bytes=(),
-                    delays=(0.2, 0.5, 0.8)) -> list[str]:
+                    delays=(0.2, 0.5, 0.8), raises: bool = False) -> list[str]:
     """Kill the stage at each of its write points, and after each fraction ``delays`` of its
-    uninterrupted run time; rerun; compare with the uninterrupted run's outputs. Every run uses
-    the same folder (``tmp_path/run``), so paths recorded in the files agree too."""
+    uninterrupted run time (with ``raises``, also raise an exception at each write point);
+    rerun; compare with the uninterrupted run's outputs. Every run uses the same folder
+    (``tmp_path/run``), so paths recorded in the files agree too."""
     run, ref = tmp_path / "run", tmp_path / "reference"
     start = time.perf_counter()
     run_stages(cfg_of(copy_inputs(inputs, run)))
@@ -89,11 +92,13 @@ def kill_everywhere(tmp_path: Path, inputs: Path, cfg_of, outputs, *, same_bytes
     faults.assert_same_files(ref, run, outputs, same_bytes=same_bytes, ignore_attrs=RUN_SPECIFIC)
     kills = [{"fault": f"kill:{k}"} for k in range(1, len(labels) + 1)]
     kills += [{"kill_after_s": duration * d} for d in delays]
+    kills += [{"fault": f"raise:{k}"} for k in range(1, len(labels) + 1) if raises]
     for kill in kills:
         shutil.rmtree(run)
         cfg = cfg_of(copy_inputs(inputs, run))
         code = faults.in_child(lambda: run_stages(cfg), **kill)
-        assert code == -9 or "kill_after_s" in kill, (kill, code)
+        expected = 1 if kill.get("fault", "").startswith("raise") else -9
+        assert code == expected or "kill_after_s" in kill, (kill, code)
         for name in outputs:  # a file under its final name is always complete
             assert not (run / name).exists() or is_complete(run / name), (kill, name)
         run_stages(cfg)  # the same command
@@ -167,13 +172,17 @@ def interventions_inputs(tmp_path_factory, transformer) -> Path:
     return folder
 
 
-#: Two puzzles a chunk (three chunks), every puzzle with a corruption analysed, every ablation
-#: method, piece heads, no figures (written atomically, not a life-cycle step).
-INTERVENTIONS = ("patching.chunk_size=2", "ablations.chunk_size=2", "patching.figures=false",
-                 "ablations.figures=false", "patching.require_pv0_top=false",
-                 "ablations.require_pv0_top=false", "ablations.piece_heads.min_pv_length=3",
-                 *(f"ablations.piece_heads.heads.{piece}={json.dumps(heads).replace(' ', '')}"
-                   for piece, heads in PIECE_HEADS.items()))
+#: Two puzzles a chunk (three chunks), every puzzle with a corruption analysed, no figures
+#: (written atomically, not a life-cycle step).
+SMALL = ("patching.chunk_size=2", "ablations.chunk_size=2", "patching.figures=false",
+         "ablations.figures=false", "patching.require_pv0_top=false",
+         "ablations.require_pv0_top=false", "ablations.piece_heads.min_pv_length=3")
+#: Every ablation method, piece heads given (the finder does not run).
+INTERVENTIONS = (*SMALL, *(f"ablations.piece_heads.heads.{piece}={json.dumps(heads)}".replace(
+    " ", "") for piece, heads in PIECE_HEADS.items()))
+#: No piece heads given: the finder writes piece_heads.h5 first (at this lift it picks three
+#: heads of the fixture net: knight (2, 3), (2, 1), bishop (0, 3)), which ablations then uses.
+FINDER = (*SMALL, "ablations.piece_heads.find.min_lift=1.2")
 
 
 def chunked_labels(name: str, keys) -> list[str]:
@@ -196,6 +205,25 @@ def test_patching_killed_at_every_write_point_equals_uninterrupted(tmp_path, tra
     assert labels == chunked_labels("patching.h5", range(3))
 
 
+def test_head_pairs_killed_or_failing_at_every_write_point(tmp_path, transformer,
+                                                           interventions_inputs):
+    """Joint head-pair patching (patching.head_pairs.top_n=3: three pairs), killed or failing
+    at each write point of the patching stage, then the same command: patching.h5 has the
+    uninterrupted run's bytes, heads/pairs included."""
+    folder = tmp_path / "inputs"
+    shutil.copytree(interventions_inputs, folder,
+                    ignore=shutil.ignore_patterns("patching.h5", LOCK))
+    labels = kill_everywhere(
+        tmp_path, folder, lambda out: config(out, transformer, "patching", *INTERVENTIONS,
+                                             "patching.head_pairs.top_n=3"),
+        ["patching.h5"], same_bytes=["patching.h5"], delays=(0.5,), raises=True)
+    # the pairs of the six analysed puzzles are their own chunks, two puzzles each
+    assert labels == chunked_labels("patching.h5", [0, 1, 2, *(PAIRS_KEY + k for k in range(3))])
+    with h5py.File(tmp_path / "reference" / "patching.h5") as f:
+        analysed, joint = f["analysed"][()], f["heads/pairs/joint_effect"][()]
+    assert joint.shape == (6, 3) and analysed.any() and np.isfinite(joint[analysed]).all()
+
+
 def test_ablations_killed_at_every_write_point_equals_uninterrupted(tmp_path, transformer,
                                                                     interventions_inputs):
     labels = kill_everywhere(tmp_path, interventions_inputs,
@@ -203,6 +231,22 @@ def test_ablations_killed_at_every_write_point_equals_uninterrupted(tmp_path, tr
                              ["ablations.h5"], same_bytes=["ablations.h5"], delays=(0.5,))
     # the mean head outputs are their own chunk, committed before the rows
     assert labels == chunked_labels("ablations.h5", [99_999_999, 0, 1, 2])
+
+
+def test_piece_head_finder_killed_or_failing_at_every_write_point(tmp_path, transformer,
+                                                                  interventions_inputs):
+    """piece_heads.h5 (the finder's heads, written by the ablations stage before
+    ablations.h5), killed or failing at each write point of the stage, then the same command:
+    both files have the uninterrupted run's bytes."""
+    labels = kill_everywhere(tmp_path, interventions_inputs,
+                             lambda out: config(out, transformer, "ablations", *FINDER),
+                             ["piece_heads.h5", "ablations.h5"],
+                             same_bytes=["piece_heads.h5", "ablations.h5"], delays=(0.5,),
+                             raises=True)
+    assert labels == (chunked_labels("piece_heads.h5", []) +
+                      chunked_labels("ablations.h5", [99_999_999, 0, 1, 2]))
+    with h5py.File(tmp_path / "reference" / "ablations.h5") as f:
+        assert f["piece_heads"].attrs["heads_source"].startswith("found: piece_heads.h5")
 
 
 def test_puzzles_killed_at_every_write_point_equals_uninterrupted(tmp_path):

@@ -230,6 +230,46 @@ def test_hydra_writes_its_files_into_the_run_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "sweep"]
 
 
+UNUSABLE_OUT_DIRS = {
+    "not creatable": lambda tmp: "/proc/leela-interp-test",
+    "a file": lambda tmp: str(tmp / "file"),
+    "under a file": lambda tmp: str(tmp / "file" / "run"),
+    "read-only folder": lambda tmp: str(tmp / "read-only" / "run"),
+    "sweep root not creatable": lambda tmp: "/proc/leela-interp-test/${hydra:job.num}",
+}
+
+
+@pytest.mark.parametrize("kind", UNUSABLE_OUT_DIRS)
+def test_an_unusable_out_dir_is_a_config_error_before_hydra_starts(tmp_path, kind):
+    """leela-interp with an out_dir that cannot be a run folder stops with exit 1 and one
+    line, a ConfigError naming out_dir and the value, before Hydra makes any folder (Hydra's
+    own mkdir would end in a raw OSError); in a multirun, every value of a sweep over out_dir
+    is checked. Hydra's flags that run nothing still work with such a value."""
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "read-only").mkdir(mode=0o555)
+    if kind == "read-only folder" and os.access(tmp_path / "read-only", os.W_OK):
+        pytest.skip("this user (root) can write in a read-only folder")
+    out_dir = UNUSABLE_OUT_DIRS[kind](tmp_path)
+    args = [f"out_dir={out_dir}"]
+    if kind == "a file":  # a multirun sweep over out_dir: its bad value is found too
+        args = ["-m", f"out_dir={tmp_path / 'good'},{out_dir}"]
+    elif "sweep" in kind:
+        args = ["-m", f"out_dir={out_dir}", "threads=1,2"]
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}
+    command = [sys.executable, "-m", "leela_interp.cli"]
+    proc = subprocess.run([*command, *args, "stage=report"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"leela_interp.errors.ConfigError: out_dir={out_dir!r} cannot be used as a run folder ("
+    ) and lines[0].endswith("); give a folder you can write"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "read-only"]  # nothing made
+    shown = subprocess.run([*command, "--cfg", "job", f"out_dir={out_dir}"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and f"out_dir: {out_dir}" in shown.stdout, shown.stderr
+
+
 def test_inputs_dir_shares_the_earlier_stages_outputs(setup, tmp_path):
     """A sweep job reads puzzles.h5, activations.h5 and patching.h5 (the ablations stage's
     default edge head) from inputs_dir through symlinks in its own out_dir."""

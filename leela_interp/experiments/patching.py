@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError
@@ -258,20 +259,56 @@ def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: PatchingSetti
                       **effect_attrs())
 
 
-def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed: np.ndarray,
-                     subsets: dict[str, np.ndarray], *, batch_size: int,
-                     chunk_size: int) -> None:
-    """The ``heads/pairs`` group: joint patching of every pair of the ``top_n`` heads of
-    ``heads/summary/all/effect_mean`` (:mod:`leela_interp.experiments.head_pairs`) on the
-    analysed puzzles, its interaction with the singles, and their summaries (computed in the
-    finishing step from the committed single-head effects, so redone whole on a rerun).
+#: Key of the first head-pair chunk of ``patching.h5``; the row chunks' keys stay below it.
+PAIRS_KEY = 90_000_000
+
+
+def pair_keys(out: ChunkedOutput) -> list[int]:
+    """The keys of the head-pair chunks committed in ``out`` (:func:`commit_head_pairs`)."""
+    return [k for k in out.keys if k >= PAIRS_KEY]
+
+
+def commit_head_pairs(out: ChunkedOutput, layout: h5py.File, net, puzzles: PuzzleSet,
+                      top_n: int, *, batch_size: int,
+                      chunk_size: int) -> list[tuple[int, int]]:
+    """Joint patching of every pair of the ``top_n`` heads of single-head patching (the
+    largest mean effect over the analysed puzzles, ``heads/summary/all/effect_mean``;
+    :mod:`leela_interp.experiments.head_pairs`), ``chunk_size`` analysed puzzles at a time,
+    each committed to ``out`` as chunk ``PAIRS_KEY + k`` (``meta["rows"]``: its puzzles)
+    unless an earlier run committed it: a kill redoes one chunk of it, not all. Needs every
+    row chunk committed; writes them into ``layout``.
+
+    Returns:
+        The chosen (layer, head), best first.
 
     Raises:
         ConfigError: ``top_n`` below 2.
     """
-    chosen = hp.top_heads(f["heads/summary/all/effect_mean"][()], top_n)
+    fill_rows(layout, out, skip=pair_keys(out))
+    analysed = layout["analysed"][()]
+    chosen = hp.top_heads(iv.mean_and_err(layout["heads/effect"][()][analysed], axis=0)[0],
+                          top_n)
+    rows = np.flatnonzero(analysed)
+    total = -(-len(rows) // chunk_size)
+    todo = [k for k in range(total) if PAIRS_KEY + k not in out.keys]
+    if len(todo) < total:
+        log.info("patching: head pairs resuming, %d of %d chunks left", len(todo), total)
+    for k in tqdm(todo, desc="patching: head pairs", unit="chunk", disable=None):
+        part = rows[k * chunk_size:(k + 1) * chunk_size]
+        prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, int(i)) for i in part],
+                          batch_size=batch_size)
+        out.commit(PAIRS_KEY + k, {"heads/pairs/joint_effect": hp.pair_patching(prep, chosen)},
+                   {"rows": part.tolist()})
+    return chosen
+
+
+def write_head_pairs(f: h5py.File, out: ChunkedOutput, chosen: list[tuple[int, int]],
+                     top_n: int, analysed: np.ndarray, subsets: dict[str, np.ndarray]) -> None:
+    """The ``heads/pairs`` group: the ``chosen`` heads, the joint effects of
+    :func:`commit_head_pairs`'s chunks of ``out``, their interaction with the singles
+    (``heads/effect``), and their summaries over the ``analysed`` puzzles."""
     pairs = hp.pairs_of(chosen)
-    n = len(puzzles)
+    n = f["analysed"].shape[0]
     if "heads/pairs" in f:
         del f["heads/pairs"]
     g = f.create_group("heads/pairs")
@@ -282,12 +319,9 @@ def write_head_pairs(f: h5py.File, net, puzzles: PuzzleSet, top_n: int, analysed
     label_axes(g.create_dataset("pair", data=np.array(pairs, np.int64).reshape(-1, 2)),
                "pair", "head_index", meaning="rows of heads/pairs/heads patched together")
     joint = np.full((n, len(pairs)), np.nan, np.float32)
-    rows = np.flatnonzero(analysed)
-    for s in range(0, len(rows), chunk_size):
-        part = rows[s:s + chunk_size]
-        prep = iv.prepare(net, [iv.Puzzle.from_set(puzzles, int(i)) for i in part],
-                          batch_size=batch_size)
-        joint[part] = hp.pair_patching(prep, chosen)
+    for key in pair_keys(out):
+        chunk = out.read(key)
+        joint[chunk.meta["rows"]] = chunk.arrays["heads/pairs/joint_effect"]
     inter = hp.interaction(joint, f["heads/effect"][()], chosen)
     for name, values, meaning in (
             ("joint_effect", joint, "both heads of the pair patched from the corrupted run"),
@@ -306,7 +340,8 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
     (:class:`~leela_interp.outputs.results.ChunkedOutput`): a kill at any instant loses at most
     the chunk in progress, and a call with ``resume`` continues after the last committed one.
-    The summaries, head pairs and funnel are computed in the finishing step.
+    The head pairs (``settings.head_pairs_top_n``) follow as chunks of their own
+    (:func:`commit_head_pairs`); the summaries and funnel are computed in the finishing step.
 
     Args:
         net: The network under study (:class:`~leela_interp.network.net.LeelaNet`).
@@ -372,11 +407,14 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
                 block.put("heads/effect", rows, est.heads if est else
                           head_patching(prep, skip_identical=settings.skip_identical))
         out_file.commit(key, block.arrays, {"start": s})
+    top_n = settings.head_pairs_top_n if heads and not sharded else 0  # a merge's: all puzzles
+    chosen = commit_head_pairs(out_file, layout, net, puzzles, top_n, batch_size=bs,
+                               chunk_size=settings.chunk_size) if top_n else []
     layout.close()
 
     def finish(f: h5py.File) -> None:
         create_layout(f, net, puzzles, settings, attrs)
-        fill_rows(f, out_file)
+        fill_rows(f, out_file, skip=pair_keys(out_file))
         analysed = f["analysed"][()]
         no_overlap = analysed & ~f["overlap"][()]
         subsets = subset_masks(f)
@@ -388,9 +426,8 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
         if heads:
             write_summary(f["heads"], "effect", f["heads/effect"][()], analysed, subsets,
                           ("layer", "head"), **effect_attrs(meaning="over analysed puzzles"))
-            if settings.head_pairs_top_n and not sharded:  # the merge's: top heads of all
-                write_head_pairs(f, net, puzzles, settings.head_pairs_top_n, analysed, subsets,
-                                 batch_size=bs, chunk_size=settings.chunk_size)
+            if top_n:
+                write_head_pairs(f, out_file, chosen, top_n, analysed, subsets)
         steps = selection_steps(f, limit, "patching", need_corruption=True,
                                 require_pv0_top=require_top,
                                 corruption_rule="a usable corrupted board (patching needs one)")

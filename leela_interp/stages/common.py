@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,38 @@ def puzzles_input(cfg: DictConfig) -> Path:
     return path
 
 
+def _unusable(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"out_dir={str(path)!r} cannot be used as a run folder ({why}); give a "
+                       f"folder you can write")
+
+
+def check_run_folder(path: str | Path, out_dir: str | None = None) -> None:
+    """Check that ``path`` is a folder this process can write in, or can be made one, creating
+    nothing: its nearest existing ancestor (``path`` itself when it exists) must be a folder
+    in which a temporary file can be made (and is at once removed).
+
+    Args:
+        path: the folder.
+        out_dir: the ``out_dir`` value to name in the error (default: ``path``).
+
+    Raises:
+        ConfigError: it cannot (``/proc/x``, a file or a folder under a file, a read-only
+            folder); the message names ``out_dir``, the value and why.
+    """
+    path = Path(path)
+    name = Path(out_dir) if out_dir is not None else path
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _unusable(name, f"{str(existing)!r} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise _unusable(name, f"cannot write in {str(existing)!r}: "
+                              f"{exc.strerror or exc}") from None
+
+
 #: The lock file in every run folder (holds the PID and command of the run that has it).
 LOCK = ".lock"
 
@@ -107,8 +140,7 @@ def lock_run_dir(path: str | Path) -> Iterator[Path]:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise ConfigError(f"out_dir={str(path)!r} cannot be used as a run folder "
-                          f"({exc.strerror or exc}); give a folder you can write") from None
+        raise _unusable(path, exc.strerror or str(exc)) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
