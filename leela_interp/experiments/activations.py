@@ -2,11 +2,11 @@
 
 :func:`cache_activations` runs the network over the puzzle set batch by batch and writes each
 batch straight to disk, so memory stays flat in the number of puzzles. Work happens in
-``activations.h5.partial``, a :class:`~leela_interp.outputs.results.RowsFile`: every dataset's
+``activations.h5.partial``, a :class:`~leela_interp.outputs.rows.RowsFile`: every dataset's
 storage is allocated when the file is created, each batch is flushed and fsync'd and then
 recorded in ``activations.h5.partial.journal``, a rerun verifies the recorded rows and continues
 after the last good batch, and only a finished file is renamed to ``activations.h5``. One writer
-thread (:class:`~leela_interp.outputs.results.RowsWriter`) writes and commits each batch while
+thread (:class:`~leela_interp.outputs.rows.RowsWriter`) writes and commits each batch while
 the next one is computed.
 
 File layout (schema ``leela_interp.activations/1``)::
@@ -49,9 +49,9 @@ from tqdm.auto import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import (RowsFile, RowsWriter, config_hash, has_partial,
-                                          label_axes, partial_path, read_strings, remove_leftovers,
-                                          write_strings)
+from leela_interp.outputs.results import (config_hash, has_partial, label_axes, partial_path,
+                                          read_strings, remove_leftovers, write_strings)
+from leela_interp.outputs.rows import RowsFile, RowsWriter
 from leela_interp.outputs.shards import gather
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
@@ -266,7 +266,7 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
             and committed, in the writer thread (tests use it to simulate a crash: what it
             raises is re-raised here, and the rows committed before stay resumable).
         writer_thread: write each batch in a background thread while the next one is
-            computed (:class:`~leela_interp.outputs.results.RowsWriter`); ``False`` writes in
+            computed (:class:`~leela_interp.outputs.rows.RowsWriter`); ``False`` writes in
             turn. The file is the same either way.
 
     Returns:

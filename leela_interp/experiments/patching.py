@@ -29,7 +29,8 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               fill_rows, float_dataset, has_heads, in_memory,
                                               screen, selection_steps, subset_masks,
                                               write_common, write_funnel, write_summary)
-from leela_interp.outputs.results import ChunkedOutput, label_axes, write_strings
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import label_axes, write_strings
 from leela_interp.outputs.shards import check_shard, shard_rows
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
@@ -304,7 +305,7 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
     a shard's ``patching.shard-K-of-N.h5``: its rows only, see :class:`PatchingSettings`).
 
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
-    (:class:`~leela_interp.outputs.results.ChunkedOutput`): a kill at any instant loses at most
+    (:class:`~leela_interp.outputs.chunked.ChunkedOutput`): a kill at any instant loses at most
     the chunk in progress, and a call with ``resume`` continues after the last committed one.
     The summaries, head pairs and funnel are computed in the finishing step.
 

@@ -26,7 +26,7 @@ per chunk:
    (:func:`~leela_interp.puzzles.evaluation.choose_corruptions`).
 
 Each chunk's kept puzzles and funnel counts are committed as their own file
-(:class:`~leela_interp.outputs.results.ChunkedOutput`), and ``puzzles.h5`` (layout:
+(:class:`~leela_interp.outputs.chunked.ChunkedOutput`), and ``puzzles.h5`` (layout:
 :mod:`leela_interp.puzzles.layout`, ``docs/puzzles.md``) is written from them in one pass at
 the end: a run killed at any instant continues after its last committed chunk (the reader
 re-reads the rows before it, so its counts are whole) and ends with the bytes an uninterrupted
@@ -50,7 +50,8 @@ import torch
 from tqdm.auto import tqdm
 
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import ChunkedOutput, config_hash, is_complete, remove_leftovers
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers
 from leela_interp.puzzles.config import PipelineConfig
 from leela_interp.puzzles.evaluation import load_net
 from leela_interp.puzzles.filters import ChunkFilter

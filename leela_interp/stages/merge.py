@@ -27,7 +27,8 @@ from omegaconf import DictConfig, open_dict
 
 from leela_interp.errors import ConfigError
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import ChunkedOutput, config_hash, is_complete
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import config_hash, is_complete
 from leela_interp.outputs.shards import find_shards, gather
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.puzzles.shards import merge_puzzles
