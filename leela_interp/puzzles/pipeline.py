@@ -56,8 +56,9 @@ from leela_interp.puzzles.config import PipelineConfig
 from leela_interp.puzzles.evaluation import load_net
 from leela_interp.puzzles.filters import ChunkFilter
 from leela_interp.puzzles.layout import FUNNEL, SCHEMA, write_file
-from leela_interp.puzzles.lichess import Puzzle, PuzzleReader
+from leela_interp.puzzles.lichess import PuzzleReader
 from leela_interp.puzzles.oracle import find_stockfish
+from leela_interp.puzzles.puzzle import Puzzle
 from leela_interp.puzzles.puzzle_set import GROUP
 
 log = logging.getLogger(__name__)
