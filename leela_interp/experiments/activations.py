@@ -396,7 +396,8 @@ _OWN_ATTRS = ("schema", "config", "config_hash", "complete", "rows_done",
 
 
 def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_size: int = 256,
-                      overwrite: bool = False, progress: bool = True) -> Path:
+                      overwrite: bool = False, progress: bool = True,
+                      puzzles: str | Path | None = None) -> Path:
     """Join the caches of shards ``0 .. n-1`` (``paths[k]`` is shard ``k``) into ``path``: the
     cache an unsharded run writes.
 
@@ -414,14 +415,16 @@ def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_si
         batch_size: rows per write (and the chunking an unsharded run of that batch size has).
         overwrite: rebuild even if ``path`` or its partial file exists.
         progress: show a tqdm progress bar.
+        puzzles: the ``puzzles.h5`` beside ``path``; when given and present, the shards must
+            have been made from it.
 
     Returns:
         ``path``.
 
     Raises:
         ConfigError: a shard is not shard ``k`` of ``len(paths)``, the shards were made with
-            another config, network or puzzle set, or their row counts are not those of one
-            split.
+            another config, network or puzzle set (or from another ``puzzles.h5`` than
+            ``puzzles``), or their row counts are not those of one split.
     """
     path, paths = Path(path), [Path(p) for p in paths]
     n_shards = len(paths)
@@ -429,6 +432,13 @@ def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_si
     try:
         for p in paths:
             files.append(ActivationFile(p))
+            if puzzles is not None and len(files) == 1 and Path(puzzles).exists():
+                made_from = files[0].puzzles_sha256
+                if made_from != sha256_file(puzzles):
+                    raise ConfigError(
+                        f"{p} was made from another puzzles.h5 than {puzzles} (sha256 "
+                        f"{made_from[:12]}...): merge into the folder whose puzzles.h5 the "
+                        f"shards read (their inputs_dir)")
         config, total = _check_shards(files)
         first = files[0]
         groups = first.boards
