@@ -9,12 +9,12 @@ after the last good batch, and only a finished file is renamed to ``activations.
 thread (:class:`~leela_interp.outputs.rows.RowsWriter`) writes and commits each batch while
 the next one is computed.
 
-File layout (schema ``leela_interp.activations/1``)::
+File layout (schema ``leela_interp.activations/2``)::
 
     /                       attrs: schema, config (JSON), config_hash, network_sha256,
                                    puzzles_sha256, complete, rows_done, hooks (JSON list),
                                    boards (JSON list), network_path, leela_interp_version
-    /puzzle_ids             [N] UTF-8 Lichess puzzle ids (row i = puzzle i of the puzzle set)
+    /puzzle_id              [N] UTF-8 Lichess puzzle ids (row i = puzzle i of the puzzle set)
     /clean/<hook name>      [N, *hook shape], e.g. clean/blocks.3.hook_resid_post [N, 64, d_model]
     /corrupted/<hook name>  same; rows of puzzles without a corrupted board are NaN
     /corrupted/valid        [N] bool: which corrupted rows are real
@@ -57,7 +57,7 @@ from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "leela_interp.activations/1"
+SCHEMA = "leela_interp.activations/2"
 #: Point of view of every cached value.
 POV = "side_to_move"
 #: Token order of every ``square`` / ``query`` / ``key`` axis.
@@ -155,7 +155,8 @@ def check_cache(path: str | Path, *, network_sha256: str, puzzles_sha256: str,
                 config: Mapping | None = None) -> bool:
     """Whether ``path`` is a complete cache for this network, puzzle set and (if given) config.
 
-    Returns False when the file is missing, incomplete, or made under another config.
+    Returns False when the file is missing, incomplete, made under another config, or of
+    another schema (a cache of an older layout is rebuilt, with a log line).
 
     Raises:
         ActivationCacheMismatchError: the file was made with another network or puzzle set.
@@ -170,6 +171,10 @@ def check_cache(path: str | Path, *, network_sha256: str, puzzles_sha256: str,
         return False
     _check_identity(path, attrs, network_sha256, puzzles_sha256)
     if not attrs.get("complete", False):
+        return False
+    if attrs.get("schema") != SCHEMA:
+        log.info("%s has schema %r, not %r (an older layout): it is rebuilt", path,
+                 attrs.get("schema"), SCHEMA)
         return False
     return config is None or attrs.get("config_hash") == config_hash(config)
 
@@ -205,8 +210,8 @@ def _create_layout(part: RowsFile, *, ids: Sequence[str], shapes: Mapping[str, t
     f = part.file
     f.attrs.update(attrs)
     n = len(ids)
-    write_strings(f, "puzzle_ids", ids)
-    label_axes(f["puzzle_ids"], "puzzle")
+    write_strings(f, "puzzle_id", ids)
+    label_axes(f["puzzle_id"], "puzzle")
     np_dtype = np.dtype(DTYPES[dtype])
     for group_name in groups:
         g = f.create_group(group_name)
@@ -542,8 +547,10 @@ class ActivationFile:
         attrs = self.file.attrs
         if attrs.get("schema") != SCHEMA:
             self.file.close()
-            raise ValueError(f"{self.path} is not an activation cache "
-                             f"(schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
+            raise ValueError(f"{self.path} is not an activation cache of this version "
+                             f"(schema {attrs.get('schema')!r}, expected {SCHEMA!r}); a cache "
+                             f"of an older layout is rebuilt by rerunning the activations stage "
+                             f"(leela-interp stage=activations)")
         if not attrs.get("complete", False):
             self.file.close()
             raise ValueError(f"{self.path} is incomplete (rows_done={attrs.get('rows_done')})")
@@ -569,7 +576,8 @@ class ActivationFile:
 
     @property
     def puzzle_ids(self) -> list[str]:
-        return read_strings(self.file["puzzle_ids"])
+        """The puzzle id of each row (the dataset ``puzzle_id``)."""
+        return read_strings(self.file["puzzle_id"])
 
     @property
     def network_sha256(self) -> str:
@@ -584,7 +592,7 @@ class ActivationFile:
         return json.loads(self.file.attrs["config"])
 
     def __len__(self) -> int:
-        return int(self.file["puzzle_ids"].shape[0])
+        return int(self.file["puzzle_id"].shape[0])
 
     def check(self, *, network_sha256: str | None = None,
               puzzles_sha256: str | None = None) -> None:

@@ -247,7 +247,7 @@ def prepare(model_path: str | Path, out: Path, p: ProbeSettings, *, device: str,
     splits = list(p.splits)
     puzzles = PuzzleSet.load(out / "puzzles.h5")
     with h5py.File(acts_path, "r") as f:
-        ids = read_strings(f["puzzle_ids"])
+        ids = P.cache_puzzle_ids(f)
         dtype = "float16" if next(iter(f["clean"].values())).dtype == np.float16 else "float32"
         network_sha = str(f.attrs.get("network_sha256", ""))
     if sha256_file(model_path) != network_sha:
