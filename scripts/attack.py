@@ -656,7 +656,7 @@ def order_cases() -> list[Case]:
         if res.rc != 0:
             return classify_failure(res, ("puzzle",))
         with h5py.File(out / "activations.h5") as f:
-            n = f["puzzle_ids"].shape[0]
+            n = f["puzzle_id"].shape[0]
         return ("handled" if n == counts(out / "puzzles.h5")["valid"] or n <= 40 else "silent",
                 f"activations of {n} puzzles")
 

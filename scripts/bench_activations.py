@@ -295,10 +295,10 @@ def bench_read(args: argparse.Namespace) -> None:
     for rows in sorted({1, 4, auto, args.batch}):
         path = tmp / f"chunks-{rows}.h5"
         with h5py.File(path, "w") as f:  # the layout cache_activations writes, other chunking
-            f.attrs.update(schema="leela_interp.activations/1", complete=True,
+            f.attrs.update(schema="leela_interp.activations/2", complete=True,
                            hooks=json.dumps([f"h{i}" for i in range(hooks)]),
                            boards=json.dumps(["clean"]))
-            f.create_dataset("puzzle_ids", data=np.array([str(i) for i in range(n)], object),
+            f.create_dataset("puzzle_id", data=np.array([str(i) for i in range(n)], object),
                              dtype=h5py.string_dtype())
             for i in range(hooks):
                 ds = f.create_dataset(f"clean/h{i}", shape=(n, 64, d), dtype=np.float32,

@@ -142,7 +142,7 @@ def main() -> None:
     with h5py.File(out / "activations.h5", "w") as f:
         f.attrs.update({"schema": P.ACTIVATIONS_SCHEMA, "network_sha256": sha256_file(net),
                         "puzzles_sha256": sha256_file(out / "puzzles.h5"), "complete": True})
-        write_strings(f, "puzzle_ids", puzzles.ids)
+        write_strings(f, "puzzle_id", puzzles.ids)
         for layer in range(args.layers):
             ds = f.create_dataset(f"clean/blocks.{layer}.hook_resid_post",
                                   shape=(n, 64, args.width), dtype=args.dtype,

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 import leela_interp.experiments.activations as activations_module
 from leela_interp import load_network
+from leela_interp.errors import ConfigError
 from leela_interp.experiments.activations import (SCHEMA, ActivationCacheMismatchError,
                                                   ActivationFile, cache_activations,
                                                   iter_activation, load_activation)
@@ -360,8 +361,29 @@ def test_refuses_another_network_or_puzzle_set(puzzles, tmp_path):
         assert cache.network_sha256 == net_b.sha256
 
 
+def test_a_cache_of_the_older_layout_is_refused_then_rebuilt(puzzles, tmp_path):
+    """Schema 1 named the ids ``puzzle_ids``: its readers refuse it with what to do, and a
+    rerun rebuilds it (it is not taken as up to date) under today's names."""
+    from leela_interp.experiments import probes as P
+
+    net = load_network(write_random_net(tmp_path / "a.pb.gz", seed=0))
+    out = tmp_path / "activations.h5"
+    cache_activations(net, puzzles, out, batch_size=4, progress=False)
+    with h5py.File(out, "r+") as f:  # what schema 1 wrote
+        f.move("puzzle_id", "puzzle_ids")
+        f.attrs["schema"] = "leela_interp.activations/1"
+    with pytest.raises(ValueError, match="older layout is rebuilt by rerunning the activations"):
+        ActivationFile(out)
+    with h5py.File(out, "r") as f, pytest.raises(ConfigError, match="rerun the activations"):
+        P.cache_puzzle_ids(f)
+    cache_activations(net, puzzles, out, batch_size=4, progress=False)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["schema"] == SCHEMA == P.ACTIVATIONS_SCHEMA
+        assert "puzzle_ids" not in f and P.cache_puzzle_ids(f) == puzzles.ids
+
+
 def test_bad_config_values(puzzles, tmp_path):
-    from leela_interp.errors import ConfigError, UnknownHookError
+    from leela_interp.errors import UnknownHookError
 
     net = load_network(write_random_net(tmp_path / "c.pb.gz"))
     for key, value in (("boards", "dirty"), ("dtype", "int8"), ("compression", "zstd")):

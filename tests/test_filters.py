@@ -24,9 +24,10 @@ from leela_interp.errors import ConfigError
 from leela_interp.puzzles import filters as puzzle_filters
 from leela_interp.puzzles import pipeline as puzzle_pipeline
 from leela_interp.puzzles.config import FilterConfig, NetSpec, PipelineConfig
-from leela_interp.puzzles.lichess import COLUMNS, Puzzle
+from leela_interp.puzzles.lichess import COLUMNS
 from leela_interp.puzzles.oracle import OracleConfig, PuzzleVerdict
 from leela_interp.puzzles.pipeline import build_puzzles
+from leela_interp.puzzles.puzzle import Puzzle
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 # (id, FEN, Moves): real Lichess puzzles (CC0, from ../shared/data/puzzles/lichess_sample.csv);

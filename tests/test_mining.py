@@ -11,10 +11,11 @@ import pytest
 from engines import needs_stockfish
 
 from leela_interp.errors import ConfigError
-from leela_interp.puzzles.lichess import Puzzle, read_puzzles, write_puzzles
+from leela_interp.puzzles.lichess import read_puzzles, write_puzzles
 from leela_interp.puzzles.mining import (Game, MiningConfig, games_from_shards, mine_puzzles, phase,
                                          read_pgn, write_pgn)
 from leela_interp.puzzles.oracle import Oracle, OracleConfig
+from leela_interp.puzzles.puzzle import Puzzle
 
 
 # Game 1: Black's 1...Qd7?? (guarding e8) allows 2.Qxe8+ Qxe8 3.Rxe8#, a back-rank mate in 2.

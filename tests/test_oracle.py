@@ -12,9 +12,9 @@ import chess
 import pytest
 
 from leela_interp.errors import ConfigError
-from leela_interp.puzzles.lichess import Puzzle
 from leela_interp.puzzles.oracle import (MATE_CP, MATE_THRESHOLD_CP, Analysis, Oracle, OracleConfig,
                                          PuzzleVerdict, StockfishNotFoundError, )
+from leela_interp.puzzles.puzzle import Puzzle
 
 DEPTH = 8  # low, to keep the tests fast; results are still deterministic
 

@@ -21,7 +21,7 @@ from leela_interp.network.lc0.random_net import write_random_net
 from leela_interp.outputs import control
 from leela_interp.outputs.report import write_report
 from leela_interp.outputs.results import read_strings
-from leela_interp.puzzles.lichess import Puzzle
+from leela_interp.puzzles.puzzle import Puzzle
 from leela_interp.puzzles.ordinary import ordinary_puzzles
 from leela_interp.puzzles.config import NetSpec
 from leela_interp.puzzles.evaluation import evaluate_moves, load_net

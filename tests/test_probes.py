@@ -56,11 +56,11 @@ PUZZLES = [
 
 def write_activations(path: Path, ids, layers: dict[str, np.ndarray], *, network_sha256="x",
                       puzzles_sha256="y") -> Path:
-    """An activations.h5 in the contract layout (schema, shas, complete, puzzle_ids, clean/)."""
+    """An activations.h5 in the contract layout (schema, shas, complete, puzzle_id, clean/)."""
     with h5py.File(path, "w") as f:
         f.attrs.update({"schema": P.ACTIVATIONS_SCHEMA, "network_sha256": network_sha256,
                         "puzzles_sha256": puzzles_sha256, "complete": True})
-        write_strings(f, "puzzle_ids", list(ids))
+        write_strings(f, "puzzle_id", list(ids))
         for hook, x in layers.items():
             f.create_dataset(f"clean/{hook}", data=x, chunks=(min(64, len(x)), *x.shape[1:]))
     return path
@@ -423,7 +423,7 @@ def test_stage_stores_what_the_library_computes_on_the_same_splits(run_folder):
     run_stages(cfg)
     puzzles = PuzzleSet.load(out / "puzzles.h5")
     with h5py.File(out / "activations.h5", "r") as f:
-        ids = read_strings(f["puzzle_ids"])
+        ids = read_strings(f["puzzle_id"])
     rows = [puzzles.ids.index(pid) for pid in ids]  # the cache's row order
     specs = T.parse_targets(OmegaConf.to_container(cfg.probes.targets))
     labels = T.target_labels([puzzles.clean_board(i) for i in rows],

@@ -29,12 +29,13 @@ from leela_interp.outputs.results import chunks_dir
 from leela_interp.puzzles.corruptions import (SelectionThresholds, corruption_candidates,
                                               score_candidates, select_corruption, )
 from leela_interp.puzzles.lichess import COLUMNS as CSV_COLUMNS
-from leela_interp.puzzles.lichess import Puzzle, read_puzzles
+from leela_interp.puzzles.lichess import read_puzzles
 from leela_interp.puzzles.oracle import MATE_CP, OracleConfig, StockfishNotFoundError
 from leela_interp.puzzles.config import FilterConfig, NetSpec, PipelineConfig
 from leela_interp.puzzles.evaluation import choose_corruptions, evaluate_moves, load_net
 from leela_interp.puzzles.layout import COLUMNS, FUNNEL
 from leela_interp.puzzles.pipeline import build_puzzles
+from leela_interp.puzzles.puzzle import Puzzle
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 DEPTH = 6

@@ -11,8 +11,9 @@ import zstandard
 
 from leela_interp.errors import ConfigError
 from leela_interp.puzzles import lichess as puzzles_module
-from leela_interp.puzzles.lichess import (COLUMNS, Puzzle, PuzzleReader, ReadCounts, read_puzzles,
-                                          write_puzzles, )
+from leela_interp.puzzles.lichess import (COLUMNS, PuzzleReader, ReadCounts, read_puzzles,
+                                          write_puzzles)
+from leela_interp.puzzles.puzzle import InvalidPuzzleError, Puzzle
 
 SAMPLE_CSV = (
     Path(__file__).resolve().parents[1].parent
@@ -132,7 +133,7 @@ def test_moves_are_normalised_to_python_chess_uci():
     ],
 )
 def test_from_row_rejects_with_a_reason_and_the_bad_value(row, reason):
-    with pytest.raises(puzzles_module.InvalidPuzzleError) as info:
+    with pytest.raises(InvalidPuzzleError) as info:
         Puzzle.from_row(row)
     assert info.value.reason == reason
     assert isinstance(info.value, ValueError)

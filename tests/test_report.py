@@ -15,7 +15,8 @@ import pytest
 
 from leela_interp.outputs.report import (CSP, Table, data_uri, gallery_puzzles, html_page,
                                          write_report)
-from leela_interp.outputs.results import label_axes, open_partial, read_strings, write_strings
+from leela_interp.outputs.results import label_axes, read_strings, write_strings
+from leela_interp.outputs.rows import open_partial
 
 COLUMNS = ["first_target", "third_target", "later_targets", "corrupted", "other",
            "follow_up_targets"]

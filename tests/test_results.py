@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from leela_interp.errors import ConfigError, RunFolderInUseError
-from leela_interp.outputs.results import (FAULT_ENV, FAULT_LOG_ENV, ChunkedOutput, InjectedFault,
-                                          RowsFile, RowsWriter, chunks_dir, config_hash,
-                                          diff_files, has_partial, is_complete, journal_path,
-                                          label_axes, open_partial, partial_path, read_strings,
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import (FAULT_ENV, FAULT_LOG_ENV, InjectedFault, chunks_dir,
+                                          config_hash, diff_files, has_partial, is_complete,
+                                          journal_path, label_axes, partial_path, read_strings,
                                           remove_leftovers, write_point, write_strings)
+from leela_interp.outputs.rows import RowsFile, RowsWriter, open_partial
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 

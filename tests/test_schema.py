@@ -142,8 +142,7 @@ def test_the_schemas_choices_are_the_modules_own():
     from leela_interp.experiments import interventions as iv
     from leela_interp.experiments import piece_heads as ph
     from leela_interp.network import loading
-    from leela_interp.puzzles import lichess
-    from leela_interp.puzzles import ordinary
+    from leela_interp.puzzles import ordinary, puzzle
     from leela_interp.stages import schema
 
     assert schema.PATCHING_METHODS == tuple(attribution.METHODS)
@@ -152,5 +151,5 @@ def test_the_schemas_choices_are_the_modules_own():
     assert schema.PIECE_RULES == tuple(ph.PIECE_RULES)
     assert schema.RANDOM_KEY_RULES == tuple(ph.RANDOM_KEY_RULES)
     assert set(schema.DTYPES) == set(loading.DTYPES)
-    assert schema.HISTORIES == tuple(lichess.HISTORIES)
+    assert schema.HISTORIES == tuple(puzzle.HISTORIES)
     assert schema.POSITIONS == tuple(ordinary.POSITIONS)

@@ -35,7 +35,8 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               screen, selection_steps, subset_masks,
                                               write_common, write_funnel, write_summary)
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import STR, ChunkedOutput, is_complete, label_axes, write_strings
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import STR, is_complete, label_axes, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -452,7 +453,7 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
     """Ablate every analysed puzzle of ``puzzles_path`` and write ``path`` (``ablations.h5``).
 
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
-    (:class:`~leela_interp.outputs.results.ChunkedOutput`), ``heads/mean_z`` (method ``mean``)
+    (:class:`~leela_interp.outputs.chunked.ChunkedOutput`), ``heads/mean_z`` (method ``mean``)
     as chunk :data:`MEAN_KEY`; the summaries and funnel are computed in the finishing step. A
     network without attention heads gets a complete file whose ``note`` says so.
 

@@ -2,19 +2,19 @@
 
 :func:`cache_activations` runs the network over the puzzle set batch by batch and writes each
 batch straight to disk, so memory stays flat in the number of puzzles. Work happens in
-``activations.h5.partial``, a :class:`~leela_interp.outputs.results.RowsFile`: every dataset's
+``activations.h5.partial``, a :class:`~leela_interp.outputs.rows.RowsFile`: every dataset's
 storage is allocated when the file is created, each batch is flushed and fsync'd and then
 recorded in ``activations.h5.partial.journal``, a rerun verifies the recorded rows and continues
 after the last good batch, and only a finished file is renamed to ``activations.h5``. One writer
-thread (:class:`~leela_interp.outputs.results.RowsWriter`) writes and commits each batch while
+thread (:class:`~leela_interp.outputs.rows.RowsWriter`) writes and commits each batch while
 the next one is computed.
 
-File layout (schema ``leela_interp.activations/1``)::
+File layout (schema ``leela_interp.activations/2``)::
 
     /                       attrs: schema, config (JSON), config_hash, network_sha256,
                                    puzzles_sha256, complete, rows_done, hooks (JSON list),
                                    boards (JSON list), network_path, leela_interp_version
-    /puzzle_ids             [N] UTF-8 Lichess puzzle ids (row i = puzzle i of the puzzle set)
+    /puzzle_id              [N] UTF-8 Lichess puzzle ids (row i = puzzle i of the puzzle set)
     /clean/<hook name>      [N, *hook shape], e.g. clean/blocks.3.hook_resid_post [N, 64, d_model]
     /corrupted/<hook name>  same; rows of puzzles without a corrupted board are NaN
     /corrupted/valid        [N] bool: which corrupted rows are real
@@ -49,15 +49,15 @@ from tqdm.auto import tqdm
 from leela_interp.board.encoding import TOKEN_NUMBERING
 from leela_interp.errors import ConfigError, LeelaInterpError
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import (RowsFile, RowsWriter, config_hash, has_partial,
-                                          label_axes, partial_path, read_strings, remove_leftovers,
-                                          write_strings)
+from leela_interp.outputs.results import (config_hash, has_partial, label_axes, partial_path,
+                                          read_strings, remove_leftovers, write_strings)
+from leela_interp.outputs.rows import RowsFile, RowsWriter
 from leela_interp.outputs.shards import gather
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "leela_interp.activations/1"
+SCHEMA = "leela_interp.activations/2"
 #: Point of view of every cached value.
 POV = "side_to_move"
 #: Token order of every ``square`` / ``query`` / ``key`` axis.
@@ -155,7 +155,8 @@ def check_cache(path: str | Path, *, network_sha256: str, puzzles_sha256: str,
                 config: Mapping | None = None) -> bool:
     """Whether ``path`` is a complete cache for this network, puzzle set and (if given) config.
 
-    Returns False when the file is missing, incomplete, or made under another config.
+    Returns False when the file is missing, incomplete, made under another config, or of
+    another schema (a cache of an older layout is rebuilt, with a log line).
 
     Raises:
         ActivationCacheMismatchError: the file was made with another network or puzzle set.
@@ -170,6 +171,10 @@ def check_cache(path: str | Path, *, network_sha256: str, puzzles_sha256: str,
         return False
     _check_identity(path, attrs, network_sha256, puzzles_sha256)
     if not attrs.get("complete", False):
+        return False
+    if attrs.get("schema") != SCHEMA:
+        log.info("%s has schema %r, not %r (an older layout): it is rebuilt", path,
+                 attrs.get("schema"), SCHEMA)
         return False
     return config is None or attrs.get("config_hash") == config_hash(config)
 
@@ -205,8 +210,8 @@ def _create_layout(part: RowsFile, *, ids: Sequence[str], shapes: Mapping[str, t
     f = part.file
     f.attrs.update(attrs)
     n = len(ids)
-    write_strings(f, "puzzle_ids", ids)
-    label_axes(f["puzzle_ids"], "puzzle")
+    write_strings(f, "puzzle_id", ids)
+    label_axes(f["puzzle_id"], "puzzle")
     np_dtype = np.dtype(DTYPES[dtype])
     for group_name in groups:
         g = f.create_group(group_name)
@@ -266,7 +271,7 @@ def cache_activations(net, puzzles: PuzzleSet | str | Path, path: str | Path, *,
             and committed, in the writer thread (tests use it to simulate a crash: what it
             raises is re-raised here, and the rows committed before stay resumable).
         writer_thread: write each batch in a background thread while the next one is
-            computed (:class:`~leela_interp.outputs.results.RowsWriter`); ``False`` writes in
+            computed (:class:`~leela_interp.outputs.rows.RowsWriter`); ``False`` writes in
             turn. The file is the same either way.
 
     Returns:
@@ -396,7 +401,8 @@ _OWN_ATTRS = ("schema", "config", "config_hash", "complete", "rows_done",
 
 
 def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_size: int = 256,
-                      overwrite: bool = False, progress: bool = True) -> Path:
+                      overwrite: bool = False, progress: bool = True,
+                      puzzles: str | Path | None = None) -> Path:
     """Join the caches of shards ``0 .. n-1`` (``paths[k]`` is shard ``k``) into ``path``: the
     cache an unsharded run writes.
 
@@ -414,14 +420,16 @@ def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_si
         batch_size: rows per write (and the chunking an unsharded run of that batch size has).
         overwrite: rebuild even if ``path`` or its partial file exists.
         progress: show a tqdm progress bar.
+        puzzles: the ``puzzles.h5`` beside ``path``; when given and present, the shards must
+            have been made from it.
 
     Returns:
         ``path``.
 
     Raises:
         ConfigError: a shard is not shard ``k`` of ``len(paths)``, the shards were made with
-            another config, network or puzzle set, or their row counts are not those of one
-            split.
+            another config, network or puzzle set (or from another ``puzzles.h5`` than
+            ``puzzles``), or their row counts are not those of one split.
     """
     path, paths = Path(path), [Path(p) for p in paths]
     n_shards = len(paths)
@@ -429,6 +437,13 @@ def merge_activations(paths: Sequence[str | Path], path: str | Path, *, batch_si
     try:
         for p in paths:
             files.append(ActivationFile(p))
+            if puzzles is not None and len(files) == 1 and Path(puzzles).exists():
+                made_from = files[0].puzzles_sha256
+                if made_from != sha256_file(puzzles):
+                    raise ConfigError(
+                        f"{p} was made from another puzzles.h5 than {puzzles} (sha256 "
+                        f"{made_from[:12]}...): merge into the folder whose puzzles.h5 the "
+                        f"shards read (their inputs_dir)")
         config, total = _check_shards(files)
         first = files[0]
         groups = first.boards
@@ -532,8 +547,10 @@ class ActivationFile:
         attrs = self.file.attrs
         if attrs.get("schema") != SCHEMA:
             self.file.close()
-            raise ValueError(f"{self.path} is not an activation cache "
-                             f"(schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
+            raise ValueError(f"{self.path} is not an activation cache of this version "
+                             f"(schema {attrs.get('schema')!r}, expected {SCHEMA!r}); a cache "
+                             f"of an older layout is rebuilt by rerunning the activations stage "
+                             f"(leela-interp stage=activations)")
         if not attrs.get("complete", False):
             self.file.close()
             raise ValueError(f"{self.path} is incomplete (rows_done={attrs.get('rows_done')})")
@@ -559,7 +576,8 @@ class ActivationFile:
 
     @property
     def puzzle_ids(self) -> list[str]:
-        return read_strings(self.file["puzzle_ids"])
+        """The puzzle id of each row (the dataset ``puzzle_id``)."""
+        return read_strings(self.file["puzzle_id"])
 
     @property
     def network_sha256(self) -> str:
@@ -574,7 +592,7 @@ class ActivationFile:
         return json.loads(self.file.attrs["config"])
 
     def __len__(self) -> int:
-        return int(self.file["puzzle_ids"].shape[0])
+        return int(self.file["puzzle_id"].shape[0])
 
     def check(self, *, network_sha256: str | None = None,
               puzzles_sha256: str | None = None) -> None:

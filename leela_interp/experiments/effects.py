@@ -1,7 +1,7 @@
 """The layout shared by ``patching.h5`` and ``ablations.h5``: per-puzzle rows, chunks, funnel.
 
 Both files have one row per row of ``puzzles.h5`` (they join row by row). Each is built chunk
-by chunk (:class:`~leela_interp.outputs.results.ChunkedOutput`): a :class:`RowBlock` holds a
+by chunk (:class:`~leela_interp.outputs.chunked.ChunkedOutput`): a :class:`RowBlock` holds a
 chunk's rows against an in-memory copy of the file's layout (:func:`in_memory`), and
 :func:`fill_rows` writes the committed chunks into the final file. :func:`write_common` makes
 the datasets every effect file has (``puzzle_id``, ``different_targets``, ``done``,
@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
-from leela_interp.outputs.results import STR, ChunkedOutput, label_axes, write_strings
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import STR, label_axes, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ convention and square categories: ``docs/interventions.md``. The ``patching`` st
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               fill_rows, float_dataset, has_heads, in_memory,
                                               screen, selection_steps, subset_masks,
                                               write_common, write_funnel, write_summary)
-from leela_interp.outputs.results import ChunkedOutput, label_axes, write_strings
-from leela_interp.outputs.shards import check_shard, shard_rows
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import label_axes, write_strings
+from leela_interp.outputs.shards import check_shard, gather, shard_rows
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -188,7 +190,7 @@ class PatchingSettings:
     num_shards: int = 1
     """Shards of the puzzle set: a shard patches the rows ``i % num_shards == shard`` (of the
     first ``max_puzzles``) only, and leaves head pairs to the merge
-    (:func:`leela_interp.stages.merge.merge_patching`); 1 = every row."""
+    (:func:`merge_patching`); 1 = every row."""
 
     def __post_init__(self) -> None:
         for site in self.sites:
@@ -338,7 +340,7 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
     a shard's ``patching.shard-K-of-N.h5``: its rows only, see :class:`PatchingSettings`).
 
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
-    (:class:`~leela_interp.outputs.results.ChunkedOutput`): a kill at any instant loses at most
+    (:class:`~leela_interp.outputs.chunked.ChunkedOutput`): a kill at any instant loses at most
     the chunk in progress, and a call with ``resume`` continues after the last committed one.
     The head pairs (``settings.head_pairs_top_n``) follow as chunks of their own
     (:func:`commit_head_pairs`); the summaries and funnel are computed in the finishing step.
@@ -441,3 +443,84 @@ def write_patching(net, puzzles_path: str | Path, path: str | Path, settings: Pa
     out_file.finish(finish)
     log.info("wrote %s", path)
     return path
+
+
+#: Per-puzzle datasets a file's layout writes from ``puzzles.h5`` itself (not from chunks):
+#: :func:`merge_patching` leaves them out of the chunks it commits.
+LAYOUT_ROWS = ("puzzle_id", "different_targets", "done")
+
+
+def merge_patching(paths: Sequence[str | Path], path: str | Path, puzzles_path: str | Path,
+                   settings: PatchingSettings, *, config: dict, resume: bool = True) -> None:
+    """Commit the rows of the patching shards ``paths`` (``paths[k]`` is shard ``k``) as the
+    chunks an unsharded :func:`write_patching` of ``settings`` and ``config`` commits for
+    ``path``: chunk ``k`` = rows ``[k * chunk_size, ...)`` of the considered puzzles, row ``i``
+    from shard ``i % n``. That call, made next with ``resume=True``, finds every chunk done and
+    only finishes the file (summaries, head-pair joint patching, funnel), so the file is the
+    one an unsharded run writes.
+
+    Args:
+        paths: the shards' ``patching.shard-k-of-n.h5``, in shard order
+            (:func:`leela_interp.outputs.shards.find_shards`).
+        path: the merged file, normally ``run_dir / "patching.h5"``.
+        puzzles_path: the ``puzzles.h5`` the shards split.
+        settings: the unsharded run's settings (``chunk_size``, ``max_puzzles``).
+        config: the unsharded run's recorded config; each shard's, less its ``shard`` and
+            ``num_shards``, must equal it.
+        resume: keep chunks committed by an earlier merge of the same config.
+
+    Raises:
+        ConfigError: a shard was made with another config, network or puzzle set than the
+            merge's (the keys that differ are named), or a shard's rows are not those of one
+            split of ``puzzles_path``.
+    """
+    n_shards = len(paths)
+    n = len(PuzzleSet.load(puzzles_path))
+    rows: dict[str, list[np.ndarray]] = {}
+    for k, shard in enumerate(paths):
+        with h5py.File(shard, "r") as f:
+            own = json.loads(f.attrs["config"])
+            where = (own["patching"].pop("shard", None), own["patching"].pop("num_shards", None))
+            if where != (k, n_shards):
+                raise ConfigError(f"{shard} is shard {where[0]} of {where[1]} by its config, "
+                                  f"not shard {k} of {n_shards}: merge the files of one run")
+            if own != config:
+                raise ConfigError(f"{shard} was made with another config than this merge's: "
+                                  f"{_differences(own, config)}; pass the shards' "
+                                  f"patching.* and model.* settings to the merge")
+            if f["puzzle_id"].shape[0] != len(range(k, n, n_shards)):
+                raise ConfigError(f"{shard} holds {f['puzzle_id'].shape[0]} rows; shard {k} of "
+                                  f"{puzzles_path}'s {n} rows split {n_shards} ways holds "
+                                  f"{len(range(k, n, n_shards))}")
+
+            def visit(name: str, obj) -> None:
+                if isinstance(obj, h5py.Dataset) and obj.ndim and name not in LAYOUT_ROWS \
+                        and obj.dims[0].label == "puzzle":
+                    rows.setdefault(name, []).append(_read(obj))
+
+            f.visititems(visit)
+    limit = considered(n, settings.max_puzzles)
+    size = int(settings.chunk_size)
+    out_file = ChunkedOutput(path, schema=SCHEMA, config=config, resume=resume)
+    for key in range(-(-limit // size)):
+        if key not in out_file.keys:
+            start, stop = key * size, min((key + 1) * size, limit)
+            out_file.commit(key, {name: gather(parts, start, stop)
+                                  for name, parts in rows.items()}, {"start": start})
+
+
+def _read(ds: h5py.Dataset) -> np.ndarray:
+    return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> str:
+    """The keys whose values differ between two nested configs, as ``key: a != b``."""
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = _differences(x, y, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} != {y!r}")
+    return "; ".join(out)

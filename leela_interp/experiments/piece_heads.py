@@ -37,7 +37,8 @@ import torch
 from leela_interp.board.encoding import tokens_to_squares, transform_for
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
-from leela_interp.outputs.results import ChunkedOutput, label_axes, write_strings
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import label_axes, write_strings
 
 OUTPUT = "piece_heads.h5"
 SCHEMA = "leela_interp.piece_heads/1"
@@ -165,7 +166,7 @@ def select_heads(scores: MovementScores, min_lift: float) -> dict[str, list[tupl
 def write(path: str | Path, scores: MovementScores, lists: Mapping[str, Sequence], *,
           min_lift: float, config: Mapping, attrs: Mapping) -> Path:
     """Write ``piece_heads.h5`` (layout: ``docs/interventions.md``) in one step through
-    :class:`leela_interp.outputs.results.ChunkedOutput` (a temp file renamed when whole), with
+    :class:`leela_interp.outputs.chunked.ChunkedOutput` (a temp file renamed when whole), with
     ``config`` as its hash."""
 
     def fill(f: h5py.File) -> None:

@@ -40,17 +40,33 @@ from torch import nn
 
 from leela_interp.errors import ConfigError
 from leela_interp.experiments.probe_targets import TargetLabels, TargetSpec
+from leela_interp.outputs.results import read_strings
 
 log = logging.getLogger(__name__)
 
 #: Schema of the ``activations.h5`` files this module reads (the ``activations`` stage's).
-ACTIVATIONS_SCHEMA = "leela_interp.activations/1"
+ACTIVATIONS_SCHEMA = "leela_interp.activations/2"
 #: Probe kinds, in the order they appear in ``probes.h5``.
 PROBES = ("bilinear", "logreg")
 #: No-activation baselines (see :func:`evaluate_baselines`).
 BASELINES = ("majority", "condition", "piece")
 
 # --------------------------------------------------------------------------- activations
+
+
+def cache_puzzle_ids(f: h5py.File) -> list[str]:
+    """The puzzle id of each row of an open ``activations.h5`` (its dataset ``puzzle_id``).
+
+    Raises:
+        ConfigError: the file's schema is not :data:`ACTIVATIONS_SCHEMA` (a cache of an older
+            layout, whose ids were ``puzzle_ids``: rerun the activations stage).
+    """
+    schema = f.attrs.get("schema")
+    if schema != ACTIVATIONS_SCHEMA:
+        raise ConfigError(f"{f.filename} has schema {schema!r}, not {ACTIVATIONS_SCHEMA!r} (an "
+                          f"older layout or not an activation cache); rerun the activations "
+                          f"stage (leela-interp stage=activations)")
+    return read_strings(f["puzzle_id"])
 
 
 def layer_hooks(path: str | Path, site: str = "hook_resid_post") -> dict[int, str]:

@@ -36,7 +36,8 @@ from leela_interp.experiments import probes as P
 from leela_interp.experiments import random_twin as rt
 from leela_interp.identity import sha256_file
 from leela_interp.network.lc0.weights import net_format, read_net
-from leela_interp.outputs.results import ChunkedOutput, label_axes, read_strings, write_strings
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import label_axes, read_strings, write_strings
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ def prepare(model_path: str | Path, out: Path, p: ProbeSettings, *, device: str,
     splits = list(p.splits)
     puzzles = PuzzleSet.load(out / "puzzles.h5")
     with h5py.File(acts_path, "r") as f:
-        ids = read_strings(f["puzzle_ids"])
+        ids = P.cache_puzzle_ids(f)
         dtype = "float16" if next(iter(f["clean"].values())).dtype == np.float16 else "float32"
         network_sha = str(f.attrs.get("network_sha256", ""))
     if sha256_file(model_path) != network_sha:
@@ -308,7 +309,7 @@ def write_probes(model_path: str | Path, out: str | Path, settings: ProbeSetting
 
     Reads ``out/puzzles.h5`` (labels, splits) and ``out/activations.h5``, the cache of
     ``model_path``. Each finished (net, layer) is a committed chunk of a
-    :class:`~leela_interp.outputs.results.ChunkedOutput` (``probes.h5.partial.d/``); the file
+    :class:`~leela_interp.outputs.chunked.ChunkedOutput` (``probes.h5.partial.d/``); the file
     is assembled from the chunks when every one is done.
 
     Args:

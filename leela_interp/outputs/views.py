@@ -379,7 +379,7 @@ def probe_distribution(run: str | Path, puzzle_id: str, layer: int, *, target: s
     with h5py.File(run / "puzzles.h5", "r") as f:
         input_format = int(f.attrs.get("token_input_format", 1))
     with h5py.File(acts_path, "r") as f:
-        ids = read_strings(f["puzzle_ids"])
+        ids = P.cache_puzzle_ids(f)
     row = _row(ids, puzzle_id, acts_path)
     rows = [puzzles.ids.index(pid) for pid in ids]
     labels = T.target_labels([puzzles.clean_board(i) for i in rows],

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from leela_interp.errors import ConfigError
 from leela_interp.puzzles.corruptions import SelectionThresholds
-from leela_interp.puzzles.lichess import HISTORIES, PuzzleReader
+from leela_interp.puzzles.lichess import PuzzleReader
 from leela_interp.puzzles.oracle import OracleConfig
 from leela_interp.puzzles.ordinary import CONTROL_FILTERS, POSITIONS
+from leela_interp.puzzles.puzzle import HISTORIES
 
 #: Backends that can run the networks.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
@@ -89,7 +90,7 @@ class PipelineConfig:
     batch_size: int = 256
     """Positions per forward pass."""
     history: str = "none"
-    """What history the networks see for a puzzle (:data:`~leela_interp.puzzles.lichess.HISTORIES`):
+    """What history the networks see for a puzzle (:data:`~leela_interp.puzzles.puzzle.HISTORIES`):
     ``none`` (the bare position after the setup move; the paper's) or ``setup`` (the setup move
     and the PV moves so far as history; corruptions then edit every history position). Used for
     every network pass of this stage and recorded in ``puzzles.h5`` for the later stages."""

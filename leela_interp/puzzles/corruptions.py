@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from leela_interp.errors import ConfigError
-from leela_interp.puzzles.lichess import Puzzle
+from leela_interp.puzzles.puzzle import Puzzle
 
 #: Kinds of corruption (:attr:`Corruption.kind`).
 KINDS: tuple[str, ...] = ("remove_pawn", "add_pawn", "move_piece")
@@ -153,7 +153,7 @@ def counterfactual_pair(fen: str, moves: Sequence[str], corrupted_fen: str, *,
     """The (clean, corrupted) boards of a puzzle, as every stage feeds them to a network.
 
     The one place that builds a puzzle's pair. ``clean`` is the position after the setup move
-    ``moves[0]`` with the ``history`` of :data:`leela_interp.puzzles.lichess.HISTORIES`;
+    ``moves[0]`` with the ``history`` of :data:`leela_interp.puzzles.puzzle.HISTORIES`;
     ``corrupted`` is ``clean`` with the pieces changed to those of ``corrupted_fen`` (which only
     says *which* pieces: every other part of the state, and the history, comes from ``clean``), or
     ``None`` when ``corrupted_fen`` is empty.

@@ -15,9 +15,9 @@ from leela_interp.puzzles.config import PipelineConfig
 from leela_interp.puzzles.evaluation import (CorruptionResult, choose_corruptions,
                                              evaluate_moves, top_moves)
 from leela_interp.puzzles.layout import COLUMNS, empty_block
-from leela_interp.puzzles.lichess import Puzzle
 from leela_interp.puzzles.oracle import Oracle, PuzzleVerdict
 from leela_interp.puzzles.ordinary import ordinary_puzzles
+from leela_interp.puzzles.puzzle import Puzzle
 
 
 class ChunkFilter:

@@ -22,7 +22,7 @@ winning move and a forcing line of at least ``min_plies`` plies follows:
    oracle exactly as the puzzles stage judges it (every solver move Stockfish's best and
    ``margin_cp`` ahead of the second) and dropped if it fails.
 
-The result is a :class:`~leela_interp.puzzles.lichess.Puzzle` in the Lichess convention: ``fen`` is
+The result is a :class:`~leela_interp.puzzles.puzzle.Puzzle` in the Lichess convention: ``fen`` is
 the game position *before* the opponent's setup move (the game's previous move), ``moves`` is
 the setup move followed by the line. ``rating`` is empty; ``themes`` are ``mateInN`` (the line
 ends in checkmate after N solver moves), else ``crushing`` (the solver's last score >= 500
@@ -54,8 +54,8 @@ import chess.pgn
 import numpy as np
 
 from leela_interp.errors import ConfigError
-from leela_interp.puzzles.lichess import Puzzle
 from leela_interp.puzzles.oracle import Analysis, Oracle, OracleConfig
+from leela_interp.puzzles.puzzle import Puzzle
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ import chess
 import chess.engine
 
 from leela_interp.errors import ConfigError, LeelaInterpError
-from leela_interp.puzzles.lichess import Puzzle
+from leela_interp.puzzles.puzzle import Puzzle
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import chess
 
-from leela_interp.puzzles.lichess import Puzzle, without_history
+from leela_interp.puzzles.puzzle import Puzzle, without_history
 
 #: What a ``puzzles.h5`` holds (its ``positions`` attribute; ``puzzles.positions``):
 #: ``puzzles`` (Lichess puzzles and their solutions, the paper's) or ``ordinary`` (the control).
@@ -51,7 +51,7 @@ def ordinary_puzzles(rows: Sequence[Puzzle], net, *, plies: int | None = None,
             returns).
         plies: Length of each greedy line; None = the row's own PV length (the matched control:
             the same number of look-ahead squares as the puzzle it comes from).
-        history: ``puzzles.history`` (:data:`~leela_interp.puzzles.lichess.HISTORIES`).
+        history: ``puzzles.history`` (:data:`~leela_interp.puzzles.puzzle.HISTORIES`).
         batch_size: Positions per forward pass (one pass per ply over all rows).
 
     Raises:
@@ -82,5 +82,5 @@ def ordinary_puzzles(rows: Sequence[Puzzle], net, *, plies: int | None = None,
 
 def _shown(board: chess.Board, history: str) -> chess.Board:
     """``board`` as the ``puzzles`` stage shows it to a net (as
-    :meth:`~leela_interp.puzzles.lichess.Puzzle.boards` builds it)."""
+    :meth:`~leela_interp.puzzles.puzzle.Puzzle.boards` builds it)."""
     return without_history(board) if history == "none" else board.copy()

@@ -28,7 +28,7 @@ control, :func:`~leela_interp.puzzles.ordinary.ordinary_puzzles`, and the puzzle
    (:func:`~leela_interp.puzzles.evaluation.choose_corruptions`).
 
 Each chunk's kept puzzles and funnel counts are committed as their own file
-(:class:`~leela_interp.outputs.results.ChunkedOutput`), and ``puzzles.h5`` (layout:
+(:class:`~leela_interp.outputs.chunked.ChunkedOutput`), and ``puzzles.h5`` (layout:
 :mod:`leela_interp.puzzles.layout`, ``docs/puzzles.md``) is written from them in one pass at
 the end: a run killed at any instant continues after its last committed chunk (the reader
 re-reads the rows before it, so its counts are whole) and ends with the bytes an uninterrupted
@@ -52,13 +52,15 @@ import torch
 from tqdm.auto import tqdm
 
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import ChunkedOutput, config_hash, is_complete, remove_leftovers
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import config_hash, is_complete, remove_leftovers
 from leela_interp.puzzles.config import PipelineConfig
 from leela_interp.puzzles.evaluation import load_net
 from leela_interp.puzzles.filters import ChunkFilter
 from leela_interp.puzzles.layout import FUNNEL, SCHEMA, write_file
-from leela_interp.puzzles.lichess import Puzzle, PuzzleReader
+from leela_interp.puzzles.lichess import PuzzleReader
 from leela_interp.puzzles.oracle import find_stockfish
+from leela_interp.puzzles.puzzle import Puzzle
 from leela_interp.puzzles.puzzle_set import GROUP
 
 log = logging.getLogger(__name__)

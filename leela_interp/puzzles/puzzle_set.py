@@ -10,7 +10,7 @@ read it through :class:`PuzzleSet`. Required datasets (one row per kept puzzle):
 - ``corrupted_fen``: the counterfactual position (empty string when the puzzle has none).
 - ``different_targets``: bool, targets of PV[0], PV[1], PV[2] all distinct.
 
-and the group attribute ``history`` (:data:`leela_interp.puzzles.lichess.HISTORIES`): what history
+and the group attribute ``history`` (:data:`leela_interp.puzzles.puzzle.HISTORIES`): what history
 the networks see. Each required dataset is an attribute named as its plural (``id`` ->
 :attr:`PuzzleSet.ids`, ``corrupted_fen`` -> :attr:`PuzzleSet.corrupted_fens`; ``moves`` split
 into lists); every other dataset of the group (``rating``, ``pv_targets``, the nets' scores, ...:
@@ -32,7 +32,7 @@ import numpy as np
 from leela_interp.errors import ConfigError
 from leela_interp.outputs.results import read_strings, write_strings
 from leela_interp.puzzles.corruptions import counterfactual_pair
-from leela_interp.puzzles.lichess import HISTORIES
+from leela_interp.puzzles.puzzle import HISTORIES
 
 GROUP = "puzzles"
 #: The datasets of ``/puzzles`` that are :class:`PuzzleSet`'s own attributes.
@@ -49,7 +49,7 @@ class PuzzleSet:
     corrupted_fens: list[str]
     different_targets: np.ndarray
     history: str = "none"
-    """What history the networks see (:data:`leela_interp.puzzles.lichess.HISTORIES`)."""
+    """What history the networks see (:data:`leela_interp.puzzles.puzzle.HISTORIES`)."""
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     """Every other dataset of the ``/puzzles`` group read by :meth:`load`, by name (strings as
     object arrays of ``str``); empty for a set built in memory."""

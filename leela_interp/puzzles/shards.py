@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 
 from leela_interp.errors import ConfigError
-from leela_interp.outputs.results import STR, ChunkedOutput, is_complete, label_axes
+from leela_interp.outputs.chunked import ChunkedOutput
+from leela_interp.outputs.results import STR, is_complete, label_axes
 
 GROUP = "puzzles"
 

@@ -4,7 +4,7 @@ Reads ``<out_dir>/puzzles.h5``, writes ``<out_dir>/patching.h5`` with
 :func:`leela_interp.experiments.patching.write_patching` and PNG figures under
 ``<out_dir>/figures/``; the file layout, sign convention and square categories are in
 ``docs/interventions.md``. Resumable by chunks of puzzles (each committed as its own file,
-:class:`~leela_interp.outputs.results.ChunkedOutput`: a kill at any instant loses at most the
+:class:`~leela_interp.outputs.chunked.ChunkedOutput`: a kill at any instant loses at most the
 chunk in progress); skipped when complete for the same network, puzzle set and ``patching``
 config; ``force=true`` redoes it.
 """
