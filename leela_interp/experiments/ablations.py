@@ -35,7 +35,10 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               screen, selection_steps, subset_masks,
                                               write_common, write_funnel, write_summary)
 from leela_interp.identity import sha256_file
-from leela_interp.outputs.results import STR, ChunkedOutput, is_complete, label_axes, write_strings
+from leela_interp.outputs.results import (STR, ChunkedOutput, config_hash, is_complete,
+                                          label_axes, write_strings)
+from leela_interp.outputs.shards import (check_shard, find_shards, gather, read_shard_rows,
+                                         shard_rows)
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -264,7 +267,7 @@ class AblationSettings:
 
     Raises:
         ConfigError: On construction: an unknown method, ``puzzles`` choice, piece rule or
-            random-key rule.
+            random-key rule, or not ``0 <= shard < num_shards``.
     """
 
     methods: tuple[str, ...] = ("zero", "mean", "resample")
@@ -293,8 +296,16 @@ class AblationSettings:
     """Key square of the random-square control (:data:`ph.RANDOM_KEY_RULES`)."""
     batch_size: int = 256
     """Positions per forward pass."""
+    shard: int = 0
+    """Which shard this run computes, ``0 <= shard < num_shards``."""
+    num_shards: int = 1
+    """Shards of the puzzle set: a shard ablates the rows ``i % num_shards == shard`` (of the
+    first ``max_puzzles``) only; what needs every puzzle (the mean head outputs, the resample
+    donors) it computes from the whole set, so its rows equal the unsharded run's
+    (:func:`merge_ablations` joins the shards); 1 = every row."""
 
     def __post_init__(self) -> None:
+        check_shard("ablations", self.shard, self.num_shards)
         for m in self.methods:
             if m not in ABLATION_METHODS:
                 raise ConfigError(f"ablations.method: unknown method {m!r}; choose from "
@@ -382,10 +393,12 @@ def edge_head(net, patching_path: str | Path, layer: int | None = None,
 
 def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSettings, *,
                   limit: int, edge: EdgeHead | None, piece_heads: dict[str, list],
-                  piece_heads_source: str, attrs: dict) -> None:
+                  piece_heads_source: str, attrs: dict, rows: np.ndarray | None = None) -> None:
     """Every dataset, attribute and axis of ``ablations.h5`` (rows unfilled: NaN effects).
 
-    ``limit`` is the number of rows considered (``max_puzzles``), ``edge`` the single-edge head
+    ``puzzles`` are the file's rows: ``rows`` of the whole puzzle set (a shard's,
+    :func:`~leela_interp.outputs.shards.shard_rows`; None = all of it), ``limit`` the number of
+    rows of the whole set considered (``max_puzzles``), ``edge`` the single-edge head
     (None: not run), ``piece_heads`` the piece-movement-head lists (all empty: not run) and
     ``piece_heads_source`` where they come from; ``attrs`` are extra root attributes.
     """
@@ -399,8 +412,10 @@ def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSetti
         float_dataset(g, f"{m}/effect", (n, L, H), ("puzzle", "layer", "head"),
                       **effect_attrs(method=m))
     if "resample" in methods:
+        rows = np.arange(n) if rows is None else rows
+        held = rows < limit
         donors = np.full(n, -1, np.int64)
-        donors[:limit] = resample_donors(limit, settings.seed)
+        donors[held] = resample_donors(limit, settings.seed)[rows[held]]
         label_axes(g.create_dataset("resample_donor", data=donors), "puzzle",
                    meaning="row of the puzzle whose clean head outputs are used (any "
                            "of the considered rows; -1 past max_puzzles)")
@@ -451,6 +466,8 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                     attrs: dict | None = None, resume: bool = True) -> Path:
     """Ablate every analysed puzzle of ``puzzles_path`` and write ``path`` (``ablations.h5``).
 
+    A shard (``settings.num_shards > 1``) writes the rows of its puzzles only (the mean head
+    outputs and the resample donors still come from every considered puzzle).
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
     (:class:`~leela_interp.outputs.results.ChunkedOutput`), ``heads/mean_z`` (method ``mean``)
     as chunk :data:`MEAN_KEY`; the summaries and funnel are computed in the finishing step. A
@@ -486,6 +503,9 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
         return path
     puzzles = PuzzleSet.load(puzzles_path)
     limit = considered(len(puzzles), settings.max_puzzles)
+    held = shard_rows(len(puzzles), settings.shard, settings.num_shards)  # the file's rows
+    own = puzzles.select(held) if settings.num_shards > 1 else puzzles
+    own_limit = int(np.count_nonzero(held < limit))
     methods = settings.methods
     bs = settings.batch_size
     need_corruption = settings.puzzles == "corrupted"
@@ -493,9 +513,9 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
     piece_on = any(piece_heads.values())
 
     def create(f: h5py.File) -> None:
-        create_layout(f, net, puzzles, settings, limit=limit, edge=edge,
+        create_layout(f, net, own, settings, limit=limit, edge=edge,
                       piece_heads=piece_heads, piece_heads_source=piece_heads_source,
-                      attrs=attrs)
+                      attrs=attrs, rows=held)
 
     layout = in_memory()
     create(layout)
@@ -513,9 +533,9 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
             out_file.commit(MEAN_KEY, {"heads/mean_z": acc.mean.float().numpy()})
         mean_z = torch.from_numpy(out_file.read(MEAN_KEY).arrays["heads/mean_z"])
     donors = layout["heads/resample_donor"][()] if "resample" in methods else None
-    for key, s, e in chunks(out_file, limit, settings.chunk_size, "ablations"):
+    for key, s, e in chunks(out_file, own_limit, settings.chunk_size, "ablations"):
         block = RowBlock(layout, s, e)
-        chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
+        chunk = [iv.Puzzle.from_set(puzzles, int(held[i])) for i in range(s, e)]
         rows = screen(block, iv.prepare(net, chunk, batch_size=bs),
                       need_corruption=need_corruption, require_pv0_top=require_top)
         if len(rows):
@@ -572,7 +592,7 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                           subsets, ("variant",), variants=list(ph.PIECE_VARIANTS),
                           **effect_attrs())
         steps = selection_steps(
-            f, limit, "ablations", need_corruption=need_corruption, require_pv0_top=require_top,
+            f, own_limit, "ablations", need_corruption=need_corruption, require_pv0_top=require_top,
             corruption_rule="a usable corrupted board, as patching (ablations.puzzles=corrupted)"
             if need_corruption else "not required (ablations.puzzles=all)")
         write_funnel(f, steps)
@@ -582,3 +602,71 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
     out_file.finish(finish)
     log.info("wrote %s", path)
     return path
+
+
+#: Per-puzzle datasets the layout writes from ``puzzles.h5`` and the seed (not from chunks).
+LAYOUT_ROWS = ("puzzle_id", "different_targets", "done", "heads/resample_donor")
+
+
+def merge_ablations(cfg) -> Path:
+    """``stage=merge merge.stage=ablations``: join the ``ablations.shard-K-of-N.h5`` files of
+    ``merge.inputs`` into ``out_dir/ablations.h5``.
+
+    The shards' rows are committed as the chunks an unsharded run of the merge's config
+    commits (chunk ``k`` = rows ``[k * chunk_size, ...)`` of the considered puzzles, row ``i``
+    from shard ``i % n``), and their ``heads/mean_z`` (the same in every shard: it is over every
+    considered puzzle) as chunk :data:`MEAN_KEY`; then the ablations stage itself runs: it
+    finds every chunk done and only finishes the file (summaries, funnel, figures), so the
+    file is the one an unsharded run writes.
+
+    Raises:
+        ConfigError: the merge's config is itself sharded; a shard was made with another
+            config, network, puzzle set or ``patching.h5`` than the merge's (the keys that
+            differ are named); a shard's rows are not those of one split of ``out_dir``'s
+            ``puzzles.h5``; the shards' mean head outputs differ.
+    """
+    from omegaconf import open_dict
+
+    from leela_interp.stages import ablations as stage
+    from leela_interp.stages.common import puzzles_input, run_dir
+
+    section = cfg.ablations
+    if section.num_shards != 1:
+        raise ConfigError("stage=merge merge.stage=ablations: leave ablations.shard and "
+                          "ablations.num_shards out (the merge writes the unsharded file)")
+    out = run_dir(cfg)
+    path = out / OUTPUT
+    paths = find_shards(cfg.merge.inputs, OUTPUT)
+    puzzles_path = puzzles_input(cfg)
+    config = stage.stage_config(cfg, puzzles_path, out)
+    force = bool(cfg.force)
+    if not force and is_complete(path, config_hash(config)):
+        log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
+        return path
+    n = len(PuzzleSet.load(puzzles_path))
+    rows = read_shard_rows(paths, config, "ablations", n, LAYOUT_ROWS)
+    means = []
+    for shard in paths:
+        with h5py.File(shard, "r") as f:
+            if "heads/mean_z" in f:
+                means.append(f["heads/mean_z"][()])
+    if any(not np.array_equal(m, means[0]) for m in means):
+        raise ConfigError(f"the shards' heads/mean_z differ ({[str(p) for p in paths]}): they "
+                          f"were not made from the same puzzles.h5 and network; rerun them")
+    out_file = ChunkedOutput(path, schema=SCHEMA, config=config, resume=not force)
+    if means and MEAN_KEY not in out_file.keys:
+        out_file.commit(MEAN_KEY, {"heads/mean_z": means[0]})
+    limit = considered(n, section.max_puzzles)
+    size = int(section.chunk_size)
+    for key in range(-(-limit // size)) if rows else ():  # no rows: a net without heads
+        if key not in out_file.keys:
+            start, stop = key * size, min((key + 1) * size, limit)
+            out_file.commit(key, {name: gather(parts, start, stop)
+                                  for name, parts in rows.items()}, {"start": start})
+    with open_dict(cfg):
+        cfg.force = False  # the stage must resume the chunks just committed
+    try:
+        return stage.run(cfg)
+    finally:
+        with open_dict(cfg):
+            cfg.force = force

@@ -50,6 +50,10 @@ def run(cfg: DictConfig) -> Path:
                                out / "puzzles.h5")
     elif cfg.merge.stage == "patching":
         merged = merge_patching(cfg)
+    elif cfg.merge.stage == "ablations":
+        from leela_interp.experiments.ablations import merge_ablations
+
+        merged = merge_ablations(cfg)
     else:
         from leela_interp.experiments.activations import ActivationFile, merge_activations
 
