@@ -8,7 +8,8 @@ ablation, on the clean boards, chunk by chunk, and the file's layout.
 ``puzzles.h5`` and writes ``ablations.h5``; every dataset, attribute and axis of that file is
 made by :func:`create_layout` here (the rows every effect file shares by
 :mod:`leela_interp.experiments.effects`). :func:`edge_head` chooses the single-edge head (given,
-or the one ``patching.h5`` ranks first). Layout and conventions: ``docs/interventions.md``. The
+or the one ``patching.h5`` ranks first); :func:`merge_ablations` joins a sharded run's files
+(``ablations.shard``/``num_shards``). Layout and conventions: ``docs/interventions.md``. The
 ``ablations`` stage (:mod:`leela_interp.stages.ablations`) builds :class:`AblationSettings` from
 its config section.
 """
