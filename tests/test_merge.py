@@ -185,3 +185,90 @@ def test_patching_shards_merged_equal_the_unsharded_run(shard_inputs, tmp_path, 
         run_stages(_stage_config(tmp_path / "merged2", net, "stage=merge",
                                  "merge.stage=patching", *common, "patching.chunk_size=4",
                                  f"merge.inputs=[{','.join(map(str, folders))}]"))
+
+
+def _ablation_common(inputs, edge=("ablations.edge.layer=0", "ablations.edge.head=1")):
+    return [f"inputs_dir={inputs}", "model.batch_size=1", "ablations.require_pv0_top=false",
+            "ablations.max_puzzles=8", "ablations.chunk_size=3", *edge,
+            "ablations.piece_heads.heads.knight=[[0,0]]",
+            "ablations.piece_heads.heads.rook=[[0,1]]", "ablations.piece_heads.min_pv_length=3",
+            "ablations.figures=false"]
+
+
+def _ablation_shards(tmp_path, net, n, *settings):
+    from leela_interp.stages import run_stages
+
+    folders = [tmp_path / f"a{k}of{n}" for k in range(n)]
+    for k, folder in enumerate(folders):
+        run_stages(_stage_config(folder, net, "stage=ablations", *settings,
+                                 f"ablations.shard={k}", f"ablations.num_shards={n}"))
+    return folders
+
+
+def test_ablation_shards_merged_equal_the_unsharded_run(shard_inputs, tmp_path, caplog):
+    """Three shards of ablations (8 of the 10 puzzles considered, chunks of 3) merged: every
+    dataset equals the unsharded run's, the mean head outputs and resample donors (over every
+    considered puzzle), the piece heads' seeded random squares and the single-edge head (the
+    top head of the patching.h5 every shard reads through inputs_dir) included."""
+    from leela_interp.outputs.results import diff_files
+    from leela_interp.stages import run_stages
+
+    shared, net = shard_inputs
+    inputs = tmp_path / "inputs"  # puzzles.h5 and a patching.h5, as after the patching merge
+    inputs.mkdir()
+    (inputs / "puzzles.h5").symlink_to(shared / "puzzles.h5")
+    run_stages(_stage_config(inputs, net, "stage=patching", "patching.require_pv0_top=false",
+                             "patching.figures=false"))
+    common = _ablation_common(inputs, edge=())
+    run_stages(_stage_config(tmp_path / "whole", net, "stage=ablations", *common))
+    folders = _ablation_shards(tmp_path, net, 3, *common)
+    for k, folder in enumerate(folders):
+        assert (folder / f"ablations.shard-{k}-of-3.h5").exists()
+        assert not (folder / "ablations.h5").exists()
+    merged = tmp_path / "merged"
+    with caplog.at_level(logging.INFO):
+        run_stages(_stage_config(merged, net, "stage=merge", "merge.stage=ablations", *common,
+                                 f"merge.inputs=[{','.join(map(str, folders))}]"))
+    assert "ablations: resuming, 0 of 3 chunks left" in caplog.text  # no row ablated again
+    whole = tmp_path / "whole" / "ablations.h5"
+    with h5py.File(whole, "r") as f:
+        assert f["analysed"][()].sum() >= 4 and f["edge"].attrs["choice"] == "patching"
+        assert {"heads/mean_z", "heads/resample/effect", "edge/effect",
+                "piece_heads/effect"} <= set(_names(f))
+        # the random-square control is seeded by the puzzle's row: some row that has one is
+        # not its shard's row 0 (the seed would differ if a shard used its own numbering)
+        assert any(i >= 3 or i % 3 for i in np.flatnonzero(f["piece_heads/random_key"][()] >= 0))
+    # edge@source_file names the run folder's own patching.h5 (its sha256 is compared)
+    assert diff_files(whole, merged / "ablations.h5",
+                      ignore_attrs=("command", "source_file")) == []
+    assert sorted(p.name for p in merged.iterdir() if "ablations" in p.name) == ["ablations.h5"]
+
+
+def _names(f):
+    out = []
+    f.visit(out.append)
+    return out
+
+
+def test_bad_ablation_merges_are_refused(shard_inputs, tmp_path):
+    from leela_interp.stages import run_stages
+
+    inputs, net = shard_inputs
+    common = [*_ablation_common(inputs), "ablations.method=[zero]",
+              "ablations.edge.enabled=false"]
+    folders = _ablation_shards(tmp_path, net, 2, *common)
+
+    def merge(*extra):
+        run_stages(_stage_config(tmp_path / "merged", net, "stage=merge",
+                                 "merge.stage=ablations", *common, *extra,
+                                 f"merge.inputs=[{','.join(map(str, folders))}]"))
+
+    with pytest.raises(ConfigError, match=r"another config than this merge's: ablations.chunk_"
+                                          r"size: 3 != 4"):
+        merge("ablations.chunk_size=4")
+    with pytest.raises(ConfigError, match="leave ablations.shard and ablations.num_shards out"):
+        merge("ablations.num_shards=2")
+    with pytest.raises(ConfigError, match=r"ablations.shard=2 with ablations.num_shards=2"):
+        run_stages(_stage_config(tmp_path / "bad", net, "stage=ablations", *common,
+                                 "ablations.shard=2", "ablations.num_shards=2"))
+    assert not (tmp_path / "merged" / "ablations.h5").exists()

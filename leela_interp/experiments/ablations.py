@@ -8,7 +8,8 @@ ablation, on the clean boards, chunk by chunk, and the file's layout.
 ``puzzles.h5`` and writes ``ablations.h5``; every dataset, attribute and axis of that file is
 made by :func:`create_layout` here (the rows every effect file shares by
 :mod:`leela_interp.experiments.effects`). :func:`edge_head` chooses the single-edge head (given,
-or the one ``patching.h5`` ranks first). Layout and conventions: ``docs/interventions.md``. The
+or the one ``patching.h5`` ranks first); :func:`merge_ablations` joins a sharded run's files
+(``ablations.shard``/``num_shards``). Layout and conventions: ``docs/interventions.md``. The
 ``ablations`` stage (:mod:`leela_interp.stages.ablations`) builds :class:`AblationSettings` from
 its config section.
 """
@@ -37,6 +38,7 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
 from leela_interp.identity import sha256_file
 from leela_interp.outputs.chunked import ChunkedOutput
 from leela_interp.outputs.results import STR, is_complete, label_axes, write_strings
+from leela_interp.outputs.shards import check_shard, commit_shard_rows, read_shard_rows, shard_rows
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -265,7 +267,7 @@ class AblationSettings:
 
     Raises:
         ConfigError: On construction: an unknown method, ``puzzles`` choice, piece rule or
-            random-key rule.
+            random-key rule, or not ``0 <= shard < num_shards``.
     """
 
     methods: tuple[str, ...] = ("zero", "mean", "resample")
@@ -294,8 +296,16 @@ class AblationSettings:
     """Key square of the random-square control (:data:`ph.RANDOM_KEY_RULES`)."""
     batch_size: int = 256
     """Positions per forward pass."""
+    shard: int = 0
+    """Which shard this run computes, ``0 <= shard < num_shards``."""
+    num_shards: int = 1
+    """Shards of the puzzle set: a shard ablates the rows ``i % num_shards == shard`` (of the
+    first ``max_puzzles``) only; what needs every puzzle (the mean head outputs, the resample
+    donors) it computes from the whole set, so its rows equal the unsharded run's
+    (:func:`merge_ablations` joins the shards); 1 = every row."""
 
     def __post_init__(self) -> None:
+        check_shard("ablations", self.shard, self.num_shards)
         for m in self.methods:
             if m not in ABLATION_METHODS:
                 raise ConfigError(f"ablations.method: unknown method {m!r}; choose from "
@@ -383,10 +393,12 @@ def edge_head(net, patching_path: str | Path, layer: int | None = None,
 
 def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSettings, *,
                   limit: int, edge: EdgeHead | None, piece_heads: dict[str, list],
-                  piece_heads_source: str, attrs: dict) -> None:
+                  piece_heads_source: str, attrs: dict, rows: np.ndarray | None = None) -> None:
     """Every dataset, attribute and axis of ``ablations.h5`` (rows unfilled: NaN effects).
 
-    ``limit`` is the number of rows considered (``max_puzzles``), ``edge`` the single-edge head
+    ``puzzles`` are the file's rows: ``rows`` of the whole puzzle set (a shard's,
+    :func:`~leela_interp.outputs.shards.shard_rows`; None = all of it), ``limit`` the number of
+    rows of the whole set considered (``max_puzzles``), ``edge`` the single-edge head
     (None: not run), ``piece_heads`` the piece-movement-head lists (all empty: not run) and
     ``piece_heads_source`` where they come from; ``attrs`` are extra root attributes.
     """
@@ -400,8 +412,10 @@ def create_layout(f: h5py.File, net, puzzles: PuzzleSet, settings: AblationSetti
         float_dataset(g, f"{m}/effect", (n, L, H), ("puzzle", "layer", "head"),
                       **effect_attrs(method=m))
     if "resample" in methods:
+        rows = np.arange(n) if rows is None else rows
+        held = rows < limit
         donors = np.full(n, -1, np.int64)
-        donors[:limit] = resample_donors(limit, settings.seed)
+        donors[held] = resample_donors(limit, settings.seed)[rows[held]]
         label_axes(g.create_dataset("resample_donor", data=donors), "puzzle",
                    meaning="row of the puzzle whose clean head outputs are used (any "
                            "of the considered rows; -1 past max_puzzles)")
@@ -452,6 +466,8 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                     attrs: dict | None = None, resume: bool = True) -> Path:
     """Ablate every analysed puzzle of ``puzzles_path`` and write ``path`` (``ablations.h5``).
 
+    A shard (``settings.num_shards > 1``) writes the rows of its puzzles only (the mean head
+    outputs and the resample donors still come from every considered puzzle).
     Chunks of ``settings.chunk_size`` puzzles are committed one by one
     (:class:`~leela_interp.outputs.chunked.ChunkedOutput`), ``heads/mean_z`` (method ``mean``)
     as chunk :data:`MEAN_KEY`; the summaries and funnel are computed in the finishing step. A
@@ -487,6 +503,9 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
         return path
     puzzles = PuzzleSet.load(puzzles_path)
     limit = considered(len(puzzles), settings.max_puzzles)
+    held = shard_rows(len(puzzles), settings.shard, settings.num_shards)  # the file's rows
+    own = puzzles.select(held) if settings.num_shards > 1 else puzzles
+    own_limit = int(np.count_nonzero(held < limit))
     methods = settings.methods
     bs = settings.batch_size
     need_corruption = settings.puzzles == "corrupted"
@@ -494,9 +513,9 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
     piece_on = any(piece_heads.values())
 
     def create(f: h5py.File) -> None:
-        create_layout(f, net, puzzles, settings, limit=limit, edge=edge,
+        create_layout(f, net, own, settings, limit=limit, edge=edge,
                       piece_heads=piece_heads, piece_heads_source=piece_heads_source,
-                      attrs=attrs)
+                      attrs=attrs, rows=held)
 
     layout = in_memory()
     create(layout)
@@ -514,9 +533,9 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
             out_file.commit(MEAN_KEY, {"heads/mean_z": acc.mean.float().numpy()})
         mean_z = torch.from_numpy(out_file.read(MEAN_KEY).arrays["heads/mean_z"])
     donors = layout["heads/resample_donor"][()] if "resample" in methods else None
-    for key, s, e in chunks(out_file, limit, settings.chunk_size, "ablations"):
+    for key, s, e in chunks(out_file, own_limit, settings.chunk_size, "ablations"):
         block = RowBlock(layout, s, e)
-        chunk = [iv.Puzzle.from_set(puzzles, i) for i in range(s, e)]
+        chunk = [iv.Puzzle.from_set(puzzles, int(held[i])) for i in range(s, e)]
         rows = screen(block, iv.prepare(net, chunk, batch_size=bs),
                       need_corruption=need_corruption, require_pv0_top=require_top)
         if len(rows):
@@ -573,7 +592,7 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
                           subsets, ("variant",), variants=list(ph.PIECE_VARIANTS),
                           **effect_attrs())
         steps = selection_steps(
-            f, limit, "ablations", need_corruption=need_corruption, require_pv0_top=require_top,
+            f, own_limit, "ablations", need_corruption=need_corruption, require_pv0_top=require_top,
             corruption_rule="a usable corrupted board, as patching (ablations.puzzles=corrupted)"
             if need_corruption else "not required (ablations.puzzles=all)")
         write_funnel(f, steps)
@@ -583,3 +602,48 @@ def write_ablations(net, puzzles_path: str | Path, path: str | Path, settings: A
     out_file.finish(finish)
     log.info("wrote %s", path)
     return path
+
+
+#: Per-puzzle datasets the layout writes from ``puzzles.h5`` and the seed (not from chunks).
+LAYOUT_ROWS = ("puzzle_id", "different_targets", "done", "heads/resample_donor")
+
+
+def merge_ablations(paths: Sequence[str | Path], path: str | Path, puzzles_path: str | Path,
+                    settings: AblationSettings, *, config: dict, resume: bool = True) -> None:
+    """Commit the rows of the ablation shards ``paths`` (``paths[k]`` is shard ``k``) as the
+    chunks an unsharded :func:`write_ablations` of ``settings`` and ``config`` commits for
+    ``path``: chunk ``k`` = rows ``[k * chunk_size, ...)`` of the considered puzzles, row ``i``
+    from shard ``i % n``, and their ``heads/mean_z`` (the same in every shard: it is over every
+    considered puzzle) as chunk :data:`MEAN_KEY`. That call, made next with ``resume=True``,
+    finds every chunk done and only finishes the file (summaries, funnel), so the file is the
+    one an unsharded run writes.
+
+    Args:
+        paths: the shards' ``ablations.shard-k-of-n.h5``, in shard order
+            (:func:`leela_interp.outputs.shards.find_shards`).
+        path: the merged file, normally ``run_dir / "ablations.h5"``.
+        puzzles_path: the ``puzzles.h5`` the shards split.
+        settings: the unsharded run's settings (``chunk_size``, ``max_puzzles``).
+        config: the unsharded run's recorded config; each shard's, less its ``shard`` and
+            ``num_shards``, must equal it.
+        resume: keep chunks committed by an earlier merge of the same config.
+
+    Raises:
+        ConfigError: a shard was made with another config, network, puzzle set or
+            ``patching.h5`` than the merge's (the keys that differ are named); a shard's rows
+            are not those of one split of ``puzzles_path``; the shards' mean head outputs differ.
+    """
+    n = len(PuzzleSet.load(puzzles_path))
+    rows = read_shard_rows(paths, config, "ablations", n, LAYOUT_ROWS)
+    means = []
+    for shard in paths:
+        with h5py.File(shard, "r") as f:
+            if "heads/mean_z" in f:
+                means.append(f["heads/mean_z"][()])
+    if any(not np.array_equal(m, means[0]) for m in means):
+        raise ConfigError(f"the shards' heads/mean_z differ ({[str(p) for p in paths]}): they "
+                          f"were not made from the same puzzles.h5 and network; rerun them")
+    out_file = ChunkedOutput(path, schema=SCHEMA, config=config, resume=resume)
+    if means and MEAN_KEY not in out_file.keys:
+        out_file.commit(MEAN_KEY, {"heads/mean_z": means[0]})
+    commit_shard_rows(out_file, rows, considered(n, settings.max_puzzles), int(settings.chunk_size))

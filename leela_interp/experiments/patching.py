@@ -11,7 +11,6 @@ convention and square categories: ``docs/interventions.md``. The ``patching`` st
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from leela_interp.experiments.effects import (RowBlock, chunks, considered, effe
                                               write_common, write_funnel, write_summary)
 from leela_interp.outputs.chunked import ChunkedOutput
 from leela_interp.outputs.results import label_axes, write_strings
-from leela_interp.outputs.shards import check_shard, gather, shard_rows
+from leela_interp.outputs.shards import check_shard, commit_shard_rows, read_shard_rows, shard_rows
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -474,53 +473,7 @@ def merge_patching(paths: Sequence[str | Path], path: str | Path, puzzles_path: 
             merge's (the keys that differ are named), or a shard's rows are not those of one
             split of ``puzzles_path``.
     """
-    n_shards = len(paths)
     n = len(PuzzleSet.load(puzzles_path))
-    rows: dict[str, list[np.ndarray]] = {}
-    for k, shard in enumerate(paths):
-        with h5py.File(shard, "r") as f:
-            own = json.loads(f.attrs["config"])
-            where = (own["patching"].pop("shard", None), own["patching"].pop("num_shards", None))
-            if where != (k, n_shards):
-                raise ConfigError(f"{shard} is shard {where[0]} of {where[1]} by its config, "
-                                  f"not shard {k} of {n_shards}: merge the files of one run")
-            if own != config:
-                raise ConfigError(f"{shard} was made with another config than this merge's: "
-                                  f"{_differences(own, config)}; pass the shards' "
-                                  f"patching.* and model.* settings to the merge")
-            if f["puzzle_id"].shape[0] != len(range(k, n, n_shards)):
-                raise ConfigError(f"{shard} holds {f['puzzle_id'].shape[0]} rows; shard {k} of "
-                                  f"{puzzles_path}'s {n} rows split {n_shards} ways holds "
-                                  f"{len(range(k, n, n_shards))}")
-
-            def visit(name: str, obj) -> None:
-                if isinstance(obj, h5py.Dataset) and obj.ndim and name not in LAYOUT_ROWS \
-                        and obj.dims[0].label == "puzzle":
-                    rows.setdefault(name, []).append(_read(obj))
-
-            f.visititems(visit)
-    limit = considered(n, settings.max_puzzles)
-    size = int(settings.chunk_size)
+    rows = read_shard_rows(paths, config, "patching", n, LAYOUT_ROWS)
     out_file = ChunkedOutput(path, schema=SCHEMA, config=config, resume=resume)
-    for key in range(-(-limit // size)):
-        if key not in out_file.keys:
-            start, stop = key * size, min((key + 1) * size, limit)
-            out_file.commit(key, {name: gather(parts, start, stop)
-                                  for name, parts in rows.items()}, {"start": start})
-
-
-def _read(ds: h5py.Dataset) -> np.ndarray:
-    return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> str:
-    """The keys whose values differ between two nested configs, as ``key: a != b``."""
-    out = []
-    for key in sorted(a.keys() | b.keys()):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            inner = _differences(x, y, f"{prefix}{key}.")
-            out += [inner] if inner else []
-        elif x != y:
-            out.append(f"{prefix}{key}: {x!r} != {y!r}")
-    return "; ".join(out)
+    commit_shard_rows(out_file, rows, considered(n, settings.max_puzzles), int(settings.chunk_size))

@@ -116,3 +116,83 @@ def gather(sources: Sequence, start: int, stop: int) -> np.ndarray:
         if count:
             out[i0 - start::n] = rows[i0 // n:i0 // n + count]
     return out
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> str:
+    """The keys whose values differ between two nested configs, as ``key: a != b``."""
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = differences(x, y, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} != {y!r}")
+    return "; ".join(out)
+
+
+def read_shard_rows(paths: Sequence[Path], config: dict, section: str, n: int,
+                    layout: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """The per-puzzle rows of the shard files ``paths`` (shard ``k`` at position ``k``, from
+    :func:`find_shards`) of one stage's sharded run, checked against the merge's ``config``:
+    ``{dataset: [shard 0's rows, shard 1's, ...]}`` for every dataset whose first axis is
+    labelled ``puzzle``, less the ``layout`` datasets (those the stage writes from
+    ``puzzles.h5`` itself, not from its chunks). Join them with :func:`gather`.
+
+    Args:
+        paths: The shard files.
+        config: The unsharded config the merged file records (its ``section`` has no
+            ``shard``/``num_shards``).
+        section: The stage's config section (``ablations``).
+        n: Rows of the ``puzzles.h5`` the shards split.
+        layout: Datasets left out.
+
+    Raises:
+        ConfigError: a file is not shard ``k`` of ``len(paths)`` by its config, was made with
+            another config (the keys that differ are named), or holds another number of rows
+            than shard ``k`` of ``n`` rows.
+    """
+    import json
+
+    import h5py
+
+    count = len(paths)
+    rows: dict[str, list[np.ndarray]] = {}
+    for k, shard in enumerate(paths):
+        with h5py.File(shard, "r") as f:
+            own = json.loads(f.attrs["config"])
+            where = (own[section].pop("shard", None), own[section].pop("num_shards", None))
+            if where != (k, count):
+                raise ConfigError(f"{shard} is shard {where[0]} of {where[1]} by its config, "
+                                  f"not shard {k} of {count}: merge the files of one run")
+            if own != config:
+                raise ConfigError(f"{shard} was made with another config than this merge's: "
+                                  f"{differences(own, config)}; pass the shards' {section}.* "
+                                  f"and model.* settings to the merge")
+            expected = len(range(k, n, count))
+            if "puzzle_id" in f and f["puzzle_id"].shape[0] != expected:
+                raise ConfigError(f"{shard} holds {f['puzzle_id'].shape[0]} rows; shard {k} of "
+                                  f"{n} rows split {count} ways holds {expected}")
+
+            def visit(name: str, obj) -> None:
+                if isinstance(obj, h5py.Dataset) and obj.ndim and name not in layout \
+                        and obj.dims[0].label == "puzzle":
+                    rows.setdefault(name, []).append(
+                        obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()])
+
+            f.visititems(visit)
+    return rows
+
+
+def commit_shard_rows(out_file, rows: dict[str, list[np.ndarray]], limit: int,
+                      size: int) -> None:
+    """Commit the shards' ``rows`` (from :func:`read_shard_rows`) to ``out_file`` (a
+    :class:`~leela_interp.outputs.chunked.ChunkedOutput`) as the chunks an unsharded run
+    commits: chunk ``k`` = rows ``[k * size, min((k + 1) * size, limit))``, joined with
+    :func:`gather`; chunks already committed (an earlier merge) are kept. No rows (a network
+    without the datasets, e.g. no attention heads) commits nothing."""
+    for key in range(-(-limit // size)) if rows else ():
+        if key not in out_file.keys:
+            start, stop = key * size, min((key + 1) * size, limit)
+            out_file.commit(key, {name: gather(parts, start, stop)
+                                  for name, parts in rows.items()}, {"start": start})

@@ -25,6 +25,7 @@ from leela_interp.experiments.ablations import (OUTPUT, AblationSettings, edge_h
                                                 write_ablations)
 from leela_interp.experiments.effects import has_heads
 from leela_interp.identity import sha256_file
+from leela_interp.outputs.shards import shard_name
 from leela_interp.puzzles.puzzle_set import PuzzleSet
 from leela_interp.stages.common import (effects_config, load_model, puzzles_input, puzzles_net,
                                         run_dir, up_to_date)
@@ -47,7 +48,20 @@ def settings(cfg: DictConfig) -> AblationSettings:
         edge=bool(ac.edge.enabled), full_sweep=bool(ac.edge.full_sweep),
         sweep_renormalize=bool(ac.edge.sweep_renormalize),
         min_pv_length=int(ac.piece_heads.min_pv_length), piece_rule=ac.piece_heads.piece_rule,
-        random_key=ac.piece_heads.random_key, batch_size=int(cfg.model.batch_size))
+        random_key=ac.piece_heads.random_key, batch_size=int(cfg.model.batch_size),
+        shard=int(ac.shard), num_shards=int(ac.num_shards))
+
+
+def stage_config(cfg: DictConfig, puzzles_path: Path, out: Path) -> dict:
+    """What ``ablations.h5`` records and hashes: :func:`effects_config` and, for the default
+    single-edge head (chosen from ``patching.h5``), that file's sha256."""
+    ac = cfg.ablations
+    config = effects_config(cfg, "ablations", puzzles_path)
+    patching_path = out / "patching.h5"
+    auto_edge = ac.edge.enabled and ac.edge.layer is None and ac.edge.head is None
+    if auto_edge and patching_path.exists():  # the chosen head depends on patching.h5
+        config["patching_sha256"] = sha256_file(patching_path)
+    return config
 
 
 def piece_head_lists(cfg: DictConfig, net, puzzles: PuzzleSet, puzzles_path: Path,
@@ -90,7 +104,7 @@ def piece_head_lists(cfg: DictConfig, net, puzzles: PuzzleSet, puzzles_path: Pat
                  config=config, attrs={"network_sha256": net.sha256, "network_path": net.path,
                                        "positions": "puzzles.h5 fen (before the setup move)"})
         log.info("wrote %s", path)
-    if ac.figures:
+    if ac.figures and ac.num_shards == 1:  # a shard writes no figures
         from leela_interp.outputs import figures
 
         for fig in figures.piece_head_figures(path, out / "figures"):
@@ -100,21 +114,25 @@ def piece_head_lists(cfg: DictConfig, net, puzzles: PuzzleSet, puzzles_path: Pat
 
 
 def run(cfg: DictConfig) -> Path:
-    """Write ``<out_dir>/ablations.h5`` (or skip it when up to date) and its figures."""
+    """Write ``<out_dir>/ablations.h5`` (or skip it when up to date) and its figures.
+
+    A shard (``ablations.num_shards > 1``) writes ``ablations.shard-K-of-N.h5`` and no
+    figures; ``stage=merge merge.stage=ablations`` joins the shards
+    (:func:`leela_interp.experiments.ablations.merge_ablations`).
+    """
     from leela_interp.outputs import figures
 
     ac = cfg.ablations
     setup = settings(cfg)
     puzzles_path = puzzles_input(cfg)
     out = run_dir(cfg)
-    path = out / OUTPUT
+    sharded = setup.num_shards > 1
+    path = out / (shard_name(OUTPUT, setup.shard, setup.num_shards) if sharded else OUTPUT)
     patching_path = out / "patching.h5"
-    auto_edge = setup.edge and ac.edge.layer is None and ac.edge.head is None
-    config = effects_config(cfg, "ablations", puzzles_path)
-    if auto_edge and patching_path.exists():  # the chosen head depends on patching.h5
-        config["patching_sha256"] = sha256_file(patching_path)
+    figures_on = ac.figures and not sharded
+    config = stage_config(cfg, puzzles_path, out)
     if up_to_date(path, config, bool(cfg.force)):
-        if ac.figures:
+        if figures_on:
             figures.ablation_figures(path, out / "figures")
         return path
     net = load_model(cfg)
@@ -135,7 +153,7 @@ def run(cfg: DictConfig) -> Path:
                  ", and none passes the finder's threshold")
     write_ablations(net, puzzles_path, path, setup, edge=edge, piece_heads=lists,
                     piece_heads_source=source, config=config, attrs=attrs, resume=not cfg.force)
-    if ac.figures:
+    if figures_on:
         for fig in figures.ablation_figures(path, out / "figures"):
             log.info("wrote %s", fig)
     return path

@@ -13,7 +13,9 @@ run writes (:func:`leela_interp.experiments.activations.merge_activations`).
 ``merge.stage=patching`` joins the ``patching.shard-K-of-N.h5`` files into ``patching.h5`` and
 finishes it as an unsharded run does
 (:func:`leela_interp.experiments.patching.merge_patching`, then the patching stage; give the
-merge the shards' ``patching.*`` and ``model.*`` settings).
+merge the shards' ``patching.*`` and ``model.*`` settings); ``merge.stage=ablations`` the same
+for ``ablations.shard-K-of-N.h5`` (:func:`leela_interp.experiments.ablations.merge_ablations`,
+then the ablations stage).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def run(cfg: DictConfig) -> Path:
         merged = merge_puzzles([Path(p) / "puzzles.h5" for p in cfg.merge.inputs],
                                out / "puzzles.h5")
     elif cfg.merge.stage == "patching":
-        merged = _patching(cfg)
+        merged = _effects(cfg, "patching")
+    elif cfg.merge.stage == "ablations":
+        merged = _effects(cfg, "ablations")
     else:
         from leela_interp.experiments.activations import merge_activations
 
@@ -58,33 +62,42 @@ def run(cfg: DictConfig) -> Path:
     return merged
 
 
-def _patching(cfg: DictConfig) -> Path:
-    """``merge.stage=patching``: the shards' rows committed as the unsharded run's chunks
-    (:func:`leela_interp.experiments.patching.merge_patching`), then the patching stage, which
+def _effects(cfg: DictConfig, name: str) -> Path:
+    """``merge.stage=patching|ablations``: the shards' rows committed as the unsharded run's
+    chunks (:func:`leela_interp.experiments.patching.merge_patching`,
+    :func:`leela_interp.experiments.ablations.merge_ablations`), then the stage itself, which
     finds every chunk done and only finishes the file.
 
     Raises:
-        ConfigError: the merge's config is itself sharded, or what ``merge_patching`` raises.
+        ConfigError: the merge's config is itself sharded, or what the merge function raises.
     """
-    from leela_interp.experiments.patching import OUTPUT, merge_patching
-    from leela_interp.stages import patching
+    from leela_interp.stages import ablations, patching
 
-    if cfg.patching.num_shards != 1:
-        raise ConfigError("stage=merge merge.stage=patching: leave patching.shard and "
-                          "patching.num_shards out (the merge writes the unsharded file)")
-    path = run_dir(cfg) / OUTPUT
+    if cfg[name].num_shards != 1:
+        raise ConfigError(f"stage=merge merge.stage={name}: leave {name}.shard and "
+                          f"{name}.num_shards out (the merge writes the unsharded file)")
     puzzles_path = puzzles_input(cfg)
-    config = effects_config(cfg, "patching", puzzles_path)
+    if name == "patching":
+        from leela_interp.experiments.patching import OUTPUT
+        from leela_interp.experiments.patching import merge_patching as merge
+
+        stage, config = patching, effects_config(cfg, "patching", puzzles_path)
+    else:
+        from leela_interp.experiments.ablations import OUTPUT
+        from leela_interp.experiments.ablations import merge_ablations as merge
+
+        stage, config = ablations, ablations.stage_config(cfg, puzzles_path, run_dir(cfg))
+    path = run_dir(cfg) / OUTPUT
     force = bool(cfg.force)
     if not force and is_complete(path, config_hash(config)):
         log.info("%s is up to date for this config; skipping (force=true redoes it)", path)
         return path
-    merge_patching(find_shards(cfg.merge.inputs, OUTPUT), path, puzzles_path,
-                   patching.settings(cfg), config=config, resume=not force)
+    merge(find_shards(cfg.merge.inputs, OUTPUT), path, puzzles_path, stage.settings(cfg),
+          config=config, resume=not force)
     with open_dict(cfg):
         cfg.force = False  # the stage must resume the chunks just committed
     try:
-        return patching.run(cfg)
+        return stage.run(cfg)
     finally:
         with open_dict(cfg):
             cfg.force = force

@@ -68,7 +68,7 @@ COMPRESSIONS = ("none", "lzf", "gzip")
 HISTORIES = ("none", "setup")
 BACKENDS = ("torch", "onnxruntime")
 #: Stages whose sharded outputs ``stage=merge`` joins (``merge.stage``).
-MERGE_STAGES = ("puzzles", "activations", "patching")
+MERGE_STAGES = ("puzzles", "activations", "patching", "ablations")
 POSITIONS = ("puzzles", "ordinary")
 
 
@@ -217,6 +217,8 @@ class Ablations:
     figures: bool = True
     edge: Edge = field(default_factory=Edge)
     piece_heads: PieceHeads = field(default_factory=PieceHeads)
+    shard: int = at_least(0, 0)
+    num_shards: int = at_least(1, 1)
 
 
 @dataclass
