@@ -500,7 +500,8 @@ class PriorBaseline:
 
 def evaluate_baselines(labels: Mapping[str, TargetLabels], specs: Sequence[TargetSpec],
                        train: np.ndarray, test: np.ndarray,
-                       baselines: Sequence[str] = BASELINES) -> dict[str, dict[str, tuple[int, int]]]:
+                       baselines: Sequence[str] = BASELINES
+                       ) -> dict[str, dict[str, tuple[int, int]]]:
     """The no-activation baselines, fitted on ``train`` and tested on ``test``.
 
     - ``majority``: the most frequent label of the training puzzles.
