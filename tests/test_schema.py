@@ -142,7 +142,7 @@ def test_the_schemas_choices_are_the_modules_own():
     from leela_interp.experiments import interventions as iv
     from leela_interp.experiments import piece_heads as ph
     from leela_interp.network import loading
-    from leela_interp.puzzles import ordinary, puzzle
+    from leela_interp.puzzles import config, puzzle
     from leela_interp.stages import schema
 
     assert schema.PATCHING_METHODS == tuple(attribution.METHODS)
@@ -152,4 +152,4 @@ def test_the_schemas_choices_are_the_modules_own():
     assert schema.RANDOM_KEY_RULES == tuple(ph.RANDOM_KEY_RULES)
     assert set(schema.DTYPES) == set(loading.DTYPES)
     assert schema.HISTORIES == tuple(puzzle.HISTORIES)
-    assert schema.POSITIONS == tuple(ordinary.POSITIONS)
+    assert schema.POSITIONS == tuple(config.POSITIONS)

@@ -20,7 +20,7 @@ import numpy as np
 from leela_interp.errors import ConfigError
 from leela_interp.outputs.figures import EFFECT_LABEL, CATEGORY_LABELS, n_range, no_data, \
     save_figure
-from leela_interp.outputs.report import _cell, _fmt, _table
+from leela_interp.outputs.tables import effect_cell, format_mean, one_table
 from leela_interp.outputs.results import is_complete, read_strings
 
 HEADING = "## Puzzles vs ordinary positions"
@@ -190,7 +190,7 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
                  "(`puzzles.positions=ordinary`: each row's game position with the strong net's "
                  "own move in place of the blunder, and the net's greedy line; docs/puzzles.md), "
                  "the same measures read from both folders' files: mean ± 2σ and each n.", ""]
-    out += _table(["", "puzzles", "ordinary"],
+    out += one_table(["", "puzzles", "ordinary"],
                   [["positions in puzzles.h5", a["positions"], b["positions"]],
                    ["analysed by patching", a.get("analysed", "n/a"), b.get("analysed", "n/a")]])
     for site in [s for s in a["residual"] if s in b["residual"]]:
@@ -201,7 +201,7 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
         header = ["layer"] + [f"{c} ({s})" for c in CATEGORIES for s in SERIES]
         rows = [[layer] + [_at(r, layer, j) for j in range(len(CATEGORIES)) for r in (ra, rb)]
                 for layer in range(layers)]
-        out += _table(header, rows)
+        out += one_table(header, rows)
         t = CATEGORIES.index("follow_up_targets")
         if np.isfinite(ra["mean"][:layers, t]).any():
             best = int(np.nanargmax(ra["mean"][:layers, t]))
@@ -218,21 +218,21 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
         for h in (ha, hb):
             flat = np.where(np.isfinite(h["mean"]), h["mean"], -np.inf).ravel()
             top += [int(i) for i in np.argsort(-flat, kind="stable")[:5] if np.isfinite(flat[i])]
-        rows = [[f"L{i // width}H{i % width}"] + [_cell(h["mean"].flat[i], h["err"].flat[i],
+        rows = [[f"L{i // width}H{i % width}"] + [effect_cell(h["mean"].flat[i], h["err"].flat[i],
                                                         int(h["n"].flat[i])) for h in (ha, hb)]
                 for i in dict.fromkeys(top)]
         out += ["", "Head patching: the top 5 heads of each folder, their effect in both:", ""]
-        out += _table(["head", "puzzles", "ordinary"], rows)
+        out += one_table(["head", "puzzles", "ordinary"], rows)
     else:
         out += _missing("Head patching", a["heads"], b["heads"])
     if a["edge"] is not None and b["edge"] is not None:
         ea, eb = a["edge"], b["edge"]
         out += ["", f"Single-edge ablation (query = 1st-move target, key = 3rd-move target), head "
                 f"{ea['head']} on puzzles, {eb['head']} on ordinary positions:", ""]
-        rows = [[v] + [_cell(e["mean"][e["variants"].index(v)], e["err"][e["variants"].index(v)],
+        rows = [[v] + [effect_cell(e["mean"][e["variants"].index(v)], e["err"][e["variants"].index(v)],
                              int(e["n"][e["variants"].index(v)])) for e in (ea, eb)]
                 for v in ea["variants"] if v in eb["variants"]]
-        out += _table(["variant", "puzzles", "ordinary"], rows)
+        out += one_table(["variant", "puzzles", "ordinary"], rows)
         if ea["head"] != eb["head"]:
             layer, head = ea["head"][1:].split("H")
             out.append(f"\nThe folders' top heads differ: to ablate the same edge head in the "
@@ -247,9 +247,9 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
                 f"{pa['n_test']} (puzzles) and {pb['n_test']} (ordinary):", ""]
         rows = [[layer] + [_fmt_acc(p, layer) for p in (pa, pb)] for layer in pa["layers"]]
         rows += [[f"baseline `{name}` (no activations)"] + [
-            "n/a" if name not in p["baselines"] else _fmt(*p["baselines"][name])
+            "n/a" if name not in p["baselines"] else format_mean(*p["baselines"][name])
             for p in (pa, pb)] for name in pa["baselines"]]
-        out += _table(["layer", "puzzles", "ordinary"], rows)
+        out += one_table(["layer", "puzzles", "ordinary"], rows)
     else:
         out += _missing("Probes", a["probe"], b["probe"])
     path = comparison_figure(a, b, run_dir / "figures" / FIGURE)
@@ -259,14 +259,14 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
 
 def _at(r: dict, layer: int, j: int) -> str:
     """The cell of :func:`residual`'s ``r`` at ``layer`` and category ``j``."""
-    return _cell(r["mean"][layer, j], r["err"][layer, j], int(r["n"][layer, j]))
+    return effect_cell(r["mean"][layer, j], r["err"][layer, j], int(r["n"][layer, j]))
 
 
 def _fmt_acc(p: dict, layer: int) -> str:
     if layer not in p["layers"]:
         return "n/a"
     i = p["layers"].index(layer)
-    return _fmt(p["mean"][i], p["err"][i])
+    return format_mean(p["mean"][i], p["err"][i])
 
 
 def comparison_figure(a: dict, b: dict, path: Path) -> Path:

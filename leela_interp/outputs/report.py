@@ -23,7 +23,6 @@ import base64
 import html
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -32,30 +31,11 @@ import numpy as np
 from leela_interp.identity import sha256_file
 from leela_interp.outputs.figures import n_range
 from leela_interp.outputs.results import is_complete, read_strings
-
-
-def _fmt(mean: float, err: float | None = None, digits: int = 3) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    if err is None or not np.isfinite(err):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {err:.{digits}f}"
+from leela_interp.outputs.tables import Table, effect_cell, format_mean, one_table
 
 
 def _names(dataset) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in dataset[()]]
-
-
-@dataclass
-class Table:
-    """A table of the report (rendered by :func:`markdown` and :func:`html_page`)."""
-
-    header: list[str]
-    rows: list[list]
-
-
-def _table(header: list[str], rows: list[list]) -> list[Table]:
-    return [Table([str(h) for h in header], [[str(c) for c in row] for row in rows])]
 
 
 def _puzzles(path: Path) -> list[str]:
@@ -69,7 +49,7 @@ def _puzzles(path: Path) -> list[str]:
         if "counts/filters" in f:
             funnel = dict(f["counts/filters"].attrs)
             out += ["", "Puzzles passing each filter and every one before it:", ""]
-            out += _table(["step", "puzzles"], [[k, int(v)] for k, v in funnel.items()])
+            out += one_table(["step", "puzzles"], [[k, int(v)] for k, v in funnel.items()])
         if "counts/rejected" in f:
             rejected = {k: int(v) for k, v in f["counts/rejected"].attrs.items() if int(v)}
             out += ["", f"Rejected rows by reason: {rejected or 'none'}"]
@@ -84,15 +64,6 @@ def _puzzles(path: Path) -> list[str]:
 #: deeper look-ahead squares (PV[4]'s and PV[6]'s targets).
 PATCHING_ORDER = ("first_target", "follow_up_targets", "corrupted", "other", "third_target",
                   "later_targets", "fifth_target", "seventh_target")
-
-
-def _cell(mean: float, err: float, n: int) -> str:
-    """``mean ± err``; a mean over fewer than 2 puzzles shows its n instead of a bar."""
-    if n < 1 or not np.isfinite(mean):
-        return "n/a"
-    if n < 2:
-        return f"{mean:.3f} (n={n}, no error bar)"
-    return _fmt(mean, err)
 
 
 def _net_check(f: h5py.File) -> list[str]:
@@ -142,7 +113,7 @@ def _funnel(f: h5py.File) -> list[str]:
     rows = [[s, r, int(c)] for s, r, c in zip(_names(g["step"]), _names(g["rule"]),
                                                g["count"][()])]
     return ["", "Selection funnel (puzzles left after each step):", ""] + \
-        _table(["step", "rule", "puzzles"], rows)
+        one_table(["step", "rule", "puzzles"], rows)
 
 
 def _patching(path: Path) -> list[str]:
@@ -168,10 +139,10 @@ def _patching(path: Path) -> list[str]:
                     "3rd-move target (the max over the targets of PV[2:]); `third_target` "
                     "(PV[2] only) and `later_targets` (PV[3:]) split it. Each column has its "
                     "own n (last row):", ""]
-            rows = [[layer] + [_cell(mean[layer, c], err[layer, c], int(n[layer, c]))
+            rows = [[layer] + [effect_cell(mean[layer, c], err[layer, c], int(n[layer, c]))
                                for c in order] for layer in range(mean.shape[0])]
             rows.append(["n"] + [n_range(n[:, c]) for c in order])
-            out += _table(["layer", *[cats[c] for c in order]], rows)
+            out += one_table(["layer", *[cats[c] for c in order]], rows)
             for subset in ("all", "different_targets", "same_targets"):
                 out += _headline(f, f"{base}/{subset}", cats, subset)
         if "heads/summary/all/effect_mean" in f:
@@ -196,11 +167,11 @@ def _headline(f: h5py.File, base: str, cats: list[str], subset: str) -> list[str
         return [f"\n`{subset}`: no analysed puzzle without overlap."]
     best = int(np.nanargmax(mean[:, t]))
     line = (f"\n`{subset}`: largest follow-up-target effect (the paper's 3rd-move target) at "
-            f"layer {best}: {_cell(mean[best, t], err[best, t], int(n[best, t]))} vs other "
-            f"squares {_cell(mean[best, o], err[best, o], int(n[best, o]))}")
+            f"layer {best}: {effect_cell(mean[best, t], err[best, t], int(n[best, t]))} vs other "
+            f"squares {effect_cell(mean[best, o], err[best, o], int(n[best, o]))}")
     if lead != "third_target" and "third_target" in cats:
         k = cats.index("third_target")
-        line += f"; PV[2]'s target alone {_cell(mean[best, k], err[best, k], int(n[best, k]))}"
+        line += f"; PV[2]'s target alone {effect_cell(mean[best, k], err[best, k], int(n[best, k]))}"
     return [line + f" (n = {int(n[best, t])} puzzles)."]
 
 
@@ -208,8 +179,8 @@ def _top_heads(mean: np.ndarray, err: np.ndarray, k: int = 5) -> list[str]:
     flat = np.where(np.isfinite(mean), mean, -np.inf).ravel()
     order = np.argsort(flat)[::-1][:k]
     rows = [[f"L{i // mean.shape[1]}H{i % mean.shape[1]}",
-             _fmt(mean.flat[i], err.flat[i])] for i in order if np.isfinite(flat[i])]
-    return [""] + _table(["head", "mean effect"], rows)
+             format_mean(mean.flat[i], err.flat[i])] for i in order if np.isfinite(flat[i])]
+    return [""] + one_table(["head", "mean effect"], rows)
 
 
 def _variants(g: h5py.Group) -> list[str]:
@@ -217,8 +188,8 @@ def _variants(g: h5py.Group) -> list[str]:
     mean = g["summary/all/effect_mean"][()]
     err = g["summary/all/effect_err2sigma"][()]
     n = g["summary/all/effect_n"][()]
-    return [""] + _table(["variant", "mean effect", "n"],
-                         [[v, _cell(mean[i], err[i], int(n[i])), int(n[i])]
+    return [""] + one_table(["variant", "mean effect", "n"],
+                         [[v, effect_cell(mean[i], err[i], int(n[i])), int(n[i])]
                           for i, v in enumerate(names)])
 
 
@@ -274,7 +245,7 @@ def _found_heads(path: Path) -> list[str]:
                  f"positions; a head is selected when its score, the attention mass from the "
                  f"mover's piece onto that piece's move squares, is >= {f.attrs['min_lift']:g} "
                  f"x chance):")
-    return ["", intro, ""] + _table(["piece", "selected", "chance", "queries", "best head",
+    return ["", intro, ""] + one_table(["piece", "selected", "chance", "queries", "best head",
                                      "score", "score / chance", "control"], rows)
 
 
@@ -292,17 +263,17 @@ def _probes(path: Path) -> list[str]:
         header = ["layer"] + [f"{p} ({n})" for n in nets for p in probes]
         for s, split in enumerate(splits):
             for t, target in enumerate(targets):
-                rows = [[layer] + [_fmt(mean[ni, s, pi, t, li], err[ni, s, pi, t, li])
+                rows = [[layer] + [format_mean(mean[ni, s, pi, t, li], err[ni, s, pi, t, li])
                                    for ni in range(len(nets)) for pi in range(len(probes))]
                         for li, layer in enumerate(layers)]
                 out += ["", f"Target `{target}`, split `{split}` (test puzzles per seed: "
-                        f"{n_range(n_test[s, t])}):", ""] + _table(header, rows)
+                        f"{n_range(n_test[s, t])}):", ""] + one_table(header, rows)
             if "baseline_mean" in f:
                 bnames = _names(f["baseline"])
                 bm, be = f["baseline_mean"][()], f["baseline_err"][()]
                 out += ["", f"No-activation baselines, split `{split}`:", ""]
-                out += _table(["baseline", *targets],
-                              [[b] + [_fmt(bm[s, bi, t], be[s, bi, t])
+                out += one_table(["baseline", *targets],
+                              [[b] + [format_mean(bm[s, bi, t], be[s, bi, t])
                                       for t in range(len(targets))]
                                for bi, b in enumerate(bnames)])
     return out

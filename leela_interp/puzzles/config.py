@@ -11,8 +11,17 @@ from leela_interp.errors import ConfigError
 from leela_interp.puzzles.corruptions import SelectionThresholds
 from leela_interp.puzzles.lichess import PuzzleReader
 from leela_interp.puzzles.oracle import OracleConfig
-from leela_interp.puzzles.ordinary import CONTROL_FILTERS, POSITIONS
 from leela_interp.puzzles.puzzle import HISTORIES
+
+#: What a ``puzzles.h5`` holds (its ``positions`` attribute; ``puzzles.positions``):
+#: ``puzzles`` (Lichess puzzles and their solutions, the paper's) or ``ordinary`` (the control).
+POSITIONS: tuple[str, ...] = ("puzzles", "ordinary")
+#: The filters of ``puzzles.filters`` that ``positions=ordinary`` turns off, whatever their values
+#: (they select puzzles: the weak net fails and the strong net finds a unique forcing line).
+CONTROL_FILTERS: dict[str, object] = {"hard_max_weak_prob": None,
+                                      "correct_min_strong_prob": None,
+                                      "forcing_min_weak_prob": None, "unique": False}
+
 
 #: Backends that can run the networks.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
@@ -123,7 +132,7 @@ class PipelineConfig:
     the clean board legal (:func:`~leela_interp.puzzles.evaluation.top_moves`; a fork's
     two-branch corruptions). Not in the paper."""
     positions: str = "puzzles"
-    """What the set holds (:data:`~leela_interp.puzzles.ordinary.POSITIONS`): ``puzzles`` (the
+    """What the set holds (:data:`POSITIONS`): ``puzzles`` (the
     rows' puzzles, the paper's) or ``ordinary`` (the control: each row's game position with the
     strong net's own move instead of the setup move, and its greedy line;
     :func:`~leela_interp.puzzles.ordinary.ordinary_puzzles`). :meth:`from_sections` turns the
@@ -170,7 +179,7 @@ class PipelineConfig:
         """Build from the ``model`` section (strong net, device, dtype, batch size) and the
         ``puzzles`` section, as plain mappings (``OmegaConf.to_container``); with
         ``positions: ordinary`` the filters of
-        :data:`~leela_interp.puzzles.ordinary.CONTROL_FILTERS` are off."""
+        :data:`CONTROL_FILTERS` are off."""
         try:
             weak = puzzles["weak_model"]
             filters = dict(puzzles.get("filters") or {})

@@ -10,7 +10,8 @@ argmax legal move, ply after ply, for both sides). The result is a :class:`Puzzl
 layout, so the ``puzzles`` stage's pv-length and distinct-target filters, its corruption search
 and every later stage run on it unchanged; the network filters (``hard``, ``correct``,
 ``forcing``) and Stockfish's ``unique`` are puzzle criteria and are not applied
-(:data:`CONTROL_FILTERS`). Why this design: ``docs/puzzles.md`` ("Ordinary positions").
+(:data:`~leela_interp.puzzles.config.CONTROL_FILTERS`). Why this design: ``docs/puzzles.md``
+("Ordinary positions").
 """
 
 from __future__ import annotations
@@ -20,16 +21,6 @@ from collections.abc import Sequence
 import chess
 
 from leela_interp.puzzles.puzzle import Puzzle, without_history
-
-#: What a ``puzzles.h5`` holds (its ``positions`` attribute; ``puzzles.positions``):
-#: ``puzzles`` (Lichess puzzles and their solutions, the paper's) or ``ordinary`` (the control).
-POSITIONS: tuple[str, ...] = ("puzzles", "ordinary")
-#: The filters of ``puzzles.filters`` that ``positions=ordinary`` turns off, whatever their values
-#: (they select puzzles: the weak net fails and the strong net finds a unique forcing line).
-CONTROL_FILTERS: dict[str, object] = {"hard_max_weak_prob": None,
-                                      "correct_min_strong_prob": None,
-                                      "forcing_min_weak_prob": None, "unique": False}
-
 
 def ordinary_puzzles(rows: Sequence[Puzzle], net, *, plies: int | None = None,
                      history: str = "none", batch_size: int = 256) -> list[Puzzle]:
