@@ -63,6 +63,7 @@ SELECTIONS: dict[str, tuple[str, ...]] = {
     "leela_interp/experiments/interventions.py": ("tests/test_interventions.py",),
     "leela_interp/experiments/patching.py": ("tests/test_interventions.py",),
     "leela_interp/experiments/ablations.py": ("tests/test_interventions.py",),
+    "leela_interp/experiments/edge.py": ("tests/test_interventions.py",),
     "leela_interp/experiments/probes.py": ("tests/test_probes.py",),
     "leela_interp/experiments/probe_targets.py": ("tests/test_probes.py",),
     "leela_interp/outputs/report.py": ("tests/test_report.py",),

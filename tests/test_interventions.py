@@ -28,6 +28,7 @@ from leela_interp.cli import CONFIG_PATH
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import interventions as iv
 from leela_interp.experiments import ablations as ab
+from leela_interp.experiments import edge as ed
 from leela_interp.experiments import patching as pt
 from leela_interp.experiments import piece_heads as ph
 from leela_interp.identity import sha256_file
@@ -273,7 +274,7 @@ def test_edge_ablation_matches_plain_hooks(transformer_run):
     for p, v in pick(eff):
         clean, _, pv = puzzle_at(puzzles, p)
         q, k, _ = tokens(clean, pv, net.config.input_format)
-        fn = pattern_edit(head, q, k, ab.EDGE_VARIANTS[v])
+        fn = pattern_edit(head, q, k, ed.EDGE_VARIANTS[v])
         assert eff[p, v] == pytest.approx(ref_effect(net, clean, pv[0], [(name, fn)]), abs=ATOL)
         assert weight[p] == pytest.approx(float(cached(net, clean, name)[head, q, k]), abs=1e-6)
 

@@ -229,8 +229,9 @@ def comparison(run_dir: str | Path, control_dir: str | Path) -> list:
         ea, eb = a["edge"], b["edge"]
         out += ["", f"Single-edge ablation (query = 1st-move target, key = 3rd-move target), head "
                 f"{ea['head']} on puzzles, {eb['head']} on ordinary positions:", ""]
-        rows = [[v] + [effect_cell(e["mean"][e["variants"].index(v)], e["err"][e["variants"].index(v)],
-                             int(e["n"][e["variants"].index(v)])) for e in (ea, eb)]
+        rows = [[v] + [effect_cell(e["mean"][e["variants"].index(v)],
+                                   e["err"][e["variants"].index(v)],
+                                   int(e["n"][e["variants"].index(v)])) for e in (ea, eb)]
                 for v in ea["variants"] if v in eb["variants"]]
         out += one_table(["variant", "puzzles", "ordinary"], rows)
         if ea["head"] != eb["head"]:

@@ -171,7 +171,8 @@ def _headline(f: h5py.File, base: str, cats: list[str], subset: str) -> list[str
             f"squares {effect_cell(mean[best, o], err[best, o], int(n[best, o]))}")
     if lead != "third_target" and "third_target" in cats:
         k = cats.index("third_target")
-        line += f"; PV[2]'s target alone {effect_cell(mean[best, k], err[best, k], int(n[best, k]))}"
+        alone = effect_cell(mean[best, k], err[best, k], int(n[best, k]))
+        line += f"; PV[2]'s target alone {alone}"
     return [line + f" (n = {int(n[best, t])} puzzles)."]
 
 

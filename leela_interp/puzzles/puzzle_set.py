@@ -14,7 +14,8 @@ and the group attribute ``history`` (:data:`leela_interp.puzzles.puzzle.HISTORIE
 the networks see. Each required dataset is an attribute named as its plural (``id`` ->
 :attr:`PuzzleSet.ids`, ``corrupted_fen`` -> :attr:`PuzzleSet.corrupted_fens`; ``moves`` split
 into lists); every other dataset of the group (``rating``, ``pv_targets``, the nets' scores, ...:
-:data:`leela_interp.puzzles.layout.COLUMNS`) is in :attr:`PuzzleSet.columns` under its own name. Every stage builds a puzzle's boards with :meth:`PuzzleSet.pair` (that is,
+:data:`leela_interp.puzzles.layout.COLUMNS`) is in :attr:`PuzzleSet.columns` under its own name.
+Every stage builds a puzzle's boards with :meth:`PuzzleSet.pair` (that is,
 :func:`leela_interp.puzzles.corruptions.counterfactual_pair`), so the clean and corrupted inputs of
 every network pass differ only by the corruption.
 """

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from leela_interp.errors import ConfigError
 from leela_interp.experiments import piece_heads as ph
-from leela_interp.experiments.ablations import (OUTPUT, AblationSettings, edge_head,
-                                                write_ablations)
+from leela_interp.experiments.ablations import OUTPUT, AblationSettings, write_ablations
+from leela_interp.experiments.edge import edge_head
 from leela_interp.experiments.effects import has_heads
 from leela_interp.identity import sha256_file
 from leela_interp.outputs.shards import shard_name
