@@ -21,8 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from leela_interp.outputs.results import (STR, chunks_dir, config_hash, publish, root_attrs,
-                                          write_json, write_point)
+from leela_interp.outputs.results import (STR, chunks_dir, config_hash, publish, read_array,
+                                          root_attrs, write_json, write_point)
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,7 @@ class ChunkedOutput:
         with h5py.File(file, "r") as f:
             meta = str(f.attrs["meta"])
             arrays: dict[str, np.ndarray] = {}
-            f.visititems(lambda name, ds: arrays.__setitem__(name, _normalise(
-                ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]))
+            f.visititems(lambda name, ds: arrays.__setitem__(name, _normalise(read_array(ds)))
                 if isinstance(ds, h5py.Dataset) else None)
             if f.attrs["config_hash"] != self.digest:
                 raise ValueError("it was made under another config")

@@ -257,6 +257,11 @@ def write_strings(group: h5py.Group, name: str, values: Sequence[str], **kwargs)
                                 **kwargs)
 
 
+def read_array(dataset: h5py.Dataset) -> np.ndarray:
+    """A whole dataset as a numpy array, strings as ``str`` (not ``bytes``)."""
+    return dataset.asstr()[()] if h5py.check_string_dtype(dataset.dtype) else dataset[()]
+
+
 def read_strings(dataset: h5py.Dataset) -> list[str]:
     """A UTF-8 string dataset as a list of ``str``."""
     return [v.decode() if isinstance(v, bytes) else str(v) for v in dataset[()]]
@@ -287,7 +292,7 @@ def _contents(path: Path, ignore_attrs: Sequence[str]) -> dict[str, object]:
         def visit(name: str, obj) -> None:
             attrs(name, obj)
             if isinstance(obj, h5py.Dataset):
-                out[name] = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
+                out[name] = read_array(obj)
                 out[f"{name}#dtype"] = obj.dtype.str
                 out[f"{name}#dims"] = [d.label for d in obj.dims]
 

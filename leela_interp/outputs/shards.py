@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from leela_interp.errors import ConfigError
+from leela_interp.outputs.results import read_array
 
 _SHARD = re.compile(r"^(?P<stem>.+)\.shard-(?P<k>\d+)-of-(?P<n>\d+)\.h5$")
 
@@ -177,8 +178,7 @@ def read_shard_rows(paths: Sequence[Path], config: dict, section: str, n: int,
             def visit(name: str, obj) -> None:
                 if isinstance(obj, h5py.Dataset) and obj.ndim and name not in layout \
                         and obj.dims[0].label == "puzzle":
-                    rows.setdefault(name, []).append(
-                        obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()])
+                    rows.setdefault(name, []).append(read_array(obj))
 
             f.visititems(visit)
     return rows

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from leela_interp.errors import ConfigError
-from leela_interp.outputs.results import read_strings, write_strings
+from leela_interp.outputs.results import read_array, read_strings, write_strings
 from leela_interp.puzzles.corruptions import counterfactual_pair
 from leela_interp.puzzles.puzzle import HISTORIES
 
@@ -125,8 +125,7 @@ class PuzzleSet:
                                   f"/{GROUP} history attribute): rerun the puzzles stage "
                                   f"(leela-interp stage=puzzles force=true "
                                   f"out_dir={path.parent})")
-            columns = {name: ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-                       for name, ds in g.items() if name not in REQUIRED}
+            columns = {name: read_array(ds) for name, ds in g.items() if name not in REQUIRED}
             return cls(ids=read_strings(g["id"]), fens=read_strings(g["fen"]),
                        moves=[m.split() for m in read_strings(g["moves"])],
                        corrupted_fens=read_strings(g["corrupted_fen"]),

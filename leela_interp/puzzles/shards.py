@@ -16,13 +16,9 @@ import numpy as np
 
 from leela_interp.errors import ConfigError
 from leela_interp.outputs.chunked import ChunkedOutput
-from leela_interp.outputs.results import STR, is_complete, label_axes
+from leela_interp.outputs.results import STR, is_complete, label_axes, read_array
 
 GROUP = "puzzles"
-
-
-def _read(ds: h5py.Dataset) -> np.ndarray:
-    return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
 
 
 def merge_puzzles(paths: list[str | Path], out: str | Path) -> Path:
@@ -59,7 +55,7 @@ def merge_puzzles(paths: list[str | Path], out: str | Path) -> Path:
             group = dst.create_group(GROUP)
             group.attrs.update(dict(files[0][GROUP].attrs))
             for name, first in files[0][GROUP].items():
-                parts = [_read(f[GROUP][name]) for f in files]
+                parts = [read_array(f[GROUP][name]) for f in files]
                 if first.ndim == 2 and first.maxshape[1] is None:  # per-ply: pad to widest
                     width = max(p.shape[1] for p in parts)
                     fill = "" if h5py.check_string_dtype(first.dtype) else first.fillvalue
